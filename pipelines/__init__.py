@@ -1,0 +1,1 @@
+"""distillery orchestration: readers, preprocessing, dataset store, versions, data cards, CLI."""

@@ -1,0 +1,196 @@
+"""Data cards: Markdown with YAML front matter (Hugging Face dataset card style) for every version."""
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+if TYPE_CHECKING:
+    from pipelines.store import Store
+
+TEMPLATE = Path(__file__).with_name("card_template.md")
+TEXT_COLUMNS = ("text", "text_pair")
+MAX_LENGTH_BIN = 1 << 16
+HISTOGRAM_EDGES = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, MAX_LENGTH_BIN)
+MAX_LABELS = 100
+
+
+class _LengthStats:
+    """Exact length quantiles in fixed memory: a count per length (lengths capped at MAX_LENGTH_BIN)."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(MAX_LENGTH_BIN + 1, dtype=np.int64)
+        self.total = 0
+        self.maximum = 0
+
+    def add(self, lengths: np.ndarray) -> None:
+        if lengths.size:
+            self.counts += np.bincount(np.minimum(lengths, MAX_LENGTH_BIN), minlength=MAX_LENGTH_BIN + 1)
+            self.total += int(lengths.sum())
+            self.maximum = max(self.maximum, int(lengths.max()))
+
+    def summary(self) -> dict[str, Any]:
+        n = int(self.counts.sum())
+        if n == 0:
+            return {"count": 0}
+        cumulative = np.cumsum(self.counts)
+        quantile = {q: int(np.searchsorted(cumulative, q * n)) for q in (0.5, 0.9, 0.99)}
+        edges = HISTOGRAM_EDGES
+        histogram = {(f"{lo}-{hi - 1}" if hi < MAX_LENGTH_BIN else f"{lo}+"): int(self.counts[lo:hi + 1].sum()
+                     if hi == MAX_LENGTH_BIN else self.counts[lo:hi].sum()) for lo, hi in zip(edges[:-1], edges[1:])}
+        return {"count": n, "min": int(np.argmax(self.counts > 0)), "median": quantile[0.5],
+                "p90": quantile[0.9], "p99": quantile[0.99], "max": self.maximum,
+                "mean": round(self.total / n, 2), "histogram": histogram}
+
+
+def compute_stats(shards: Iterable[Path]) -> dict[str, Any]:
+    """Length statistics of the text columns and the label distribution, streamed shard by shard."""
+    chars: dict[str, _LengthStats] = {}
+    words: dict[str, _LengthStats] = {}
+    labels: dict[str, int] = {}
+    numeric_labels: list[float] = []
+    for path in shards:
+        parquet = pq.ParquetFile(path, memory_map=True)
+        names = parquet.schema_arrow.names
+        columns = [c for c in (*TEXT_COLUMNS, "label") if c in names]
+        for batch in parquet.iter_batches(columns=columns, batch_size=8192):
+            for column in TEXT_COLUMNS:
+                if column not in batch.schema.names:
+                    continue
+                values = batch.column(column)
+                lengths = pc.fill_null(pc.utf8_length(values), 0).to_numpy(zero_copy_only=False)
+                chars.setdefault(column, _LengthStats()).add(lengths)
+                n_words = pc.list_value_length(pc.utf8_split_whitespace(pc.fill_null(values, "")))
+                words.setdefault(column, _LengthStats()).add(n_words.to_numpy(zero_copy_only=False))
+            if "label" in batch.schema.names:
+                column = batch.column("label")
+                if pa.types.is_floating(column.type):
+                    numeric_labels.extend(column.drop_null().to_pylist()[: 100_000 - len(numeric_labels)])
+                else:
+                    for item in pc.value_counts(column).to_pylist():
+                        key = str(item["values"])
+                        labels[key] = labels.get(key, 0) + item["counts"]
+    stats: dict[str, Any] = {f"{c}_chars": s.summary() for c, s in chars.items()}
+    stats.update({f"{c}_words": s.summary() for c, s in words.items()})
+    if labels:
+        top = sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))
+        stats["label_counts"] = dict(top[:MAX_LABELS])
+        stats["num_labels"] = len(labels)
+    if numeric_labels:
+        values = np.asarray(numeric_labels)
+        stats["label_values"] = {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
+    return stats
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return label
+    return "n>10M"
+
+
+def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _licence(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Licence fields: taken from the step's config or inherited from the parent's card."""
+    return dict(manifest.get("extra", {}).get("licence") or {"license": "unknown",
+                "notice": "Set the licence of the raw input with the step's `licence` option."})
+
+
+def render_card(manifest: dict[str, Any], store: "Store | None" = None) -> str:
+    """Render the data card of a version from its manifest."""
+    stats = manifest["stats"]
+    licence = _licence(manifest)
+    front = {
+        "pretty_name": manifest.get("name") or manifest["version_id"][:12],
+        "license": licence.get("license", "unknown"),
+        "size_categories": [_size_category(manifest["num_rows"])],
+        "tags": ["distillery", manifest["step"]],
+        "distillery": {"version_id": manifest["version_id"], "step": manifest["step"],
+                       "parents": manifest["parents"], "code_version": manifest["code_version"],
+                       "created_at": manifest["created_at"]},
+        "dataset_info": {"features": [{"name": f["name"], "dtype": f["type"]} for f in manifest["schema"]],
+                         "splits": [{"name": "train", "num_examples": manifest["num_rows"]}]},
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/shard-*.parquet"}]}],
+    }
+    if "label_counts" in stats:
+        front["task_categories"] = ["text-classification"]
+    if store is not None:
+        lineage = store_lineage_lines(store, manifest)
+    else:
+        lineage = [f"- parents: {json.dumps(manifest['parents'])}"]
+    accounting = manifest["accounting"]
+    acc_rows = [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in accounting.items()]
+    stat_lines = []
+    for key, summary in stats.items():
+        if key.endswith(("_chars", "_words")) and summary.get("count"):
+            stat_lines.append(f"**{key}**: min {summary['min']}, median {summary['median']}, mean {summary['mean']}, "
+                              f"p90 {summary['p90']}, max {summary['max']}\n")
+            stat_lines.append(_table(list(summary["histogram"].items()), ("length", "rows")) + "\n")
+    if "label_counts" in stats:
+        stat_lines.append(f"**labels** ({stats['num_labels']} distinct):\n")
+        stat_lines.append(_table(list(stats["label_counts"].items()), ("label", "rows")) + "\n")
+    loading = "\n".join([
+        "import glob, datasets, pandas as pd, pyarrow.parquet as pq",
+        'files = sorted(glob.glob("data/shard-*.parquet"))',
+        'ds = datasets.load_dataset("parquet", data_files=files, split="train")',
+        "df = pd.concat(pd.read_parquet(f) for f in files)",
+        "table = pq.read_table(files)",
+        '# DuckDB: SELECT * FROM read_parquet(\'data/shard-*.parquet\')',
+    ])
+    values = {
+        "front_matter": yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(),
+        "title": front["pretty_name"],
+        "summary": f"Version `{manifest['version_id']}` made by step `{manifest['step']}`: "
+                   f"{manifest['num_rows']} rows in {len(manifest['shards'])} Parquet shard(s) "
+                   f"(zstd), {len(manifest['rejects'])} rejects shard(s). Created {manifest['created_at']} "
+                   f"with distillery {manifest['code_version']}.",
+        "lineage": "\n".join(lineage),
+        "accounting": _table(acc_rows, ("count", "value")) if acc_rows else "(none recorded)",
+        "schema": _table([(f["name"], f["type"]) for f in manifest["schema"]], ("column", "type")),
+        "statistics": "\n".join(stat_lines) or "(no text columns)",
+        "config": json.dumps(manifest["config"], indent=2, sort_keys=True, default=str),
+        "extra": json.dumps({k: v for k, v in manifest["extra"].items() if k != "licence"}, indent=2,
+                            sort_keys=True, default=str),
+        "loading": loading,
+        "licence": "\n".join(f"- **{k}**: {v}" for k, v in licence.items()),
+    }
+    return string.Template(TEMPLATE.read_text()).substitute(values)
+
+
+def store_lineage_lines(store: "Store", manifest: dict[str, Any]) -> list[str]:
+    """Markdown list of the version's ancestry, down to the raw inputs."""
+    lines = [f"- `{manifest['version_id'][:12]}` {manifest['step']} ({manifest['num_rows']} rows) - this version"]
+    for parent in manifest["parents"]:
+        if "version_id" in parent and store.is_complete(parent["version_id"]):
+            for entry in store.lineage(parent["version_id"]):
+                indent = "  " * (entry["depth"] + 1)
+                if "raw" in entry:
+                    lines.append(f"{indent}- raw input `{entry['raw']}` sha256 `{entry['sha256'][:16]}`")
+                else:
+                    lines.append(f"{indent}- `{entry['version_id'][:12]}` {entry['step']} "
+                                 f"({entry.get('num_rows', '?')} rows) name={entry.get('name')}")
+        elif "version_id" in parent:
+            lines.append(f"  - `{parent['version_id'][:12]}` (not in this store)")
+        else:
+            lines.append(f"  - raw input `{parent.get('path')}` sha256 `{str(parent.get('sha256'))[:16]}`")
+    return lines
+
+
+def write_card(path: Path, manifest: dict[str, Any], store: "Store | None" = None) -> None:
+    """Render and atomically write a version's data card."""
+    from pipelines.store import write_bytes_atomic
+
+    write_bytes_atomic(path, render_card(manifest, store).encode())

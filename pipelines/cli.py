@@ -1,0 +1,212 @@
+"""The `distillery` command line: one click group, lazily loading each step's commands."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from pipelines.errors import DistilleryError
+from pipelines.store import Store, diff_manifests
+
+# subcommand name -> "module:attribute"; loaded on first use so `--help` stays fast.
+LAZY_COMMANDS = {
+    "preprocess": "pipelines.preprocess_cli:preprocess_command",
+    "augment": "augment.cli:augment_command",
+    "distill": "distill.cli:distill_group",
+    "demo": "pipelines.demo:demo_command",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported only when called (or listed)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name].split(":")
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:
+                    raise
+                return None
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", "store_root", envvar="DISTILLERY_STORE", default="distillery_store", show_default=True,
+              type=click.Path(file_okay=False), help="Dataset store folder (env DISTILLERY_STORE).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, store_root: str, debug: bool) -> None:
+    """distillery: versioned, sharded, augmented text datasets and BERT distillation from them."""
+    ctx.ensure_object(dict)
+    ctx.obj["store"] = Store(store_root)
+    ctx.obj["debug"] = debug
+
+
+def _store() -> Store:
+    return click.get_current_context().obj["store"]
+
+
+def echo_json(data: Any) -> None:
+    """Print data as indented JSON."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def describe_version(manifest: dict[str, Any], store: Store) -> str:
+    """A few lines saying where a version is and what it holds."""
+    vid = manifest["version_id"]
+    acc = manifest["accounting"]
+    columns = ", ".join(f["name"] for f in manifest["schema"])
+    lines = [f"version {vid[:12]}  step={manifest['step']}  name={manifest['name']}",
+             f"  path:    {store.version_path(vid)}",
+             f"  rows:    {manifest['num_rows']} in {len(manifest['shards'])} shard(s); columns: {columns}"]
+    if acc:
+        lines.append(f"  account: {json.dumps(acc, sort_keys=True)}")
+    if "label_counts" in manifest["stats"]:
+        lines.append(f"  labels:  {manifest['stats']['num_labels']} distinct")
+    return "\n".join(lines)
+
+
+@cli.group()
+def versions() -> None:
+    """List, inspect, compare, verify, name and clean up dataset versions."""
+
+
+@versions.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def versions_list(as_json: bool) -> None:
+    """List complete versions (and interrupted ones) with their names."""
+    store = _store()
+    names: dict[str, list[str]] = {}
+    for ref, vid in store.refs().items():
+        names.setdefault(vid, []).append(ref)
+    rows = []
+    for vid in store.version_ids(include_partial=True):
+        if store.is_complete(vid):
+            m = store.manifest(vid)
+            rows.append({"version_id": vid, "step": m["step"], "rows": m["num_rows"], "created_at": m["created_at"],
+                         "names": names.get(vid, [])})
+        else:
+            rows.append({"version_id": vid, "step": "(interrupted)", "rows": None, "created_at": None, "names": []})
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['version_id'][:12]}  {row['step']:<14} {str(row['rows']):>9} rows  "
+                   f"{row['created_at'] or '':<25} {' '.join(row['names'])}")
+
+
+@versions.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
+def versions_show(ref: str, as_json: bool) -> None:
+    """Show a version and its lineage back to the raw input."""
+    store = _store()
+    manifest = store.manifest(ref)
+    if as_json:
+        echo_json(manifest)
+        return
+    click.echo(describe_version(manifest, store))
+    click.echo("  lineage:")
+    for entry in store.lineage(ref):
+        pad = "    " + "  " * entry["depth"]
+        if "raw" in entry:
+            click.echo(f"{pad}raw {entry['raw']} (sha256 {str(entry['sha256'])[:12]})")
+        else:
+            click.echo(f"{pad}{entry['version_id'][:12]} {entry['step']} rows={entry.get('num_rows')} "
+                       f"name={entry.get('name')}")
+
+
+@versions.command("diff")
+@click.argument("ref_a")
+@click.argument("ref_b")
+def versions_diff(ref_a: str, ref_b: str) -> None:
+    """Compare two versions: config, schema, rows, accounting, data."""
+    store = _store()
+    echo_json(diff_manifests(store.manifest(ref_a), store.manifest(ref_b)))
+
+
+@versions.command("verify")
+@click.argument("refs", nargs=-1)
+def versions_verify(refs: tuple[str, ...]) -> None:
+    """Re-hash every shard of the given versions (all when none given); exit 1 on corruption."""
+    store = _store()
+    bad = 0
+    for ref in refs or store.version_ids():
+        problems = store.verify(ref)
+        vid = store.resolve(ref)
+        if problems:
+            bad += 1
+            for problem in problems:
+                click.echo(f"CORRUPT {vid[:12]} {problem}")
+        else:
+            click.echo(f"ok      {vid[:12]}")
+    if bad:
+        raise DistilleryError(f"{bad} version(s) failed verification")
+
+
+@versions.command("tag")
+@click.argument("name_tag")
+@click.argument("ref")
+def versions_tag(name_tag: str, ref: str) -> None:
+    """Point NAME@TAG (or NAME, meaning NAME@latest) at version REF."""
+    name, _, tag = name_tag.partition("@")
+    vid = _store().tag(name, tag or "latest", ref)
+    click.echo(f"{name}@{tag or 'latest'} -> {vid[:12]}")
+
+
+@versions.command("gc")
+@click.option("--unreferenced", is_flag=True, help="Also delete complete versions no name (or descendant) reaches.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+def versions_gc(unreferenced: bool, dry_run: bool) -> None:
+    """Delete interrupted writes (and, if asked, unreferenced versions)."""
+    doomed = _store().gc(unreferenced=unreferenced, dry_run=dry_run)
+    for vid in doomed:
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {vid[:12]}")
+    click.echo(f"{len(doomed)} version folder(s) {'to delete' if dry_run else 'deleted'}")
+
+
+@cli.command("export")
+@click.argument("ref")
+@click.argument("destination", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "hf"]), required=True,
+              help="jsonl / csv file, or a Hugging Face `save_to_disk` folder.")
+def export(ref: str, destination: str, fmt: str) -> None:
+    """Export a version to JSONL, CSV or a Hugging Face `save_to_disk` folder."""
+    from pipelines.export import export_version
+
+    path = export_version(_store(), ref, destination, fmt)
+    click.echo(f"wrote {path}")
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning user errors into one-line messages and exit code 1."""
+    debug = "--debug" in sys.argv[1:] or os.environ.get("DISTILLERY_DEBUG") == "1"
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except DistilleryError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if debug:
+            raise
+        click.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)

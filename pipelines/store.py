@@ -1,0 +1,367 @@
+"""The dataset store: immutable, content-addressed versions of Parquet shards with a manifest.
+
+Layout (see docs/ARCHITECTURE.md)::
+
+    <root>/versions/<id>/manifest.json      written last: a version is complete iff it exists
+    <root>/versions/<id>/README.md          data card
+    <root>/versions/<id>/data/shard-NNNNN.parquet
+    <root>/versions/<id>/rejects/rejects-NNNNN.parquet
+    <root>/versions/<id>/chunks/NNNNN.json  per-chunk commit record
+    <root>/refs/<name>/<tag>                a version id
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import fingerprint
+from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
+
+FORMAT = "distillery.version/1"
+MANIFEST = "manifest.json"
+CARD = "README.md"
+ROW_GROUP_ROWS = 10_000
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Atomically write pretty, key-sorted JSON."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode())
+
+
+def write_parquet_atomic(path: Path, table: pa.Table) -> dict[str, Any]:
+    """Write a zstd Parquet file atomically; return its {rows, bytes, sha256}."""
+    tmp = path.with_name(path.name + ".tmp")
+    table = table.replace_schema_metadata(None)
+    pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_statistics=True)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": fingerprint.file_sha256(path)}
+
+
+def schema_to_json(schema: pa.Schema) -> list[dict[str, str]]:
+    """A readable description of an Arrow schema."""
+    return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
+
+
+def _sum_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Add nested numeric dictionaries key by key."""
+    for key, value in part.items():
+        if isinstance(value, dict):
+            total[key] = _sum_counts(dict(total.get(key, {})), value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+        else:
+            total[key] = value
+    return total
+
+
+class VersionWriter:
+    """Writes one version chunk by chunk; ``finalize`` makes it visible as complete."""
+
+    def __init__(self, store: "Store", version_id: str, step: str, config: dict[str, Any],
+                 parents: list[dict[str, Any]], name: str | None):
+        self.store = store
+        self.version_id = version_id
+        self.step = step
+        self.config = config
+        self.parents = parents
+        self.name = name
+        self.path = store.version_path(version_id)
+        for sub in ("data", "rejects", "chunks"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+
+    def _record_path(self, index: int) -> Path:
+        return self.path / "chunks" / f"{index:05d}.json"
+
+    def is_committed(self, index: int) -> bool:
+        """True when chunk ``index`` was fully written (its record exists)."""
+        return self._record_path(index).exists()
+
+    def chunk_record(self, index: int) -> dict[str, Any]:
+        """The commit record of a written chunk."""
+        return json.loads(self._record_path(index).read_text())
+
+    def committed_chunks(self) -> list[int]:
+        """Indices of the chunks written so far, sorted."""
+        return sorted(int(p.stem) for p in (self.path / "chunks").glob("*.json"))
+
+    def write_chunk(self, index: int, table: pa.Table, rejects: pa.Table | None = None,
+                    accounting: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Atomically write chunk ``index``: data shard, optional rejects shard, then its record."""
+        if self.is_committed(index):
+            raise DistilleryError(f"chunk {index} of version {self.version_id[:12]} is already committed")
+        record: dict[str, Any] = {"index": index, "accounting": accounting or {}}
+        shard = f"data/shard-{index:05d}.parquet"
+        record["shard"] = {"path": shard, **write_parquet_atomic(self.path / shard, table)}
+        record["schema"] = schema_to_json(table.schema)
+        if rejects is not None and rejects.num_rows:
+            rpath = f"rejects/rejects-{index:05d}.parquet"
+            record["rejects"] = {"path": rpath, **write_parquet_atomic(self.path / rpath, rejects)}
+        write_json_atomic(self._record_path(index), record)
+        return record
+
+    def _with_inherited_licence(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Derived versions carry their first parent's licence unless the step sets one."""
+        if "licence" in extra:
+            return extra
+        for parent in self.parents:
+            if "version_id" in parent and self.store.is_complete(parent["version_id"]):
+                licence = self.store.manifest(parent["version_id"])["extra"].get("licence")
+                if licence:
+                    return {**extra, "licence": licence}
+        return extra
+
+    def finalize(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the manifest (last) and the data card, then point ``<name>@latest`` at the version."""
+        from pipelines.cards import compute_stats, write_card
+
+        indices = self.committed_chunks()
+        if indices != list(range(len(indices))):
+            raise DistilleryError(f"version {self.version_id[:12]}: chunks {indices} are not contiguous from 0")
+        records = [self.chunk_record(i) for i in indices]
+        shards = [r["shard"] for r in records]
+        accounting: dict[str, Any] = {}
+        for record in records:
+            accounting = _sum_counts(accounting, record["accounting"])
+        schema = records[0]["schema"] if records else []
+        for record in records[1:]:
+            if record["schema"] != schema:
+                raise DistilleryError(f"version {self.version_id[:12]}: chunk {record['index']} has a different "
+                                      f"schema ({record['schema']}) than chunk 0 ({schema})")
+        manifest = {
+            "format": FORMAT,
+            "version_id": self.version_id,
+            "name": self.name,
+            "step": self.step,
+            "config": self.config,
+            "parents": self.parents,
+            "code_version": fingerprint.code_version(),
+            "library_versions": fingerprint.library_versions(),
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "schema": schema,
+            "num_rows": sum(s["rows"] for s in shards),
+            "shards": shards,
+            "rejects": [r["rejects"] for r in records if "rejects" in r],
+            "accounting": accounting,
+            "stats": compute_stats([self.path / s["path"] for s in shards]),
+            "extra": self._with_inherited_licence(extra or {}),
+        }
+        write_card(self.path / CARD, manifest, self.store)
+        write_json_atomic(self.path / MANIFEST, manifest)
+        if self.name:
+            self.store.tag(self.name, "latest", self.version_id)
+        return manifest
+
+
+class Store:
+    """A folder of dataset versions and the names that point at them."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # ---- paths and lookup -------------------------------------------------------------------
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    @property
+    def refs_dir(self) -> Path:
+        return self.root / "refs"
+
+    def version_path(self, version_id: str) -> Path:
+        """Folder of a version (complete or not)."""
+        return self.versions_dir / version_id
+
+    def is_complete(self, version_id: str) -> bool:
+        """True when the version's manifest exists."""
+        return (self.version_path(version_id) / MANIFEST).exists()
+
+    def version_ids(self, include_partial: bool = False) -> list[str]:
+        """Ids of the versions in the store (complete ones unless asked)."""
+        if not self.versions_dir.exists():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir()
+                      if p.is_dir() and (include_partial or (p / MANIFEST).exists()))
+
+    def resolve(self, ref: str) -> str:
+        """Resolve ``name@tag``, ``name`` (= ``name@latest``), a full id or a unique id prefix."""
+        name, _, tag = ref.partition("@")
+        ref_file = self.refs_dir / name / (tag or "latest")
+        if _NAME_RE.match(name) and (not tag or _NAME_RE.match(tag)) and ref_file.is_file():
+            return ref_file.read_text().strip()
+        if not tag and re.fullmatch(r"[0-9a-f]{4,64}", ref):
+            matches = [v for v in self.version_ids() if v.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise VersionNotFoundError(f"version prefix '{ref}' is ambiguous ({len(matches)} versions match)")
+        raise VersionNotFoundError(f"no complete version '{ref}' in store {self.root} "
+                                   f"(see `distillery versions list`)")
+
+    def manifest(self, ref: str) -> dict[str, Any]:
+        """The manifest of a complete version."""
+        return json.loads((self.version_path(self.resolve(ref)) / MANIFEST).read_text())
+
+    def shard_paths(self, ref: str) -> list[Path]:
+        """Absolute paths of the data shards, in row order."""
+        vid = self.resolve(ref)
+        return [self.version_path(vid) / s["path"] for s in self.manifest(vid)["shards"]]
+
+    def reject_paths(self, ref: str) -> list[Path]:
+        """Absolute paths of the rejects shards."""
+        vid = self.resolve(ref)
+        return [self.version_path(vid) / s["path"] for s in self.manifest(vid)["rejects"]]
+
+    def iter_batches(self, ref: str, columns: list[str] | None = None,
+                     batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+        """Stream the version's rows as Arrow record batches (memory-mapped, shard by shard)."""
+        return iter_parquet_batches(self.shard_paths(ref), columns, batch_size)
+
+    def read_table(self, ref: str, columns: list[str] | None = None) -> pa.Table:
+        """Load a whole version into memory (small versions only)."""
+        return pa.concat_tables([pq.read_table(p, columns=columns, memory_map=True) for p in self.shard_paths(ref)])
+
+    # ---- writing --------------------------------------------------------------------------
+    def create_version(self, step: str, config: dict[str, Any], parents: list[dict[str, Any]],
+                       name: str | None = None, resume: bool = False) -> VersionWriter:
+        """Start (or, with ``resume``, continue) writing the version that ``step`` makes from ``parents``.
+
+        Raises VersionExistsError when that version is already complete (versions are immutable).
+        """
+        if name is not None and not _NAME_RE.match(name):
+            raise DistilleryError(f"invalid version name '{name}': use letters, digits, '.', '_' and '-'")
+        vid = fingerprint.version_id(step, config, parents)
+        path = self.version_path(vid)
+        if self.is_complete(vid):
+            raise VersionExistsError(f"version {vid[:12]} ({step}) already exists and is complete; versions are "
+                                     f"immutable (same input, config and code give the same version)")
+        if path.exists() and any((path / "chunks").glob("*.json")) and not resume:
+            raise DistilleryError(f"an interrupted write of version {vid[:12]} exists at {path}; "
+                                  f"rerun with --resume to continue it, or `distillery versions gc` to discard it")
+        if path.exists() and not resume:
+            shutil.rmtree(path)
+        return VersionWriter(self, vid, step, config, parents, name)
+
+    # ---- names ----------------------------------------------------------------------------
+    def tag(self, name: str, tag: str, ref: str) -> str:
+        """Point ``name@tag`` at a complete version; returns its id."""
+        for part in (name, tag):
+            if not _NAME_RE.match(part):
+                raise DistilleryError(f"invalid name or tag '{part}': use letters, digits, '.', '_' and '-'")
+        vid = ref if self.is_complete(ref) else self.resolve(ref)
+        folder = self.refs_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(folder / tag, (vid + "\n").encode())
+        return vid
+
+    def refs(self) -> dict[str, str]:
+        """All ``name@tag`` -> version id."""
+        if not self.refs_dir.exists():
+            return {}
+        return {f"{f.parent.name}@{f.name}": f.read_text().strip()
+                for f in sorted(self.refs_dir.glob("*/*")) if f.is_file() and not f.name.endswith(".tmp")}
+
+    # ---- checks and housekeeping -------------------------------------------------------------
+    def verify(self, ref: str) -> list[str]:
+        """Re-hash every shard; return a list of problems (empty when the version is intact)."""
+        vid = self.resolve(ref)
+        manifest = self.manifest(vid)
+        problems = []
+        for entry in manifest["shards"] + manifest["rejects"]:
+            path = self.version_path(vid) / entry["path"]
+            if not path.exists():
+                problems.append(f"{entry['path']}: missing")
+                continue
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                problems.append(f"{entry['path']}: size {size} != {entry['bytes']} in manifest")
+            digest = fingerprint.file_sha256(path)
+            if digest != entry["sha256"]:
+                problems.append(f"{entry['path']}: sha256 {digest[:12]} != {entry['sha256'][:12]} in manifest")
+        return problems
+
+    def lineage(self, ref: str) -> list[dict[str, Any]]:
+        """The version and its ancestors, depth first, down to the raw inputs."""
+        chain: list[dict[str, Any]] = []
+
+        def visit(vid: str, depth: int) -> None:
+            manifest = self.manifest(vid)
+            chain.append({"depth": depth, "version_id": vid, "step": manifest["step"], "name": manifest["name"],
+                          "num_rows": manifest["num_rows"]})
+            for parent in manifest["parents"]:
+                if "version_id" in parent:
+                    if self.is_complete(parent["version_id"]):
+                        visit(parent["version_id"], depth + 1)
+                    else:
+                        chain.append({"depth": depth + 1, "version_id": parent["version_id"], "step": "missing"})
+                else:
+                    chain.append({"depth": depth + 1, "raw": parent.get("path"), "sha256": parent.get("sha256")})
+
+        visit(self.resolve(ref), 0)
+        return chain
+
+    def gc(self, unreferenced: bool = False, dry_run: bool = False) -> list[str]:
+        """Remove interrupted (partial) versions and, if asked, complete versions no name reaches."""
+        doomed = [v for v in self.version_ids(include_partial=True) if not self.is_complete(v)]
+        if unreferenced:
+            keep: set[str] = set()
+            for vid in set(self.refs().values()):
+                if self.is_complete(vid):
+                    keep.update(e["version_id"] for e in self.lineage(vid) if "version_id" in e)
+            doomed += [v for v in self.version_ids() if v not in keep]
+        if not dry_run:
+            for vid in doomed:
+                shutil.rmtree(self.version_path(vid))
+        return doomed
+
+
+def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """What differs between two versions: config keys, schema, rows, accounting and shards."""
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict):
+            out: dict[str, Any] = {}
+            for key, value in data.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): data}
+
+    def changed(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
+        fx, fy = flat(x), flat(y)
+        return {k: [fx.get(k), fy.get(k)] for k in sorted(set(fx) | set(fy)) if fx.get(k) != fy.get(k)}
+
+    return {
+        "step": [a["step"], b["step"]] if a["step"] != b["step"] else None,
+        "config": changed(a["config"], b["config"]),
+        "schema": None if a["schema"] == b["schema"] else [a["schema"], b["schema"]],
+        "num_rows": [a["num_rows"], b["num_rows"]],
+        "accounting": changed(a["accounting"], b["accounting"]),
+        "same_data": [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]],
+        "code_version": [a["code_version"], b["code_version"]] if a["code_version"] != b["code_version"] else None,
+    }
+
+
+def iter_parquet_batches(paths: Iterable[Path], columns: list[str] | None = None,
+                         batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from Parquet files in order."""
+    for path in paths:
+        yield from pq.ParquetFile(path, memory_map=True).iter_batches(batch_size=batch_size, columns=columns)

@@ -1,0 +1,176 @@
+"""Dataset store: content-addressed ids, immutability, atomic chunks, resume, verify, names, gc, cards."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
+from pipelines.store import diff_manifests
+
+ROWS = [{"text": f"sentence number {i}", "label": "a" if i % 3 else "b", "row_id": i} for i in range(7)]
+
+
+def test_manifest_describes_shards(store, make_version):
+    manifest = make_version(store, ROWS, name="toy")
+    assert manifest["num_rows"] == 7
+    assert [s["rows"] for s in manifest["shards"]] == [2, 2, 2, 1]
+    assert manifest["accounting"] == {"input_rows": 7, "kept": 7}
+    assert manifest["stats"]["label_counts"] == {"a": 4, "b": 3}
+    assert [f["name"] for f in manifest["schema"]] == ["text", "label", "row_id"]
+    assert store.resolve("toy") == store.resolve("toy@latest") == manifest["version_id"]
+    assert store.read_table("toy").column("text").to_pylist() == [r["text"] for r in ROWS]
+
+
+def test_same_step_same_input_same_id_and_bytes(tmp_path, make_version):
+    from pipelines.store import Store
+
+    a = make_version(Store(tmp_path / "a"), ROWS)
+    b = make_version(Store(tmp_path / "b"), ROWS)
+    assert a["version_id"] == b["version_id"]
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    c = make_version(Store(tmp_path / "c"), ROWS, config={"chunk_rows": 2, "lowercase": True})
+    assert c["version_id"] != a["version_id"]
+
+
+def test_runtime_keys_do_not_change_the_id(store):
+    from pipelines.fingerprint import version_id
+
+    parents = [{"kind": "raw", "sha256": "1"}]
+    assert version_id("s", {"a": 1, "workers": 1}, parents) == version_id("s", {"a": 1, "workers": 4}, parents)
+    assert version_id("s", {"a": 1}, parents) != version_id("s", {"a": 2}, parents)
+    assert version_id("s", {"a": 1}, parents) != version_id("s", {"a": 1}, [{"version_id": "x"}])
+
+
+def test_complete_versions_are_immutable(store, make_version):
+    make_version(store, ROWS)
+    with pytest.raises(VersionExistsError, match="immutable"):
+        make_version(store, ROWS)
+
+
+def test_partial_version_is_invisible_and_resumable(store):
+    parents = [{"kind": "raw", "path": "m", "sha256": "2"}]
+    writer = store.create_version("preprocess", {"x": 1}, parents, name="half")
+    writer.write_chunk(0, pa.Table.from_pylist(ROWS[:2]), accounting={"input_rows": 2})
+    assert store.version_ids() == []
+    with pytest.raises(VersionNotFoundError):
+        store.resolve("half")
+    with pytest.raises(DistilleryError, match="--resume"):
+        store.create_version("preprocess", {"x": 1}, parents)
+    resumed = store.create_version("preprocess", {"x": 1}, parents, name="half", resume=True)
+    assert resumed.is_committed(0) and not resumed.is_committed(1)
+    resumed.write_chunk(1, pa.Table.from_pylist(ROWS[2:]), accounting={"input_rows": 5})
+    manifest = resumed.finalize()
+    assert manifest["num_rows"] == 7 and manifest["accounting"]["input_rows"] == 7
+    assert store.resolve("half") == manifest["version_id"]
+
+
+def test_leftover_tmp_files_do_not_count_as_chunks(store):
+    parents = [{"kind": "raw", "path": "m", "sha256": "3"}]
+    writer = store.create_version("preprocess", {}, parents)
+    (writer.path / "data" / "shard-00000.parquet.tmp").write_bytes(b"half written")
+    assert not writer.is_committed(0)
+    writer.write_chunk(0, pa.Table.from_pylist(ROWS))
+    assert writer.finalize()["num_rows"] == 7
+
+
+def test_finalize_refuses_gaps_and_schema_drift(store):
+    writer = store.create_version("preprocess", {}, [{"kind": "raw", "sha256": "4"}])
+    writer.write_chunk(1, pa.Table.from_pylist(ROWS[:1]))
+    with pytest.raises(DistilleryError, match="contiguous"):
+        writer.finalize()
+    writer.write_chunk(0, pa.Table.from_pylist([{"text": "x", "label": 1, "row_id": 0}]))
+    with pytest.raises(DistilleryError, match="schema"):
+        writer.finalize()
+
+
+def test_verify_detects_a_flipped_byte(store, make_version):
+    manifest = make_version(store, ROWS)
+    assert store.verify(manifest["version_id"]) == []
+    shard = store.shard_paths(manifest["version_id"])[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    problems = store.verify(manifest["version_id"])
+    assert len(problems) == 1 and "shard-00001" in problems[0] and "sha256" in problems[0]
+
+
+def test_tags_prefixes_lineage_and_diff(store, make_version):
+    base = make_version(store, ROWS, name="base")
+    child = make_version(store, ROWS[:3], step="augment", config={"n": 2},
+                         parents=[{"version_id": base["version_id"]}], name="child")
+    store.tag("child", "v1", child["version_id"])
+    assert store.resolve("child@v1") == child["version_id"]
+    assert store.resolve(child["version_id"][:10]) == child["version_id"]
+    chain = store.lineage("child@v1")
+    assert [e.get("step") for e in chain] == ["augment", "preprocess", None]
+    assert chain[-1]["raw"] == "memory"
+    diff = diff_manifests(base, child)
+    assert diff["num_rows"] == [7, 3] and diff["step"] == ["preprocess", "augment"] and not diff["same_data"]
+
+
+def test_gc_removes_partial_and_unreferenced(store, make_version):
+    keep = make_version(store, ROWS, name="keep")
+    orphan = make_version(store, ROWS[:2], config={"other": 1})
+    store.create_version("preprocess", {"p": 1}, [{"kind": "raw", "sha256": "5"}]).write_chunk(
+        0, pa.Table.from_pylist(ROWS))
+    assert len(store.gc(dry_run=True)) == 1
+    removed = store.gc(unreferenced=True)
+    assert orphan["version_id"] in removed and keep["version_id"] not in removed
+    assert store.version_ids(include_partial=True) == [keep["version_id"]]
+
+
+def test_data_card_front_matter_and_content(store, make_version):
+    manifest = make_version(store, ROWS, name="carded")
+    text = (store.version_path(manifest["version_id"]) / "README.md").read_text()
+    _, front, body = text.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["distillery"]["version_id"] == manifest["version_id"]
+    assert meta["dataset_info"]["splits"][0]["num_examples"] == 7
+    assert meta["task_categories"] == ["text-classification"]
+    assert "| a | 4 |" in body and "## Lineage" in body and "raw input `memory`" in body
+
+
+def test_length_statistics_are_exact(store, make_version):
+    rows = [{"text": "x" * n} for n in (1, 2, 3, 10, 100)]
+    stats = make_version(store, rows)["stats"]["text_chars"]
+    assert (stats["min"], stats["median"], stats["max"], stats["mean"]) == (1, 3, 100, 23.2)
+    assert stats["histogram"]["0-15"] == 4 and stats["histogram"]["64-127"] == 1
+
+
+def test_other_tools_load_the_shards(store, make_version):
+    import datasets
+    import duckdb
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    manifest = make_version(store, ROWS)
+    files = [str(p) for p in store.shard_paths(manifest["version_id"])]
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert ds["text"] == [r["text"] for r in ROWS]
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    assert frame["row_id"].tolist() == list(range(7))
+    assert pq.read_table(files).num_rows == 7
+    glob = str(store.version_path(manifest["version_id"]) / "data" / "*.parquet")
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}') WHERE label = 'b'").fetchall() == [(3,)]
+
+
+def test_export_formats(store, make_version, tmp_path):
+    import csv
+
+    import datasets
+
+    from pipelines.export import export_version
+
+    manifest = make_version(store, ROWS)
+    vid = manifest["version_id"]
+    lines = export_version(store, vid, tmp_path / "out.jsonl", "jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == ROWS
+    with open(export_version(store, vid, tmp_path / "out.csv", "csv"), newline="") as fh:
+        assert [r["text"] for r in csv.DictReader(fh)] == [r["text"] for r in ROWS]
+    hf = datasets.load_from_disk(str(export_version(store, vid, tmp_path / "hf", "hf")))
+    assert hf["label"] == [r["label"] for r in ROWS]
+    with pytest.raises(DistilleryError, match="exists"):
+        export_version(store, vid, tmp_path / "hf", "hf")
