@@ -1,0 +1,4 @@
+"""`python -m pipelines` runs the distillery CLI."""
+from pipelines.cli import main
+
+main()
