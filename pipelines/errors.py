@@ -8,6 +8,10 @@ class DistilleryError(Exception):
 class VersionExistsError(DistilleryError):
     """Raised when a step would write into an already complete (immutable) version."""
 
+    def __init__(self, message: str, version_id: str):
+        super().__init__(message)
+        self.version_id = version_id
+
 
 class VersionNotFoundError(DistilleryError):
     """Raised when a version reference cannot be resolved."""

@@ -254,7 +254,7 @@ class Store:
         path = self.version_path(vid)
         if self.is_complete(vid):
             raise VersionExistsError(f"version {vid[:12]} ({step}) already exists and is complete; versions are "
-                                     f"immutable (same input, config and code give the same version)")
+                                     f"immutable (same input, config and code give the same version)", version_id=vid)
         if path.exists() and any((path / "chunks").glob("*.json")) and not resume:
             raise DistilleryError(f"an interrupted write of version {vid[:12]} exists at {path}; "
                                   f"rerun with --resume to continue it, or `distillery versions gc` to discard it")
