@@ -1,0 +1,299 @@
+"""Python API: fine-tune a teacher, general and task distillation, evaluation, teacher-logit caching."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distill import models
+from distill.card import write_model_card
+from distill.config import DistillConfig, FinetuneConfig, TaskDistillConfig, TrainConfig, stage_config, to_dict
+from distill.data import IGNORE_LABEL, LOGITS, Collator, ShardStream, make_loader
+from distill.matches import Match, MatchSet, default_matches, layer_mapping
+from distill.metrics import classification_metrics, regression_metrics
+from distill.objective import Objective
+from distill.plots import plot_metrics
+from distill.trainer import Runtime, Trainer, setup_runtime, to_device
+from pipelines.errors import DistilleryError, VersionExistsError
+from pipelines.fingerprint import path_sha256
+from pipelines.progress import progress_bar
+from pipelines.store import Store
+
+
+# ---- labels ------------------------------------------------------------------------------------------
+def label_kwargs(store: Store, ref: str, cfg: TrainConfig) -> dict[str, Any]:
+    """num_labels / id2label / label2id / problem_type for a model trained on ``ref`` (empty: no labels)."""
+    stats = store.manifest(ref)["stats"]
+    regression = cfg.task == "regression" or (cfg.task == "auto" and "label_values" in stats)
+    if regression:
+        return {"num_labels": 1, "problem_type": "regression"}
+    labels = [str(x) for x in cfg.labels] or sorted(stats.get("label_counts", {}))
+    if not labels:
+        if cfg.task == "classification":
+            raise DistilleryError(f"version {ref} has no labels; give the label vocabulary with `labels`")
+        return {}
+    if not cfg.labels and stats.get("num_labels", len(labels)) > len(labels):
+        raise DistilleryError(f"version {ref} has {stats['num_labels']} labels but its manifest lists only "
+                              f"{len(labels)}; give the vocabulary explicitly with `labels`")
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}, "problem_type": "single_label_classification"}
+
+
+def _model_labels(config: Any) -> dict[str, Any]:
+    """The label kwargs a saved model carries."""
+    if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
+        return {"num_labels": 1, "problem_type": "regression"}
+    id2label = {int(k): str(v) for k, v in config.id2label.items()}
+    return {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
+            "problem_type": "single_label_classification"}
+
+
+def _is_regression(labels: dict[str, Any]) -> bool:
+    return labels.get("problem_type") == "regression"
+
+
+# ---- streams and evaluation ------------------------------------------------------------------------------
+def make_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig, labels: dict[str, Any],
+                runtime: Runtime | None = None, shuffle: bool = True, batch_size: int | None = None) -> ShardStream:
+    """The streaming dataset of a version for a run's config and this process's rank."""
+    runtime = runtime or Runtime(torch.device("cpu"))
+    return ShardStream(store.shard_paths(ref), tokenizer, batch_size=batch_size or cfg.batch_size,
+                       max_seq_length=cfg.max_seq_length, seed=cfg.seed, shuffle=shuffle,
+                       shuffle_buffer=cfg.shuffle_buffer, group_batches=cfg.group_batches,
+                       label2id=labels.get("label2id"), regression=_is_regression(labels), rank=runtime.rank,
+                       world_size=runtime.world_size, num_rows=store.manifest(ref)["num_rows"])
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, stream: ShardStream, device: torch.device, num_workers: int = 0
+                   ) -> dict[str, Any]:
+    """Metrics of a sequence classifier / regressor over a stream whose labels are mapped by name."""
+    was_training = model.training
+    model.eval()
+    regression = _is_regression(_model_labels(model.config))
+    predictions, gold, unknown = [], [], 0
+    stream.set_state(0, 0)
+    for batch in make_loader(stream, num_workers):
+        if "labels" not in batch:
+            raise DistilleryError("the evaluation version has no 'label' column")
+        inputs = to_device({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, device)
+        logits = model(**inputs).logits.float().cpu()
+        labels = batch["labels"]
+        keep = ~torch.isnan(labels) if regression else labels != IGNORE_LABEL
+        unknown += int((~keep).sum())
+        predictions.append(logits.view(-1)[keep] if regression else logits.argmax(-1)[keep])
+        gold.append(labels[keep])
+    model.train(was_training)
+    preds, gold_all = torch.cat(predictions).numpy(), torch.cat(gold).numpy()
+    scores = (regression_metrics(preds, gold_all) if regression
+              else classification_metrics(preds, gold_all, model.config.num_labels))
+    return {**scores, "rows": int(len(gold_all)), "unknown_labels": unknown}
+
+
+def evaluate(store: Store, ref: str, model_dir: str | Path, batch_size: int = 64, max_seq_length: int = 128,
+             device: str = "auto") -> dict[str, Any]:
+    """accuracy / macro-F1 / Matthews (classification) or Pearson / Spearman (regression) of a saved model."""
+    model_dir = models.resolve_model(model_dir)
+    runtime = setup_runtime(TrainConfig(device=device, num_workers=0))
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(runtime.device)
+    labels = _model_labels(model.config)
+    cfg = TrainConfig(batch_size=batch_size, max_seq_length=max_seq_length)
+    stream = make_stream(store, ref, model_dir, cfg, labels, shuffle=False)
+    return {"version_id": store.resolve(ref), **evaluate_model(model, stream, runtime.device)}
+
+
+def _eval_fn(store: Store, cfg: TrainConfig, tokenizer: str | Path, labels: dict[str, Any], runtime: Runtime):
+    if not cfg.eval_ref or not labels:
+        return None
+    stream = make_stream(store, cfg.eval_ref, tokenizer, cfg, labels, shuffle=False, batch_size=64)
+    return lambda objective: evaluate_model(objective.student, stream, runtime.device)
+
+
+# ---- saving ------------------------------------------------------------------------------------------
+def _data_record(store: Store, role: str, ref: str) -> dict[str, Any]:
+    m = store.manifest(ref)
+    return {"role": role, "version_id": m["version_id"], "name": m["name"], "num_rows": m["num_rows"]}
+
+
+def save_model(model: nn.Module, tokenizer_src: str | Path, out: Path, *, title: str, mode: str,
+               teacher: str | None, data: list[dict[str, Any]], scores: dict[str, Any], cfg: TrainConfig) -> Path:
+    """save_pretrained (safetensors) + tokenizer + model card."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.set_attn_implementation("sdpa")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(out)
+    c = model.config
+    arch = {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
+            "intermediate": c.intermediate_size, "parameters": sum(p.numel() for p in model.parameters())}
+    write_model_card(out, title=title, mode=mode, teacher=teacher, data=data,
+                     scores={k: v for k, v in scores.items() if k != "step"}, config=to_dict(cfg), architecture=arch)
+    return out
+
+
+def _finish(trainer: Trainer, title: str) -> None:
+    if trainer.runtime.is_main:
+        plot_metrics(trainer.metrics_path, trainer.output_dir / "loss.png", title)
+
+
+# ---- fine-tuning -------------------------------------------------------------------------------------
+def finetune(store: Store, train_ref: str, config: FinetuneConfig, output_dir: str | Path,
+             resume: bool = False) -> Path:
+    """Fine-tune ``config.model`` on a labelled version (hard-label loss); returns the saved model folder."""
+    cfg, output_dir = config, Path(output_dir)
+    runtime = setup_runtime(cfg)
+    torch.manual_seed(cfg.seed)
+    labels = label_kwargs(store, train_ref, cfg)
+    if not labels:
+        raise DistilleryError(f"version {train_ref} has no 'label' column to fine-tune on")
+    source = models.resolve_model(cfg.model)
+    model = AutoModelForSequenceClassification.from_pretrained(source, **labels)
+    objective = Objective(model, MatchSet([Match("labels", "hard")], model.config.hidden_size,
+                                          model.config.hidden_size, _is_regression(labels)))
+    stream = make_stream(store, train_ref, source, cfg, labels, runtime)
+    trainer = Trainer(objective, stream, cfg, output_dir, runtime, _eval_fn(store, cfg, source, labels, runtime),
+                      "finetune", {"train_version": store.resolve(train_ref), "model": source})
+    scores = trainer.run(resume)
+    _finish(trainer, "fine-tuning")
+    data = [_data_record(store, "train", train_ref)] + ([_data_record(store, "eval", cfg.eval_ref)]
+                                                        if cfg.eval_ref else [])
+    return save_model(model, source, output_dir / "model", title=f"{Path(source).name} fine-tuned",
+                      mode="finetune", teacher=None, data=data, scores=scores, cfg=cfg)
+
+
+# ---- distillation ------------------------------------------------------------------------------------------
+def build_matches(cfg: DistillConfig, student_layers: int, teacher_layers: int, regression: bool) -> list[Match]:
+    """Explicit matches from the config, or the recipe its weights describe."""
+    if cfg.matches:
+        return [Match.from_dict(dict(m)) for m in cfg.matches]
+    mapping = layer_mapping(student_layers, teacher_layers, cfg.mapping, cfg.layer_map)
+    return default_matches(mapping, embedding=cfg.embedding_weight, hidden=cfg.hidden_weight,
+                           attention=cfg.attention_weight, prediction=cfg.prediction_weight, kl=cfg.kl_weight,
+                           cosine=cfg.cosine_weight, hard=cfg.hard_weight, temperature=cfg.temperature,
+                           regression=regression)
+
+
+def _student_overrides(cfg: DistillConfig) -> dict[str, int]:
+    return {"num_hidden_layers": cfg.student_layers, "hidden_size": cfg.student_hidden,
+            "num_attention_heads": cfg.student_heads, "intermediate_size": cfg.student_intermediate}
+
+
+def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str,
+                 with_head: bool, student_src: str, resume: bool, teacher_needed: bool = True,
+                 model_dir: Path | None = None) -> Path:
+    """One distillation run (general, or one stage of task distillation); returns the saved student."""
+    runtime = setup_runtime(cfg)
+    torch.manual_seed(cfg.seed)
+    teacher_src = models.resolve_model(cfg.teacher)
+    teacher_config = models.load_config(teacher_src)
+    labels = _model_labels(teacher_config) if with_head else {}
+    if with_head and not getattr(teacher_config, "id2label", None):
+        raise DistilleryError(f"teacher {teacher_src} is not a fine-tuned classifier (no id2label)")
+    teacher = models.load_teacher(teacher_src, with_head, runtime.device) if teacher_needed else None
+    student = models.load_student(student_src, teacher_config, _student_overrides(cfg), labels, with_head, cfg.seed)
+    matches = build_matches(cfg, models.num_layers(student), models.num_layers(teacher_config),
+                            _is_regression(labels))
+    if not with_head and any(m.feature in ("logits", "labels") for m in matches):
+        raise DistilleryError("general distillation has no prediction layer: use only embedding / hidden / "
+                              "attention matches (prediction, kl and hard weights must be 0)")
+    match_set = MatchSet(matches, models.hidden_size(student), models.hidden_size(teacher_config),
+                         _is_regression(labels))
+    match_set.check_layers(models.num_layers(student), models.num_layers(teacher_config))
+    objective = Objective(student, match_set, teacher)
+    tokenizer = teacher_src if teacher_needed else models.resolve_model(student_src)
+    stream = make_stream(store, train_ref, tokenizer, cfg, labels, runtime)
+    record = {"train_version": store.resolve(train_ref), "teacher": teacher_src, "student": student_src,
+              "matches": [m.to_dict() for m in matches]}
+    trainer = Trainer(objective, stream, cfg, output_dir, runtime,
+                      _eval_fn(store, cfg, tokenizer, labels, runtime), mode, record)
+    scores = trainer.run(resume)
+    _finish(trainer, mode)
+    data = [_data_record(store, "train", train_ref)] + ([_data_record(store, "eval", cfg.eval_ref)]
+                                                        if cfg.eval_ref else [])
+    return save_model(student, tokenizer, model_dir or output_dir / "model", title=f"distilled student ({mode})",
+                      mode=mode,
+                      teacher=teacher_src, data=data, scores=scores, cfg=cfg)
+
+
+def general_distill(store: Store, train_ref: str, config: DistillConfig, output_dir: str | Path,
+                    resume: bool = False) -> Path:
+    """TinyBERT general distillation (embedding, hidden and attention losses) on a plain-text version."""
+    return _distill_run(store, train_ref, config, Path(output_dir), mode="general", with_head=False,
+                        student_src=config.student, resume=resume)
+
+
+def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output_dir: str | Path,
+                 resume: bool = False) -> Path:
+    """TinyBERT task distillation: stage 1 (intermediate layers) then stage 2 (prediction layer).
+
+    ``config.stage`` picks 1, 2 or both; each stage is a run folder (``stage1/``, ``stage2/``) that resumes on
+    its own; the final student is ``output_dir/model``. Stage 2 starts from stage 1's student (or from ``config.student`` when run alone without a
+    stage 1 folder) and trains from ``config.logits_ref`` without the teacher when that is set.
+    """
+    cfg, output_dir = config, Path(output_dir)
+    if cfg.stage not in ("1", "2", "both"):
+        raise DistilleryError(f"stage must be 1, 2 or both (got '{cfg.stage}')")
+    stage1_model = output_dir / "stage1" / "model"
+    result = stage1_model
+    if cfg.stage in ("1", "both") and not (resume and (stage1_model / "config.json").exists()):
+        result = _distill_run(store, train_ref, stage_config(cfg, 1), output_dir / "stage1", mode="task-stage1",
+                              with_head=True, student_src=cfg.student, resume=resume)
+    if cfg.stage in ("2", "both"):
+        s2 = stage_config(cfg, 2)
+        student = str(stage1_model) if (stage1_model / "config.json").exists() else cfg.student
+        if student in models.PRESETS:
+            raise DistilleryError("stage 2 needs a student: run stage 1 first (same --output) or give --student PATH")
+        data_ref = cfg.logits_ref or train_ref
+        if cfg.logits_ref and LOGITS not in {f["name"] for f in store.manifest(cfg.logits_ref)["schema"]}:
+            raise DistilleryError(f"logits_ref {cfg.logits_ref} has no '{LOGITS}' column (make one with "
+                                  f"`distillery distill cache-logits`)")
+        result = _distill_run(store, data_ref, s2, output_dir / "stage2", mode="task-stage2", with_head=True,
+                              student_src=student, resume=resume, teacher_needed=not cfg.logits_ref,
+                              model_dir=output_dir / "model")
+    return result
+
+
+# ---- teacher logits ------------------------------------------------------------------------------------
+@torch.no_grad()
+def cache_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, name: str | None = None,
+                         batch_size: int = 64, max_seq_length: int = 128, device: str = "auto") -> dict[str, Any]:
+    """Write a new version = ``ref`` plus a ``teacher_logits`` column (one chunk per input shard; resumable).
+
+    Its lineage: parent ``ref``, step ``teacher-logits``, config naming the teacher and its content hash.
+    """
+    teacher_src = models.resolve_model(teacher_dir)
+    parent = store.manifest(ref)
+    config = {"teacher": teacher_src, "teacher_sha256": path_sha256(teacher_src), "max_seq_length": max_seq_length,
+              "batch_size": batch_size}
+    try:
+        writer = store.create_version("teacher-logits", config, [{"version_id": parent["version_id"]}], name=name,
+                                      resume=True)
+    except VersionExistsError as exc:
+        return store.manifest(exc.version_id)
+    runtime = setup_runtime(TrainConfig(device=device, num_workers=0))
+    teacher = models.load_teacher(teacher_src, True, runtime.device)
+    collate = Collator(teacher_src, max_seq_length)
+    bar = progress_bar(total=parent["num_rows"], desc="teacher logits")
+    for index, path in enumerate(store.shard_paths(ref)):
+        table = pq.read_table(path, memory_map=True)
+        if writer.is_committed(index):
+            bar.update(table.num_rows)
+            continue
+        rows, logits = table.to_pylist(), []
+        for start in range(0, len(rows), batch_size):
+            batch = to_device(collate(rows[start:start + batch_size]), runtime.device)
+            out = teacher(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+            logits.append(out.float().cpu().numpy())
+            bar.update(min(batch_size, len(rows) - start))
+        values = np.concatenate(logits) if logits else np.zeros((0, teacher.config.num_labels), np.float32)
+        column = pa.array(list(values.astype(np.float32)), type=pa.list_(pa.float32()))
+        writer.write_chunk(index, table.append_column(LOGITS, column),
+                           accounting={"input_rows": table.num_rows, "kept": table.num_rows})
+    bar.close()
+    return writer.finalize(extra={"teacher": teacher_src, "id2label": {str(k): v for k, v in
+                                                                        teacher.config.id2label.items()}})

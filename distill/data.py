@@ -1,0 +1,222 @@
+"""Streaming training data: a PyTorch IterableDataset over a version's Parquet shards.
+
+Usable on its own by any PyTorch trainer::
+
+    from distill.data import ShardStream, make_loader
+    stream = ShardStream(store.shard_paths("wordnet-train"), tokenizer="path/or/hub-id", batch_size=32,
+                         seed=0, label2id={"noun.act": 0, ...})
+    for epoch in range(3):
+        stream.set_state(epoch, position=0)        # position = global batches already consumed this epoch
+        for batch in make_loader(stream, num_workers=2):
+            ...                                     # dict of tensors: input_ids, attention_mask, token_type_ids,
+                                                    # labels, row_id (and teacher_logits when the version has them)
+
+How rows are ordered (deterministic from ``seed`` and the epoch, independent of worker and rank counts):
+shards are visited in a seeded random order, rows pass through a bounded shuffle buffer, windows of
+``group_batches * batch_size`` rows are sorted by length (DistilBERT-style length grouping, so batches pad
+little) and cut into batches whose order inside the window is shuffled. That gives the *global* batch sequence
+of the epoch: ``ceil(rows / batch_size)`` batches, only the very last one short. Global batch ``k`` belongs to
+rank ``k % world_size``; a rank's ``j``-th batch from the resume point goes to DataLoader worker
+``j % num_workers``, so the DataLoader's round-robin yields a rank's batches in order. Workers tokenise only
+their own batches. Resuming at ``position`` skips the first ``position`` global batches without tokenising them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipelines.errors import DistilleryError
+
+IGNORE_LABEL = -100
+TEXT, PAIR, LABEL, ROW_ID, LOGITS = "text", "text_pair", "label", "row_id", "teacher_logits"
+
+
+@dataclass
+class StreamState:
+    """Where a stream is: ``position`` global batches of ``epoch`` have been consumed (by all ranks)."""
+
+    epoch: int = 0
+    position: int = 0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Collator:
+    """Turns a list of row dicts into tensors; the tokenizer is loaded lazily (once per worker)."""
+
+    def __init__(self, tokenizer: str | Path, max_seq_length: int = 128, label2id: dict[str, int] | None = None,
+                 regression: bool = False):
+        self.tokenizer_path = str(tokenizer)
+        self.max_seq_length = max_seq_length
+        self.label2id = label2id
+        self.regression = regression
+        self._tokenizer = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tokenizer": None}
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        return self._tokenizer
+
+    def label_id(self, value: Any) -> float | int:
+        """The training target for a raw label (IGNORE_LABEL when missing or unknown)."""
+        if value is None:
+            return float("nan") if self.regression else IGNORE_LABEL
+        if self.regression:
+            return float(value)
+        return self.label2id.get(str(value), IGNORE_LABEL)
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        texts = [r.get(TEXT) or "" for r in rows]
+        pairs = [r.get(PAIR) or "" for r in rows] if PAIR in rows[0] else None
+        enc = self.tokenizer(texts, pairs, padding="longest", truncation=True, max_length=self.max_seq_length,
+                             return_tensors="pt", return_token_type_ids=True)
+        batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        if LABEL in rows[0] and (self.regression or self.label2id is not None):
+            dtype = torch.float32 if self.regression else torch.long
+            batch["labels"] = torch.tensor([self.label_id(r[LABEL]) for r in rows], dtype=dtype)
+        if ROW_ID in rows[0]:
+            batch["row_id"] = torch.tensor([r[ROW_ID] for r in rows], dtype=torch.long)
+        if LOGITS in rows[0]:
+            batch["teacher_logits"] = torch.tensor([r[LOGITS] for r in rows], dtype=torch.float32)
+        return batch
+
+
+def _length(row: dict[str, Any]) -> int:
+    return len(row.get(TEXT) or "") + len(row.get(PAIR) or "")
+
+
+class ShardStream(IterableDataset):
+    """Batches of tokenised rows streamed from Parquet shards; see the module docstring for the order."""
+
+    def __init__(self, shards: Sequence[str | Path], tokenizer: str | Path, *, batch_size: int,
+                 max_seq_length: int = 128, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
+                 group_batches: int = 50, label2id: dict[str, int] | None = None, regression: bool = False,
+                 rank: int = 0, world_size: int = 1, num_rows: int | None = None):
+        super().__init__()
+        if batch_size < 1:
+            raise DistilleryError(f"batch_size must be >= 1 (got {batch_size})")
+        if not 0 <= rank < world_size:
+            raise DistilleryError(f"rank {rank} outside world size {world_size}")
+        self.shards = [str(s) for s in shards]
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.shuffle_buffer = max(1, shuffle_buffer)
+        self.group_batches = max(1, group_batches)
+        self.rank, self.world_size = rank, world_size
+        self.collate = Collator(tokenizer, max_seq_length, label2id, regression)
+        self.num_rows = num_rows if num_rows is not None else sum(pq.ParquetFile(s).metadata.num_rows
+                                                                  for s in self.shards)
+        self.state = StreamState(seed=seed)
+        self._columns = self._read_columns()
+
+    def _read_columns(self) -> list[str]:
+        if not self.shards:
+            raise DistilleryError("the version has no shards (no rows to train on)")
+        names = pq.ParquetFile(self.shards[0]).schema_arrow.names
+        if TEXT not in names:
+            raise DistilleryError(f"{self.shards[0]}: no '{TEXT}' column (columns: {', '.join(names)})")
+        return [c for c in (TEXT, PAIR, LABEL, ROW_ID, LOGITS) if c in names]
+
+    # ---- the global order ---------------------------------------------------------------------
+    def set_state(self, epoch: int, position: int = 0) -> None:
+        """Start the next iteration at global batch ``position`` of ``epoch``."""
+        self.state = StreamState(epoch=epoch, position=position, seed=self.state.seed)
+
+    @property
+    def num_batches(self) -> int:
+        """Global batches per epoch (all ranks together)."""
+        return math.ceil(self.num_rows / self.batch_size)
+
+    def local_batches(self, rank: int | None = None) -> int:
+        """Batches of one epoch that ``rank`` gets."""
+        rank = self.rank if rank is None else rank
+        return len(range(rank, self.num_batches, self.world_size))
+
+    def _rows(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+        order = list(range(len(self.shards)))
+        if self.shuffle:
+            rng.shuffle(order)
+        for index in order:
+            parquet = pq.ParquetFile(self.shards[index], memory_map=True)
+            for batch in parquet.iter_batches(batch_size=4096, columns=self._columns):
+                yield from batch.to_pylist()
+
+    def _shuffled(self, rows: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
+        buffer: list[dict[str, Any]] = []
+        size = self.shuffle_buffer
+        for row in rows:
+            if len(buffer) < size:
+                buffer.append(row)
+                continue
+            i = rng.randrange(size)
+            yield buffer[i]
+            buffer[i] = row
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def global_batches(self, epoch: int) -> Iterator[list[dict[str, Any]]]:
+        """The epoch's global batch sequence (lists of rows), identical in every worker and rank."""
+        rng = random.Random(self.state.seed * 1_000_003 + epoch)
+        rows = self._rows(rng)
+        if not self.shuffle:
+            window: list[dict[str, Any]] = []
+            for row in rows:
+                window.append(row)
+                if len(window) == self.batch_size:
+                    yield window
+                    window = []
+            if window:
+                yield window
+            return
+        window_rows = self.group_batches * self.batch_size
+        window = []
+        for row in self._shuffled(rows, rng):
+            window.append(row)
+            if len(window) == window_rows:
+                yield from self._grouped(window, rng)
+                window = []
+        if window:
+            yield from self._grouped(window, rng)
+
+    def _grouped(self, window: list[dict[str, Any]], rng: random.Random) -> list[list[dict[str, Any]]]:
+        window.sort(key=_length)
+        batches = [window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+        short = batches.pop() if len(batches[-1]) < self.batch_size else None
+        rng.shuffle(batches)
+        return batches + [short] if short else batches
+
+    # ---- this process's share -------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        epoch, position = self.state.epoch, self.state.position
+        first_local = max(0, math.ceil((position - self.rank) / self.world_size))
+        for k, rows in enumerate(self.global_batches(epoch)):
+            if k < position or k % self.world_size != self.rank:
+                continue
+            if (k // self.world_size - first_local) % workers == worker:
+                yield self.collate(rows)
+
+
+def make_loader(stream: ShardStream, num_workers: int = 0, prefetch: int = 4) -> DataLoader:
+    """A DataLoader over a stream (batches come ready-made; a fixed generator keeps global RNG untouched)."""
+    generator = torch.Generator().manual_seed(stream.state.seed * 7919 + stream.state.epoch)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, generator=generator,
+                      prefetch_factor=prefetch if num_workers else None, persistent_workers=False)

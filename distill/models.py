@@ -1,0 +1,161 @@
+"""Teachers and students: loading, presets, and raw (pre-softmax) attention score capture.
+
+Hugging Face BERT models return *post-softmax* attentions. TinyBERT distils the raw scores
+``Q K^T / sqrt(d) + mask``. We register an attention implementation ``distill_raw`` (identical to the
+eager one) that, when a capture list is attached to a self-attention module, appends those scores to it.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, AutoConfig, AutoModel, AutoModelForSequenceClassification, BertConfig
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from pipelines.errors import DistilleryError
+from distill.config import MINILM
+
+RAW_ATTENTION = "distill_raw"
+PRESETS = {
+    "tinybert-4": {"num_hidden_layers": 4, "hidden_size": 312, "num_attention_heads": 12, "intermediate_size": 1200},
+    "tinybert-6": {"num_hidden_layers": 6, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
+    "custom": {},
+}
+_SINK = "_distill_scores"
+
+
+def _raw_score_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                         **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention that also hands the masked raw scores to the module's capture list."""
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    sink = getattr(module, _SINK, None)
+    if sink is not None:
+        sink.append(scores)
+    probs = nn.functional.dropout(torch.softmax(scores, dim=-1), p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+AttentionInterface.register(RAW_ATTENTION, _raw_score_attention)
+AttentionMaskInterface.register(RAW_ATTENTION, eager_mask)
+
+
+def resolve_model(name: str | Path) -> str:
+    """A model reference: the MiniLM shortcut, a local folder or a hub id."""
+    if str(name) == MINILM:
+        from pipelines.resources import minilm_path
+
+        return str(minilm_path())
+    return str(name)
+
+
+def self_attentions(model: nn.Module) -> list[nn.Module]:
+    """The self-attention modules of a BERT-family encoder, bottom to top."""
+    encoder = model.base_model.encoder
+    return [layer.attention.self for layer in encoder.layer]
+
+
+def enable_raw_attention(model: nn.Module) -> None:
+    """Switch a model to the capturing attention implementation (same numbers as eager)."""
+    model.set_attn_implementation(RAW_ATTENTION)
+
+
+@contextlib.contextmanager
+def capture_scores(model: nn.Module, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
+    """Collect each layer's raw attention scores (batch, heads, q, k) during the forward passes in the block."""
+    scores: list[torch.Tensor] = []
+    modules = self_attentions(model) if enabled else []
+    if enabled and model.config._attn_implementation != RAW_ATTENTION:
+        raise DistilleryError("raw attention capture needs enable_raw_attention(model) first")
+    for module in modules:
+        setattr(module, _SINK, scores)
+    try:
+        yield scores
+    finally:
+        for module in modules:
+            setattr(module, _SINK, None)
+
+
+@dataclass
+class Features:
+    """What the losses compare: hidden states (index 0 = embeddings), raw attention scores, logits."""
+
+    hidden: tuple[torch.Tensor, ...] | None
+    attentions: list[torch.Tensor] | None
+    logits: torch.Tensor | None
+
+
+def forward_features(model: nn.Module, batch: dict[str, torch.Tensor], hidden: bool, attentions: bool) -> Features:
+    """One forward pass returning only the features asked for."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with capture_scores(model, attentions) as scores:
+        out = model(**inputs, output_hidden_states=hidden, return_dict=True)
+    logits = getattr(out, "logits", None)
+    return Features(out.hidden_states if hidden else None, list(scores) if attentions else None, logits)
+
+
+def load_config(path: str | Path) -> Any:
+    return AutoConfig.from_pretrained(resolve_model(path))
+
+
+def load_teacher(path: str | Path, with_head: bool, device: torch.device) -> nn.Module:
+    """A frozen teacher in eval mode (sequence classifier when ``with_head``)."""
+    path = resolve_model(path)
+    cls = AutoModelForSequenceClassification if with_head else AutoModel
+    try:
+        model = cls.from_pretrained(path)
+    except OSError as exc:
+        raise DistilleryError(f"cannot load teacher '{path}': {exc}") from None
+    if with_head and not getattr(model.config, "label2id", None):
+        raise DistilleryError(f"teacher '{path}' has no classification head labels")
+    model.requires_grad_(False)
+    return model.eval().to(device)
+
+
+def student_config(teacher_config: Any, preset: str, overrides: dict[str, int], labels: dict[str, Any]) -> BertConfig:
+    """A BertConfig for a fresh student: the preset's shape, the teacher's vocabulary and positions."""
+    shape = dict(PRESETS[preset])
+    shape.update({k: v for k, v in overrides.items() if v})
+    missing = [k for k in PRESETS["tinybert-4"] if k not in shape]
+    if missing:
+        raise DistilleryError(f"student 'custom' needs student_layers/hidden/heads/intermediate (missing {missing})")
+    if shape["hidden_size"] % shape["num_attention_heads"]:
+        raise DistilleryError(f"student hidden size {shape['hidden_size']} is not a multiple of its "
+                              f"{shape['num_attention_heads']} heads")
+    return BertConfig(vocab_size=teacher_config.vocab_size,
+                      max_position_embeddings=teacher_config.max_position_embeddings,
+                      type_vocab_size=getattr(teacher_config, "type_vocab_size", 2),
+                      pad_token_id=getattr(teacher_config, "pad_token_id", 0), **shape, **labels)
+
+
+def load_student(student: str, teacher_config: Any, overrides: dict[str, int], labels: dict[str, Any],
+                 with_head: bool, seed: int) -> nn.Module:
+    """A student from a saved model (path / hub id) or, for a preset, a randomly initialised BertModel."""
+    cls = AutoModelForSequenceClassification if with_head else AutoModel
+    if student in PRESETS:
+        config = student_config(teacher_config, student, overrides, labels)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls.from_config(config)
+    try:
+        return cls.from_pretrained(resolve_model(student), **labels)
+    except OSError as exc:
+        raise DistilleryError(f"cannot load student '{student}': {exc} (or use a preset: {', '.join(PRESETS)})") \
+            from None
+
+
+def num_layers(model_or_config: Any) -> int:
+    config = getattr(model_or_config, "config", model_or_config)
+    return config.num_hidden_layers
+
+
+def hidden_size(model_or_config: Any) -> int:
+    config = getattr(model_or_config, "config", model_or_config)
+    return config.hidden_size

@@ -1,0 +1,315 @@
+"""The training loop shared by fine-tuning and distillation.
+
+AdamW with linear warm-up and decay, gradient accumulation, clipping, AMP (bf16 / fp16), optional
+``torch.compile``, DDP under ``torchrun`` (same code path; one process is the default), atomic checkpoints
+with the exact data position, resume that reproduces an uninterrupted run step for step, and non-finite
+loss handling (the step is skipped and counted; the run stops after ``max_nonfinite``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from distill import checkpoint
+from distill.config import TrainConfig, to_dict
+from distill.data import ShardStream, make_loader
+from pipelines.errors import DistilleryError
+from pipelines.progress import progress_bar
+
+# settings that may change between a run and its resumption (they do not change what is computed)
+RUNTIME_FIELDS = frozenset({"device", "num_workers", "threads", "compile", "checkpoint_every", "keep_checkpoints",
+                            "log_every", "eval_every", "eval_ref", "max_nonfinite", "stage"})
+EvalFn = Callable[[nn.Module], dict[str, Any]]
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Device, rank and world size (from torchrun's environment), thread count."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise DistilleryError(f"device '{cfg.device}' asked for but CUDA is not available")
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cpu":
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(cfg.threads or max(1, cores // world_size - cfg.num_workers))
+    if cfg.amp not in ("none", "bf16", "fp16"):
+        raise DistilleryError(f"amp must be none, bf16 or fp16 (got '{cfg.amp}')")
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise DistilleryError("amp=fp16 needs a CUDA device (use bf16 or none on CPU)")
+    return Runtime(device, rank, world_size, local_rank)
+
+
+def total_steps(cfg: TrainConfig, stream: ShardStream) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps)."""
+    per_epoch = math.ceil(stream.local_batches(0) / cfg.grad_accum)
+    if per_epoch == 0:
+        raise DistilleryError("the training version has no rows")
+    return per_epoch, cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@dataclass
+class Trainer:
+    """Trains ``objective`` (a module whose forward(batch) returns (loss, parts)) on ``stream``.
+
+    The trainable parameters are the objective's (student plus projections); the run folder gets
+    ``checkpoints/``, ``metrics.jsonl``, ``config.json`` and ``loss.png``.
+    """
+
+    objective: nn.Module
+    stream: ShardStream
+    cfg: TrainConfig
+    output_dir: Path
+    runtime: Runtime
+    evaluate: EvalFn | None = None
+    description: str = "train"
+    record: dict[str, Any] = field(default_factory=dict)   # extra facts for config.json
+
+    def __post_init__(self) -> None:
+        self.output_dir = Path(self.output_dir)
+        self.ckpt_dir = self.output_dir / "checkpoints"
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.per_epoch, self.total = total_steps(self.cfg, self.stream)
+        warmup = int(self.cfg.warmup * self.total) if self.cfg.warmup < 1 else int(self.cfg.warmup)
+        self.objective.to(self.runtime.device)
+        self.optimizer = make_optimizer(self.objective, self.cfg)
+        self.scheduler = linear_schedule(self.optimizer, warmup, self.total)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cfg.amp == "fp16")
+        self.step, self.epoch, self.position, self.nonfinite = 0, 0, 0, 0
+        self.last_eval: dict[str, Any] = {}
+
+    # ---- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "position": self.position, "nonfinite": self.nonfinite,
+                "objective": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": checkpoint.rng_state(), "data": {"epoch": self.epoch, "position": self.position,
+                                                        "seed": self.stream.state.seed},
+                "last_eval": self.last_eval, "config": to_dict(self.cfg), "record": self.record}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.nonfinite, self.last_eval = state["nonfinite"], state.get("last_eval", {})
+        checkpoint.set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> None:
+        if self.runtime.is_main:
+            checkpoint.save(self.ckpt_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints)
+        if self.runtime.distributed:
+            torch.distributed.barrier()
+
+    def _prepare_folder(self, resume: bool) -> None:
+        latest = checkpoint.latest(self.ckpt_dir)
+        if latest is not None and not resume:
+            raise DistilleryError(f"{self.output_dir} already holds a run (checkpoint {latest.name}); "
+                                  f"continue it with --resume or choose another --output")
+        if latest is not None:
+            state = checkpoint.load(latest)
+            changed = {k: (v, getattr(self.cfg, k, None)) for k, v in state["config"].items()
+                       if k not in RUNTIME_FIELDS and v != getattr(self.cfg, k, None)}
+            if changed or state.get("record", self.record) != self.record:
+                raise DistilleryError(f"cannot resume {self.output_dir}: the run was started with other settings "
+                                      f"({changed or 'data / models differ'}); use the same config or a new --output")
+            self.load_state_dict(state)
+            if self.runtime.is_main and self.metrics_path.exists():   # drop lines written after the checkpoint
+                kept = [line for line in self.metrics_path.read_text().splitlines()
+                        if line.strip() and json.loads(line)["step"] <= self.step]
+                self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        elif self.runtime.is_main:
+            self.metrics_path.unlink(missing_ok=True)
+        if self.runtime.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            info = {"mode": self.description, "config": to_dict(self.cfg), "steps": self.total,
+                    "steps_per_epoch": self.per_epoch, "world_size": self.runtime.world_size, **self.record}
+            (self.output_dir / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str)
+                                                         + "\n")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.runtime.is_main:
+            with open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def _wrapped(self) -> nn.Module:
+        model = self.objective
+        if self.cfg.compile:
+            model = torch.compile(model)
+        if self.runtime.distributed:
+            ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+        return model
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.runtime.device.type, dtype=dtype)
+
+    def _micro_batches(self, iterator, consumed_local: int) -> list[tuple[dict[str, torch.Tensor], float]]:
+        """The micro-batches of one step with their weights; under DDP, ranks short of batches repeat
+        their last one with weight 0 so every rank does the same number of passes."""
+        expected = min(self.cfg.grad_accum, self.stream.local_batches(0) - consumed_local)
+        micro: list[tuple[dict[str, torch.Tensor], float]] = []
+        for _ in range(expected):
+            batch = next(iterator, None)
+            if batch is None:
+                if not micro:
+                    break
+                micro.append((micro[-1][0], 0.0))
+            else:
+                micro.append((batch, 1.0))
+        return micro
+
+    def _all_true(self, flag: bool) -> bool:
+        if not self.runtime.distributed:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.runtime.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value.item())
+
+    def _train_step(self, model: nn.Module, micro: list[tuple[dict[str, torch.Tensor], float]]
+                    ) -> tuple[float, dict[str, float]] | None:
+        """Forward/backward over the micro-batches and one optimizer step; None when a loss was non-finite."""
+        total, parts_sum = 0.0, {}
+        n = sum(w for _, w in micro) or 1.0
+        for i, (batch, weight) in enumerate(micro):
+            sync = i == len(micro) - 1 or not self.runtime.distributed
+            with (contextlib.nullcontext() if sync else model.no_sync()), self._autocast():
+                loss, parts = model(to_device(batch, self.runtime.device))
+            if not self._all_true(bool(torch.isfinite(loss).item())):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            self.scaler.scale(loss * (weight / n)).backward()
+            total += loss.item() * weight / n
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v.item() * weight / n
+        if self.cfg.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, parts_sum
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (a hook for subclasses and tests)."""
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (or continue a checkpointed run); returns the last eval metrics."""
+        self._prepare_folder(resume)
+        model = self._wrapped()
+        self.objective.train()
+        bar = (progress_bar(total=self.total, desc=self.description, unit="step", initial=self.step)
+               if self.runtime.is_main else tqdm(disable=True))
+        world = self.runtime.world_size
+        while self.step < self.total:
+            self.stream.set_state(self.epoch, self.position)
+            iterator = iter(make_loader(self.stream, self.cfg.num_workers))
+            consumed_local = self.position // world
+            while self.step < self.total:
+                micro = self._micro_batches(iterator, consumed_local)
+                if not micro:
+                    self.epoch, self.position = self.epoch + 1, 0
+                    break
+                consumed_local += len(micro)
+                self.position += len(micro) * world
+                result = self._train_step(model, micro)
+                self.scheduler.step()
+                self.step += 1
+                bar.update(1)
+                self._after_optimizer_step(result, bar)
+                self.after_step()
+        bar.close()
+        if self.evaluate is not None and self.last_eval.get("step") != self.step:
+            self._run_eval()
+        if not (self.ckpt_dir / f"step-{self.step:08d}.pt").exists():
+            self.save_checkpoint()
+        return self.last_eval
+
+    def _after_optimizer_step(self, result: tuple[float, dict[str, float]] | None, bar) -> None:
+        if result is None:
+            self.nonfinite += 1
+            self._log({"step": self.step, "epoch": self.epoch, "nonfinite": self.nonfinite})
+            if self.nonfinite >= self.cfg.max_nonfinite:
+                raise DistilleryError(
+                    f"stopped at step {self.step}: {self.nonfinite} steps had a non-finite loss (limit "
+                    f"max_nonfinite={self.cfg.max_nonfinite}); lower lr, check the data, or try amp=none; the last "
+                    f"good checkpoint is in {self.ckpt_dir}")
+        elif self.step % self.cfg.log_every == 0 or self.step == self.total:
+            loss, parts = result
+            self._log({"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
+                       "loss": loss, "parts": parts, "nonfinite": self.nonfinite})
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        if self.evaluate is not None and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+            self._run_eval()
+        if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def _run_eval(self) -> None:
+        if self.runtime.is_main:
+            self.objective.eval()
+            scores = self.evaluate(self.objective)
+            self.objective.train()
+            self.last_eval = {"step": self.step, **scores}
+            self._log({"step": self.step, "eval": scores})
+        if self.runtime.distributed:
+            torch.distributed.barrier()
