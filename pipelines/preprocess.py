@@ -1,0 +1,437 @@
+"""``preprocess``: raw inputs -> one cleaned, filtered, de-duplicated, versioned dataset.
+
+Input rows are cut into chunks of ``chunk_rows`` (chunk *i* = input rows ``[i*R, (i+1)*R)`` over all inputs in
+order). Workers (``multiprocess``) parse, clean and filter a chunk and hash its rows; the parent decides
+duplicates in row order and writes the chunk, so the output bytes do not depend on the worker count.
+Bad rows are repaired by a documented rule (counted in ``accounting.repaired``) or written to the chunk's
+rejects shard with their origin and reason; every chunk records
+``input_rows = kept + sum(dropped.values()) + sum(rejected.values())``.
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.config import config_to_dict
+from pipelines.dedup import DedupState, MinHasher, text_hash
+from pipelines.errors import DistilleryError, VersionExistsError
+from pipelines.progress import progress_bar
+from pipelines.readers import (BAD, FORMATS, LINE, ROW, InputSource, arrow_schema, iter_records, open_source,
+                               raw_text, sample_rows)
+from pipelines.row_schema import (REJECTS_SCHEMA, InputColumns, OutputSchema, build_column, coerce_extra,
+                                  coerce_label, derive_schema, describe_input)
+from pipelines.store import Store, VersionWriter
+from pipelines.text_clean import NORMALIZATIONS, Cleaner, count_tokens, split_sentences
+
+STEP = "preprocess"
+LENGTH_FILTERS = ("min_chars", "max_chars", "min_tokens", "max_tokens")
+
+
+@dataclass
+class InputConfig:
+    """How inputs are read and which columns hold what."""
+
+    format: str = "auto"                  # auto (from the extension) | txt | jsonl | csv | tsv | parquet | hf
+    text_column: str = "text"
+    text_pair_column: str | None = None   # set for sentence-pair data
+    label_column: str | None = None       # set for labelled data (the label keeps its type)
+    extra_columns: list[str] | None = None  # None: keep every other column; a list: keep only these
+    csv_header: bool = True               # CSV/TSV: first line names the columns (else "0", "1", ...)
+    csv_quoting: str = "auto"             # auto (tsv: none, as GLUE; csv: minimal) | none | minimal
+    hf_split: str = "train"               # split of a Hugging Face DatasetDict / data-files folder
+    decode_errors: str = "replace"        # undecodable bytes: replace (U+FFFD, counted) | reject
+    max_row_bytes: int = 1_000_000        # longer rows are rejected (row_too_long) without being loaded
+    schema_sample_rows: int = 1000        # rows per input read up front to derive the output schema
+
+
+@dataclass
+class CleanConfig:
+    """Text clean-up (see pipelines.text_clean for the exact rules)."""
+
+    normalize: str = "nfc"                # nfc | nfkc | none
+    control_chars: bool = True            # delete control characters (NUL included), BOM, zero-width space
+    whitespace: bool = True               # collapse whitespace runs to one space and strip
+    lowercase: bool = False
+    split_sentences_over: int = 0         # split texts longer than this many characters into sentences (0: off)
+
+
+@dataclass
+class FilterConfig:
+    """Length filters per text field (0 = no limit); tokens are words and punctuation marks."""
+
+    min_chars: int = 0
+    max_chars: int = 0
+    min_tokens: int = 0
+    max_tokens: int = 0
+
+
+@dataclass
+class DedupConfig:
+    """Exact (64-bit hash of the final text and pair) and near-duplicate (MinHash-LSH) removal."""
+
+    exact: bool = True
+    near: bool = False
+    near_threshold: float = 0.8           # estimated Jaccard similarity of character n-gram sets
+    num_perm: int = 64
+    ngram: int = 5
+    seed: int = 0
+
+
+@dataclass
+class PreprocessConfig:
+    """Everything `distillery preprocess` does; TOML keys are these fields (sections for the nested ones)."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    licence: dict[str, str] = field(default_factory=dict)   # recorded in the manifest's extra.licence
+    chunk_rows: int = 20_000
+    workers: int = 1                      # runtime only: never changes the version id or the bytes
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.input.format in FORMATS, f"input.format must be one of {', '.join(FORMATS)}"),
+            (self.input.csv_quoting in ("auto", "none", "minimal"), "input.csv_quoting must be auto, none or minimal"),
+            (self.input.decode_errors in ("replace", "reject"), "input.decode_errors must be replace or reject"),
+            (self.input.max_row_bytes > 0, "input.max_row_bytes must be positive"),
+            (self.input.schema_sample_rows > 0, "input.schema_sample_rows must be positive"),
+            (self.clean.normalize in NORMALIZATIONS, f"clean.normalize must be one of {', '.join(NORMALIZATIONS)}"),
+            (min(getattr(self.filter, f) for f in LENGTH_FILTERS) >= 0, "length filters must be >= 0"),
+            (0.0 < self.dedup.near_threshold < 1.0, "dedup.near_threshold must be in (0, 1)"),
+            (self.dedup.num_perm >= 2 and self.dedup.ngram >= 1, "dedup.num_perm >= 2 and dedup.ngram >= 1"),
+            (self.chunk_rows > 0, "chunk_rows must be positive"),
+            (self.workers >= 1, "workers must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DistilleryError(f"invalid preprocess config: {message}")
+
+
+@dataclass
+class ChunkResult:
+    """What a worker returns for one chunk: candidate rows (before de-duplication) and their hashes."""
+
+    index: int
+    table: pa.Table | None                # None for an already committed chunk (resume)
+    rejects: pa.Table | None = None
+    hashes: np.ndarray | None = None
+    keys: np.ndarray | None = None
+    accounting: dict[str, Any] = field(default_factory=dict)
+
+
+class _Reject(Exception):
+    """A row goes to the rejects shard with this reason."""
+
+
+def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+class ChunkProcessor:
+    """Turns the records of one chunk into candidate rows, rejects, hashes and accounting."""
+
+    def __init__(self, config: PreprocessConfig, schema: OutputSchema, sources: list[InputSource]):
+        self.config = config
+        self.schema = schema
+        self.sources = sources
+        c = config.clean
+        self.cleaner = Cleaner(c.normalize, c.control_chars, c.whitespace, c.lowercase)
+        self.hasher = MinHasher.for_threshold(config.dedup.near_threshold, config.dedup.num_perm,
+                                              config.dedup.ngram, config.dedup.seed) if config.dedup.near else None
+        self.filters = [(name, getattr(config.filter, name)) for name in LENGTH_FILTERS if getattr(config.filter, name)]
+        cols = config.input
+        self.known_keys = {cols.text_column, cols.text_pair_column, cols.label_column, *(s for s, _, _ in schema.extras)}
+
+    def run(self, task: tuple[str, int, Any]) -> ChunkResult:
+        kind, index, payload = task
+        if kind == "shard":
+            return self._rehash(index, payload)
+        return self._process(index, payload)
+
+    # ---- de-duplication inputs ------------------------------------------------------------
+    def _hashes(self, texts: list[str], pairs: list[str | None]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        hashes = keys = None
+        if self.config.dedup.exact:
+            hashes = np.fromiter((text_hash(t, p) for t, p in zip(texts, pairs)), dtype=np.uint64, count=len(texts))
+        if self.hasher is not None:
+            keys = self.hasher.band_keys([t if p is None else f"{t}\x00{p}" for t, p in zip(texts, pairs)])
+        return hashes, keys
+
+    def _rehash(self, index: int, shard: str | None) -> ChunkResult:
+        """Hashes of a committed chunk's rows, to rebuild the de-duplication state when resuming."""
+        if shard is None:
+            return ChunkResult(index, None)
+        columns = ["text", "text_pair"] if self.schema.has_pair else ["text"]
+        table = pq.read_table(shard, columns=columns)
+        texts = table.column("text").to_pylist()
+        pairs = table.column("text_pair").to_pylist() if self.schema.has_pair else [None] * len(texts)
+        return ChunkResult(index, None, None, *self._hashes(texts, pairs))
+
+    # ---- row processing ---------------------------------------------------------------------
+    def _parse(self, source: InputSource, kind: int, payload: Any, repaired: dict[str, int]) -> dict[str, Any]:
+        reject_bad_bytes = self.config.input.decode_errors == "reject"
+        if kind == ROW:
+            if reject_bad_bytes and source.format in ("csv", "tsv") and any(
+                    isinstance(v, str) and not v.isascii() and _has_surrogates(v)
+                    for v in payload.values()):
+                raise _Reject("invalid_utf8")
+            return payload
+        try:
+            line = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            if reject_bad_bytes:
+                raise _Reject("invalid_utf8") from None
+            line = payload.decode("utf-8", "replace")
+            _bump(repaired, "invalid_utf8")
+        if source.format == "txt":
+            return {self.config.input.text_column: line}
+        if not line.strip():
+            raise _Reject("blank_line")
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError):
+            raise _Reject("malformed_json") from None
+        if not isinstance(value, dict):
+            raise _Reject("not_an_object")
+        return value
+
+    def _field(self, row: dict[str, Any], column: str, slot: str) -> str:
+        value = row.get(column)
+        if value is None:
+            raise _Reject(f"missing_{slot}")
+        if not isinstance(value, str):
+            raise _Reject(f"wrong_type_{slot}")
+        return value
+
+    def _clean(self, value: str, slot: str, repaired: dict[str, int]) -> str:
+        text = self.cleaner.clean(value, repaired)
+        if not text or text.isspace():
+            raise _Reject(f"empty_{slot}")
+        return text
+
+    def _drop_reason(self, text: str) -> str | None:
+        for name, limit in self.filters:
+            if name.endswith("chars"):
+                size = len(text)
+            else:
+                size = count_tokens(text)
+            if (size < limit) if name.startswith("min") else (size > limit):
+                return name
+        return None
+
+    def _process(self, index: int, items: list[tuple[int, int, int, Any]]) -> ChunkResult:
+        cfg = self.config.input
+        split_over = self.config.clean.split_sentences_over
+        texts: list[str] = []
+        pairs: list[str | None] = []
+        labels: list[Any] = []
+        extras: list[list[Any]] = [[] for _ in self.schema.extras]
+        rejects: list[tuple[str, int, str, str]] = []
+        dropped = {name: 0 for name, _ in self.filters}
+        rejected: dict[str, int] = {}
+        repaired: dict[str, int] = {}
+        split_docs = split_added = 0
+        for src, origin, kind, payload in items:
+            source = self.sources[src]
+            try:
+                if kind == BAD:
+                    raise _Reject(payload[0])
+                row = self._parse(source, kind, payload, repaired)
+                text = self._field(row, cfg.text_column, "text")
+                pair = self._field(row, cfg.text_pair_column, "text_pair") if cfg.text_pair_column else None
+                if kind == ROW and len(text) + len(pair or "") > cfg.max_row_bytes:
+                    raise _Reject("row_too_long")
+                label = None
+                if self.schema.label_kind:
+                    value = row.get(cfg.label_column)
+                    if value is None:
+                        raise _Reject("missing_label")
+                    try:
+                        label = coerce_label(value, self.schema.label_kind)
+                    except (ValueError, OverflowError):
+                        raise _Reject("wrong_type_label") from None
+                text = self._clean(text, "text", repaired)
+                pair = self._clean(pair, "text_pair", repaired) if pair is not None else None
+            except _Reject as exc:
+                reason = str(exc)
+                _bump(rejected, reason)
+                raw = payload[1] if kind == BAD else raw_text(payload if kind == LINE else
+                                                              json.dumps(payload, ensure_ascii=False, default=str))
+                rejects.append((source.path, origin, reason, raw))
+                continue
+            if cfg.extra_columns is None and not row.keys() <= self.known_keys:
+                _bump(repaired, "extra_key_dropped", len(row.keys() - self.known_keys))
+            extra_values = [coerce_extra(row.get(src_name), typ) for src_name, _, typ in self.schema.extras]
+            parts = [text]
+            if split_over and pair is None and len(text) > split_over:
+                parts = split_sentences(text)
+                if len(parts) > 1:
+                    split_docs += 1
+                    split_added += len(parts) - 1
+            if pair is not None:
+                pair = self.cleaner.finish(pair)
+            for part in parts:
+                part = self.cleaner.finish(part)
+                reason = self._drop_reason(part) or (self._drop_reason(pair) if pair is not None else None)
+                if reason:
+                    dropped[reason] += 1
+                    continue
+                texts.append(part)
+                pairs.append(pair)
+                labels.append(label)
+                for column, value in zip(extras, extra_values):
+                    column.append(value)
+        schema = self.schema.candidate_schema()
+        arrays = [pa.array(texts, pa.string())]
+        if self.schema.has_pair:
+            arrays.append(pa.array(pairs, pa.string()))
+        if self.schema.label_kind:
+            arrays.append(pa.array(labels, schema.field("label").type))
+        arrays += [build_column(values, typ, repaired) for values, (_, _, typ) in zip(extras, self.schema.extras)]
+        table = pa.Table.from_arrays(arrays, schema=schema)
+        rejects_table = pa.Table.from_pylist([dict(zip(REJECTS_SCHEMA.names, r)) for r in rejects],
+                                             schema=REJECTS_SCHEMA) if rejects else None
+        accounting: dict[str, Any] = {"input_rows": len(items) + split_added, "dropped": dropped,
+                                      "rejected": rejected, "repaired": repaired}
+        if split_over:
+            accounting["split"] = {"documents": split_docs, "rows_added": split_added}
+        return ChunkResult(index, table, rejects_table, *self._hashes(texts, pairs), accounting=accounting)
+
+
+def _has_surrogates(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+# ---- running chunks in order over a bounded pool -----------------------------------------------
+_PROCESSOR: ChunkProcessor | None = None
+
+
+def _init_worker(config: PreprocessConfig, schema: OutputSchema, sources: list[InputSource]) -> None:
+    global _PROCESSOR
+    _PROCESSOR = ChunkProcessor(config, schema, sources)
+
+
+def _run_task(task: tuple[str, int, Any]) -> ChunkResult:
+    assert _PROCESSOR is not None
+    return _PROCESSOR.run(task)
+
+
+def ordered_map(fn: Callable[[Any], Any], tasks: Iterator[Any], workers: int, initializer: Callable[..., None],
+                initargs: tuple[Any, ...]) -> Iterator[Any]:
+    """``map(fn, tasks)`` over ``workers`` processes, results in task order, at most 2 tasks per worker in flight
+    (so memory stays bounded however long the input is)."""
+    if workers <= 1:
+        initializer(*initargs)
+        yield from map(fn, tasks)
+        return
+    import multiprocess
+
+    with multiprocess.get_context("spawn").Pool(workers, initializer, initargs) as pool:
+        pending: deque[Any] = deque()
+        for task in tasks:
+            pending.append(pool.apply_async(fn, (task,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# ---- the step ------------------------------------------------------------------------------
+def _describe(source: InputSource, config: PreprocessConfig) -> InputColumns:
+    cfg = config.input
+    if source.format == "txt":
+        return InputColumns(source.path, {cfg.text_column: pa.string()}, None)
+    schema = arrow_schema(source, cfg.hf_split)
+    rows = [] if schema is not None else sample_rows(source, cfg.schema_sample_rows, **_reader_args(config))
+    return describe_input(source.path, arrow=schema, rows=rows, label_column=cfg.label_column,
+                          from_text=source.format in ("csv", "tsv"))
+
+
+def _reader_args(config: PreprocessConfig) -> dict[str, Any]:
+    cfg = config.input
+    return {"max_row_bytes": cfg.max_row_bytes, "csv_header": cfg.csv_header, "csv_quoting": cfg.csv_quoting,
+            "hf_split": cfg.hf_split}
+
+
+def _tasks(sources: list[InputSource], config: PreprocessConfig, writer: VersionWriter,
+           rebuild_state: bool) -> Iterator[tuple[str, int, Any]]:
+    """Chunks of ``chunk_rows`` records over all inputs in order; committed chunks become rehash tasks."""
+    def task(index: int, items: list[tuple[int, int, int, Any]]) -> tuple[str, int, Any]:
+        if writer.is_committed(index):
+            shard = writer.path / writer.chunk_record(index)["shard"]["path"]
+            return "shard", index, str(shard) if rebuild_state else None
+        return "rows", index, items
+
+    items: list[tuple[int, int, int, Any]] = []
+    index = 0
+    for src, source in enumerate(sources):
+        for origin, kind, payload in iter_records(source, **_reader_args(config)):
+            items.append((src, origin, kind, payload))
+            if len(items) == config.chunk_rows:
+                yield task(index, items)
+                index, items = index + 1, []
+    if items or index == 0:
+        yield task(index, items)
+
+
+def preprocess(store: Store, inputs: list[str | Path], config: PreprocessConfig, name: str | None = None,
+               resume: bool = False) -> dict[str, Any]:
+    """Read, clean, filter and de-duplicate ``inputs`` into a new version; returns its manifest.
+
+    Raises VersionExistsError when the same inputs, config and code already made a complete version.
+    """
+    if not inputs:
+        raise DistilleryError("preprocess needs at least one input")
+    sources = [open_source(p, config.input.format, config.input.hf_split) for p in inputs]
+    cfg = config.input
+    schema = derive_schema([_describe(s, config) for s in sources], cfg.text_column, cfg.text_pair_column,
+                           cfg.label_column, cfg.extra_columns)
+    try:
+        writer = store.create_version(STEP, config_to_dict(config), [s.parent() for s in sources], name=name,
+                                      resume=resume)
+    except VersionExistsError as exc:
+        raise VersionExistsError(f"{exc}; it is at {store.version_path(exc.version_id)}", exc.version_id) from None
+    dedup = config.dedup.exact or config.dedup.near
+    processor = ChunkProcessor(config, schema, sources)
+    state = DedupState(processor.hasher.bands if processor.hasher else 0)
+    offset = 0
+    with progress_bar(desc="preprocess", unit="rows") as bar:
+        for result in ordered_map(_run_task, _tasks(sources, config, writer, dedup), config.workers,
+                                  _init_worker, (config, schema, sources)):
+            if result.table is None:
+                state.absorb(result.hashes, result.keys)
+                record = writer.chunk_record(result.index)
+                offset += record["shard"]["rows"]
+                bar.update(record["accounting"]["input_rows"])
+                continue
+            table, accounting = result.table, result.accounting
+            if dedup:
+                keep, exact_dups, near_dups = state.decide(table.num_rows, result.hashes, result.keys)
+                table = table.filter(pa.array(keep))
+                if config.dedup.exact:
+                    accounting["dropped"]["exact_dup"] = exact_dups
+                if config.dedup.near:
+                    accounting["dropped"]["near_dup"] = near_dups
+            accounting["kept"] = table.num_rows
+            table = table.append_column("row_id", pa.array(np.arange(offset, offset + table.num_rows), pa.int64()))
+            offset += table.num_rows
+            writer.write_chunk(result.index, table, rejects=result.rejects, accounting=accounting)
+            bar.update(accounting["input_rows"])
+    extra: dict[str, Any] = {}
+    if config.licence:
+        extra["licence"] = dict(config.licence)
+    if processor.hasher:
+        extra["near_dup_lsh"] = {"bands": processor.hasher.bands, "rows_per_band": processor.hasher.rows_per_band}
+    return writer.finalize(extra)

@@ -1,0 +1,332 @@
+"""Streaming readers: every input format becomes a stream of records ``(origin_row, kind, payload)``.
+
+Kinds:
+
+* ``LINE``: one raw line of a text format (``txt`` / ``jsonl``) as ``bytes`` without its newline; decoding and
+  JSON parsing happen later, in the workers.
+* ``ROW``: an already parsed row as a ``dict`` (CSV/TSV, Parquet, Hugging Face datasets).
+* ``BAD``: a row the reader itself had to reject, as ``(reason, raw_text)`` (over-long line, wrong CSV field
+  count, malformed CSV, blank CSV line).
+
+``origin_row`` is the 1-based physical line number for text formats (CSV/TSV: the line the record starts on,
+the header being line 1) and the 0-based row index for Parquet and Hugging Face datasets.
+
+Nothing here loads a whole file: lines are read with a length limit (``max_row_bytes``), so a 10 MB line costs
+at most ``max_row_bytes`` of memory, and gzip / zstd inputs are decompressed as streams.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import fingerprint
+from pipelines.errors import DistilleryError
+
+LINE, ROW, BAD = 0, 1, 2
+Record = tuple[int, int, Any]
+FORMATS = ("auto", "txt", "jsonl", "csv", "tsv", "parquet", "hf")
+TEXT_FORMATS = ("txt", "jsonl", "csv", "tsv")
+RAW_CHARS = 1000                      # raw content kept in a rejects row
+_EXTENSIONS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+               ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+_COMPRESSED = (".gz", ".zst", ".zstd")
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BOM = b"\xef\xbb\xbf"
+_SKIP_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """One input: where it is, its format and the sha256 that identifies its content."""
+
+    path: str
+    format: str
+    sha256: str
+
+    def parent(self) -> dict[str, str]:
+        """The raw-input parent entry of a manifest."""
+        return {"kind": "raw", "path": self.path, "sha256": self.sha256, "format": self.format}
+
+
+def raw_text(data: bytes | str, limit: int = RAW_CHARS) -> str:
+    """Printable, truncated form of a rejected row for the rejects shard."""
+    if isinstance(data, bytes):
+        data = data[: limit * 4].decode("utf-8", "backslashreplace")
+    text = data.encode("utf-8", "backslashreplace").decode("utf-8") if not data.isascii() else data
+    return text[:limit]
+
+
+def _is_hf_saved(path: Path) -> bool:
+    return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def detect_format(path: str, fmt: str = "auto") -> str:
+    """The format of ``path``: ``fmt`` unless it is ``auto``, else from the extension (``.gz``/``.zst`` ignored)."""
+    if fmt not in FORMATS:
+        raise DistilleryError(f"unknown input format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if fmt != "auto":
+        return fmt
+    p = Path(path)
+    if p.is_dir() or not p.exists():
+        return "hf"
+    name = p.name.lower()
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    if name.endswith(".py"):
+        return "hf"
+    ext = os.path.splitext(name)[1]
+    if ext not in _EXTENSIONS:
+        raise DistilleryError(f"{path}: cannot tell the format from the extension '{ext}'; pass --format "
+                              f"({', '.join(FORMATS[1:])})")
+    return _EXTENSIONS[ext]
+
+
+def open_source(path: str | Path, fmt: str = "auto", hf_split: str = "train") -> InputSource:
+    """Check that an input exists and is readable; fingerprint its content (streamed sha256)."""
+    path = str(path)
+    fmt = detect_format(path, fmt)
+    p = Path(path)
+    if fmt == "hf" and not p.exists():
+        dataset = _load_hub(path, hf_split)
+        digest = hashlib.sha256()
+        for item in sorted(f["filename"] for f in dataset.cache_files):
+            digest.update(fingerprint.file_sha256(item).encode())
+        return InputSource(path, fmt, digest.hexdigest())
+    if not p.exists():
+        raise DistilleryError(f"input not found: {path}")
+    if fmt in TEXT_FORMATS + ("parquet",) and not p.is_file():
+        raise DistilleryError(f"{path}: expected a {fmt} file, found a folder (use --format hf for dataset folders)")
+    if fmt == "parquet":
+        try:
+            pq.ParquetFile(path).close()
+        except (pa.ArrowException, OSError) as exc:
+            raise DistilleryError(f"{path}: not a readable Parquet file ({exc})") from None
+    try:
+        digest = fingerprint.path_sha256(p)
+    except OSError as exc:
+        raise DistilleryError(f"{path}: cannot read ({exc})") from None
+    return InputSource(path, fmt, digest)
+
+
+def open_binary(path: str | Path) -> BinaryIO:
+    """Open a file for binary reading, decompressing gzip / zstd transparently (detected by magic bytes)."""
+    raw = open(path, "rb")
+    magic = raw.read(4)
+    raw.seek(0)
+    if magic[:2] == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if magic == _ZSTD_MAGIC:
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))  # type: ignore
+    return raw
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    import zstandard
+
+    return (OSError, EOFError, zstandard.ZstdError)
+
+
+def iter_lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, bytes]]:
+    """Yield ``(line_number, line, head)``: ``line`` without its newline, or None when it is longer than
+    ``max_bytes`` (then ``head`` holds its first bytes and the rest is skipped without being kept)."""
+    number = 0
+    while True:
+        line = fh.readline(max_bytes + 1)
+        if not line:
+            return
+        number += 1
+        if number == 1 and line.startswith(_BOM):
+            line = line[len(_BOM):]
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        elif len(line) > max_bytes:
+            head, size = line[: RAW_CHARS * 4], len(line)
+            while True:
+                piece = fh.readline(_SKIP_BLOCK)
+                size += len(piece)
+                if not piece or piece.endswith(b"\n"):
+                    break
+            yield number, None, head + f" ... [{size} bytes]".encode()
+            continue
+        yield number, line, b""
+
+
+def _line_records(fh: BinaryIO, max_bytes: int) -> Iterator[Record]:
+    for number, line, head in iter_lines(fh, max_bytes):
+        if line is None:
+            yield number, BAD, ("row_too_long", raw_text(head))
+        else:
+            yield number, LINE, line
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}.{seen[name]}"
+        seen.setdefault(name, 0)
+        out.append(name)
+    return out
+
+
+def _csv_records(fh: BinaryIO, fmt: str, header: bool, quoting: str, max_bytes: int) -> Iterator[Record]:
+    """CSV (standard quoting) or GLUE-style TSV (quoting disabled: csv.QUOTE_NONE) records as dicts."""
+    too_long: list[tuple[int, bytes]] = []
+
+    def lines() -> Iterator[str]:
+        for number, line, head in iter_lines(fh, max_bytes):
+            if line is None:
+                too_long.append((number, head))
+                yield "\n"
+            else:
+                yield line.decode("utf-8", "surrogateescape") + "\n"
+
+    if quoting == "auto":
+        quoting = "none" if fmt == "tsv" else "minimal"
+    csv.field_size_limit(max(max_bytes, 1 << 17))
+    reader = csv.reader(lines(), delimiter="\t" if fmt == "tsv" else ",",
+                        quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
+    columns: list[str] | None = None
+    previous_line = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            start, previous_line = previous_line + 1, reader.line_num
+            yield start, BAD, ("malformed_csv", str(exc))
+            continue
+        start, previous_line = previous_line + 1, reader.line_num
+        if too_long and too_long[0][0] == start:
+            yield start, BAD, ("row_too_long", raw_text(too_long.pop(0)[1]))
+            continue
+        if columns is None:
+            columns = _unique(fields) if header else [str(i) for i in range(len(fields))]
+            if header:
+                continue
+        if not fields:
+            yield start, BAD, ("blank_line", "")
+        elif len(fields) != len(columns):
+            yield start, BAD, ("wrong_field_count", raw_text(("\t" if fmt == "tsv" else ",").join(fields)))
+        else:
+            yield start, ROW, dict(zip(columns, fields))
+
+
+def _load_hub(name: str, split: str) -> Any:
+    """A dataset from the Hugging Face Hub (only works with network access; offline it fails clearly)."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as exc:  # noqa: BLE001 - any failure means: cannot use this input
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistilleryError(f"input '{name}' is not a local file or folder and could not be loaded from the "
+                              f"Hugging Face Hub ({first}); offline, download it elsewhere with "
+                              f"datasets.load_dataset(...).save_to_disk(DIR) and pass DIR") from None
+
+
+def load_hf(path: str, split: str) -> Any:
+    """A Hugging Face dataset: a ``save_to_disk`` folder (Dataset), local data files / folder (streamed
+    IterableDataset) or a hub name."""
+    import datasets
+
+    p = Path(path)
+    if not p.exists():
+        return _load_hub(path, split)
+    if _is_hf_saved(p):
+        loaded = datasets.load_from_disk(path)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DistilleryError(f"{path}: no split '{split}' (splits: {', '.join(loaded)}); pass --hf-split")
+            loaded = loaded[split]
+        return loaded
+    try:
+        return datasets.load_dataset(path, split=split, streaming=True)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistilleryError(f"{path}: cannot load as a Hugging Face dataset ({first}); note that dataset "
+                              f"scripts are not supported by datasets>=4: point at the data files instead") from None
+
+
+def arrow_schema(source: InputSource, split: str = "train") -> pa.Schema | None:
+    """The Arrow schema of a Parquet file or saved Hugging Face dataset; None for formats without one."""
+    if source.format == "parquet":
+        return pq.read_schema(source.path)
+    if source.format == "hf":
+        import datasets
+
+        dataset = load_hf(source.path, split)
+        if isinstance(dataset, datasets.Dataset):
+            return dataset.data.schema
+    return None
+
+
+def _arrow_batches_records(batches: Iterator[pa.RecordBatch | pa.Table]) -> Iterator[Record]:
+    index = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            yield index, ROW, row
+            index += 1
+
+
+def iter_records(source: InputSource, *, max_row_bytes: int, csv_header: bool = True, csv_quoting: str = "auto",
+                 hf_split: str = "train") -> Iterator[Record]:
+    """Stream the records of one input in order. A file that cannot be read raises DistilleryError naming it."""
+    try:
+        if source.format in ("txt", "jsonl"):
+            with open_binary(source.path) as fh:
+                yield from _line_records(fh, max_row_bytes)
+        elif source.format in ("csv", "tsv"):
+            with open_binary(source.path) as fh:
+                yield from _csv_records(fh, source.format, csv_header, csv_quoting, max_row_bytes)
+        elif source.format == "parquet":
+            parquet = pq.ParquetFile(source.path)
+            yield from _arrow_batches_records(parquet.iter_batches(batch_size=1024))
+        else:
+            import datasets
+
+            dataset = load_hf(source.path, hf_split)
+            if isinstance(dataset, datasets.Dataset):
+                yield from _arrow_batches_records(dataset.with_format("arrow").iter(batch_size=1024))
+            else:
+                for index, row in enumerate(dataset):
+                    yield index, ROW, row
+    except DistilleryError:
+        raise
+    except (*_read_errors(), pa.ArrowException) as exc:
+        raise DistilleryError(f"{source.path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def sample_rows(source: InputSource, n: int, **kwargs: Any) -> list[dict[str, Any]]:
+    """The first ``n`` parseable rows of a JSONL, CSV/TSV or streamed Hugging Face input as dicts."""
+    rows: list[dict[str, Any]] = []
+    for _, kind, payload in iter_records(source, **kwargs):
+        if kind == ROW:
+            rows.append(payload)
+        elif kind == LINE:
+            try:
+                value = json.loads(payload)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                continue
+            if isinstance(value, dict):
+                rows.append(value)
+        if len(rows) >= n:
+            break
+    return rows
