@@ -1,0 +1,48 @@
+"""The TinyBERT ablation on the bundled WordNet task (issue: real-data results), as one command.
+
+    python bench/quality_bench.py [--quick] [--config configs/ablation.toml] [--store DIR] [--output DIR]
+
+Writes ``results.json``, a results card ``README.md`` and PNG plots into the output folder. Finished stages are
+reused, so rerunning after an interruption continues the experiment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipelines.ablation import load_experiment, run_experiment  # noqa: E402
+from pipelines.ablation_report import results_table  # noqa: E402
+from pipelines.resources import REPO_ROOT  # noqa: E402
+from pipelines.store import Store  # noqa: E402
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="The 5-minute version (configs/ablation_quick.toml).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Experiment TOML (default configs/ablation.toml, or ablation_quick.toml with --quick).")
+@click.option("--mlm", default=None, help="A masked LM (hub id / local path) to add the MLM-augmented student.")
+@click.option("--store", "store_root", default="distillery_store", show_default=True)
+@click.option("--output", default=None, help="Experiment folder (default runs/ablation[-quick]).")
+def main(quick: bool, config_path: str | None, mlm: str | None, store_root: str, output: str | None) -> None:
+    """Run the ablation and print its results table."""
+    config = Path(config_path or REPO_ROOT / "configs" / ("ablation_quick.toml" if quick else "ablation.toml"))
+    out = Path(output or ("runs/ablation-quick" if quick else "runs/ablation"))
+    start = time.perf_counter()
+    results = run_experiment(Store(store_root), load_experiment(config, {"mlm": mlm}), out)
+    click.echo(results_table(results))
+    for c in results["comparisons"]:
+        click.echo(f"{c['b']} - {c['a']}: {100 * c['b_minus_a']:+.1f} points (spread {100 * c['spread']:.1f})")
+    click.echo(json.dumps(results["wall_clock_seconds"]))
+    click.echo(f"total {time.perf_counter() - start:.0f} s; results in {out}/README.md")
+
+
+if __name__ == "__main__":
+    main()
