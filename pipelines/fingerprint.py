@@ -71,7 +71,7 @@ def library_versions(names: Iterable[str] = _LIBRARIES) -> dict[str, str]:
     return {name: library_version(name) for name in names}
 
 
-RUNTIME_KEYS = frozenset({"workers", "num_workers", "device", "progress", "resume", "debug"})
+RUNTIME_KEYS = frozenset({"workers", "num_workers", "device", "progress", "resume", "debug", "mlm_batch_size"})
 
 
 def without_runtime_keys(config: Any, runtime_keys: frozenset[str] = RUNTIME_KEYS) -> Any:

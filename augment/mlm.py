@@ -1,0 +1,256 @@
+"""Masked-LM candidates: input construction (pure Python, runs in workers) and batched inference (one process).
+
+Inference groups sequences by exact length (no padding, so a sentence's numbers never depend on its batch
+mates), runs the encoder under ``torch.inference_mode`` and applies the vocabulary head only to the hidden
+states at masked positions.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines import fingerprint
+from pipelines.errors import DistilleryError
+from augment.words import SentenceWords
+
+MAX_BATCH_TOKENS = 16384
+HARD_MAX_LENGTH = 512
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+
+
+@dataclass
+class Request:
+    """One masked-LM input: token ids, segment ids, masked positions and the words they stand for."""
+
+    ids: list[int]
+    type_ids: list[int]
+    positions: list[int]
+    words: list[int]
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What ``build_requests`` needs to know about the model (picklable, no torch)."""
+
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    max_length: int
+    mode: str = "pair"
+    masks_per_pass: int = 1
+
+
+def _window(n: int, width: int, centre: int) -> int:
+    """Start of a ``width``-piece window around piece ``centre`` in a text of ``n`` pieces."""
+    return max(0, min(centre - width // 2, n - width))
+
+
+def build_requests(sentence: SentenceWords, word_indices: list[int], spec: InputSpec) -> list[Request]:
+    """Masked-LM inputs for the single-piece words ``word_indices`` of a sentence (reference construction).
+
+    pair:   [CLS] pieces with the word masked [SEP] pieces [SEP], segment ids 0 ... 0 1 ... 1
+    single: [CLS] pieces with the word masked [SEP]
+    A text too long for the model is cut to a window of pieces around the masked word. With
+    ``masks_per_pass`` k > 1, the words are dealt round-robin into ceil(m / k) passes so that the words
+    sharing a pass are far apart (approximate mode; long texts still get one mask per pass).
+    """
+    if not word_indices:
+        return []
+    pieces = sentence.piece_ids
+    starts, offset = [], 0
+    for word_pieces in sentence.pieces:
+        starts.append(offset)
+        offset += len(word_pieces)
+    n = len(pieces)
+    overhead = 3 if spec.mode == "pair" else 2
+    copies = 2 if spec.mode == "pair" else 1
+    fits = copies * n + overhead <= spec.max_length
+    if fits and spec.masks_per_pass > 1:
+        passes = -(-len(word_indices) // spec.masks_per_pass)
+        groups = [word_indices[p::passes] for p in range(passes)]
+    else:
+        groups = [[w] for w in word_indices]
+    requests = []
+    for group in groups:
+        if fits:
+            lo, width = 0, n
+        else:
+            width = (spec.max_length - overhead) // copies
+            lo = _window(n, width, starts[group[0]])
+        window = pieces[lo:lo + width]
+        masked = list(window)
+        positions = []
+        for w in group:
+            masked[starts[w] - lo] = spec.mask_id
+            positions.append(starts[w] - lo + 1)
+        ids = [spec.cls_id, *masked, spec.sep_id]
+        type_ids = [0] * len(ids)
+        if spec.mode == "pair":
+            ids += [*window, spec.sep_id]
+            type_ids += [1] * (len(window) + 1)
+        requests.append(Request(ids, type_ids, positions, list(group), truncated=not fits))
+    return requests
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _local_folder(spec: str) -> Path | None:
+    """The folder holding a model's files: the path itself, or its snapshot in the Hugging Face cache."""
+    if Path(spec).expanduser().is_dir():
+        return Path(spec).expanduser()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # noqa: BLE001 - identity is best effort for hub ids
+        return None
+
+
+def model_identity(spec: str) -> dict[str, Any]:
+    """Id/path plus sha256 of the weight, config and tokenizer files (for the config and the data card)."""
+    folder = _local_folder(spec)
+    identity: dict[str, Any] = {"id": spec, "path": str(folder) if folder else None}
+    if folder is not None:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+        hashes = {p.name: fingerprint.file_sha256(p) for p in files}
+        identity["weights"] = {k: v for k, v in hashes.items() if k.endswith((".safetensors", ".bin"))}
+        identity["sha256"] = hashlib.sha256(fingerprint.canonical_json(hashes).encode()).hexdigest()
+    return identity
+
+
+def load_tokenizer(spec: str) -> Any:
+    """A fast BERT-family tokenizer from a hub id or folder (offline-aware)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=_offline(), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001
+        raise _not_available(spec, exc) from None
+    if not getattr(tokenizer, "is_fast", False) or tokenizer.backend_tokenizer.pre_tokenizer is None:
+        raise DistilleryError(f"tokenizer of '{spec}' is not a fast WordPiece (BERT-family) tokenizer")
+    return tokenizer
+
+
+def _not_available(spec: str, exc: Exception) -> DistilleryError:
+    where = "offline and not in the Hugging Face cache" if _offline() else f"could not be loaded ({type(exc).__name__})"
+    return DistilleryError(f"masked LM '{spec}' is {where}: pass a local checkpoint folder with --mlm PATH "
+                           f"(a BERT-family model with an MLM head), or --mlm none to use word vectors for every word")
+
+
+@dataclass
+class MaskedLM:
+    """A masked LM ready for batched candidate search."""
+
+    model: Any
+    tokenizer: Any
+    device: str
+    dtype: str
+    identity: dict[str, Any]
+    max_length: int
+    stats: dict[str, float] = field(default_factory=lambda: {
+        "sequences": 0, "tokens": 0, "attention_l2": 0, "masked": 0, "forwards": 0, "seconds": 0.0})
+
+    def input_spec(self, mode: str, masks_per_pass: int, max_length: int | None) -> InputSpec:
+        tok = self.tokenizer
+        limit = min(self.max_length, max_length or self.max_length)
+        return InputSpec(tok.cls_token_id, tok.sep_token_id, tok.mask_token_id, limit, mode, masks_per_pass)
+
+    def _encode(self, ids: Any, type_ids: Any) -> Any:
+        base = self.model.base_model
+        kwargs = {"token_type_ids": type_ids} if self.uses_segments else {}
+        return base(input_ids=ids, **kwargs).last_hidden_state
+
+    @property
+    def uses_segments(self) -> bool:
+        return "token_type_ids" in self.tokenizer.model_input_names and \
+            getattr(self.model.config, "type_vocab_size", 0) > 1
+
+    def _head(self) -> Any:
+        for name in ("cls", "lm_head"):
+            if hasattr(self.model, name):
+                return getattr(self.model, name)
+        return None
+
+    def top_k(self, requests: list[Request], k: int, batch_size: int) -> list[list[list[int]]]:
+        """Top-k token ids at every masked position of every request (same order as ``requests``)."""
+        import torch
+
+        start = time.perf_counter()
+        results: list[list[list[int]]] = [[] for _ in requests]
+        by_length: dict[int, list[int]] = {}
+        for index, request in enumerate(requests):
+            by_length.setdefault(len(request.ids), []).append(index)
+        head = self._head()
+        with torch.inference_mode():
+            for length in sorted(by_length):
+                members = by_length[length]
+                step = max(1, min(batch_size, MAX_BATCH_TOKENS // length))
+                for lo in range(0, len(members), step):
+                    batch = [requests[i] for i in members[lo:lo + step]]
+                    ids = torch.tensor([r.ids for r in batch], device=self.device)
+                    type_ids = torch.tensor([r.type_ids for r in batch], device=self.device)
+                    rows = torch.tensor([b for b, r in enumerate(batch) for _ in r.positions], device=self.device)
+                    cols = torch.tensor([p for r in batch for p in r.positions], device=self.device)
+                    if head is not None:
+                        logits = head(self._encode(ids, type_ids)[rows, cols])
+                    else:
+                        kwargs = {"token_type_ids": type_ids} if self.uses_segments else {}
+                        logits = self.model(input_ids=ids, **kwargs).logits[rows, cols]
+                    top = torch.topk(logits.float(), k, dim=-1).indices.cpu().tolist()
+                    cursor = 0
+                    for b, request in zip(members[lo:lo + step], batch):
+                        results[b] = top[cursor:cursor + len(request.positions)]
+                        cursor += len(request.positions)
+                    self.stats["forwards"] += 1
+                    self.stats["sequences"] += len(batch)
+                    self.stats["tokens"] += len(batch) * length
+                    self.stats["attention_l2"] += len(batch) * length * length
+                    self.stats["masked"] += len(cols)
+        self.stats["seconds"] += time.perf_counter() - start
+        return results
+
+    def tokens(self, ids: list[int]) -> list[str]:
+        """Token strings of ids, with ``##`` continuation pieces dropped (as the reference does)."""
+        return [t for t in self.tokenizer.convert_ids_to_tokens(ids) if not t.startswith("##")]
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda when available, else cpu."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DistilleryError("device cuda requested but no CUDA device is available")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """auto -> fp32 on CPU, bf16 on CUDA."""
+    if precision == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    return precision
+
+
+def load_mlm(spec: str, device: str, precision: str) -> MaskedLM:
+    """Load a masked LM (hub id or folder) for inference; never runs remote code."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer = load_tokenizer(spec)
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(spec, local_files_only=_offline(), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001
+        raise _not_available(spec, exc) from None
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    model = model.to(device=device, dtype=dtype).eval()
+    limit = min(HARD_MAX_LENGTH, getattr(model.config, "max_position_embeddings", HARD_MAX_LENGTH))
+    return MaskedLM(model, tokenizer, device, precision, model_identity(spec), limit)
