@@ -78,15 +78,13 @@ def detect_format(path: str, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
     p = Path(path)
-    if p.is_dir() or not p.exists():
-        return "hf"
     name = p.name.lower()
     for suffix in _COMPRESSED:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
-    if name.endswith(".py"):
-        return "hf"
     ext = os.path.splitext(name)[1]
+    if p.is_dir() or name.endswith(".py") or (not p.exists() and ext not in _EXTENSIONS):
+        return "hf"                                   # saved dataset, data-files folder, script or hub name
     if ext not in _EXTENSIONS:
         raise DistilleryError(f"{path}: cannot tell the format from the extension '{ext}'; pass --format "
                               f"({', '.join(FORMATS[1:])})")
@@ -199,7 +197,7 @@ def _csv_records(fh: BinaryIO, fmt: str, header: bool, quoting: str, max_bytes: 
 
     if quoting == "auto":
         quoting = "none" if fmt == "tsv" else "minimal"
-    csv.field_size_limit(max(max_bytes, 1 << 17))
+    csv.field_size_limit(max_bytes)
     reader = csv.reader(lines(), delimiter="\t" if fmt == "tsv" else ",",
                         quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
     columns: list[str] | None = None

@@ -2,9 +2,9 @@
 
 * ``text`` (string), ``text_pair`` (string, when mapped), ``label`` (when mapped), extra columns, ``row_id``.
 * The label keeps its type: string / int64 / float64. Parquet and saved Hugging Face datasets give it by
-  their Arrow type; JSON by its values in the first rows; CSV/TSV labels (always text) become int64 or
-  float64 when all the sampled values parse as such. A later value that does not fit is rejected
-  (``wrong_type_label``).
+  their Arrow type; JSON by its values in the first rows (any string -> string, else int64 or float64);
+  CSV/TSV labels (always text) become int64 or float64 when all the sampled values parse as such. A later
+  value that does not fit is rejected (``wrong_type_label``).
 * Extra columns keep their Arrow type (Parquet / Hugging Face) or the type of their JSON values in the first
   rows (nested values and mixed types -> string holding JSON). Inputs that disagree on a type fall back to
   string. A later value that does not fit is stored as null and counted (``repaired.extra_value_nulled``);
@@ -116,9 +116,9 @@ def _label_kind_from_values(values: list[Any], from_text: bool) -> str | None:
             return "int"
         if _parses(stripped, float):
             return "float"
-    if kinds == {"string"}:
-        return "string"
-    raise DistilleryError(f"label values have mixed types ({', '.join(sorted(kinds))}) in the first rows")
+    if "string" in kinds:
+        return "string"                       # values of other types will be rejected (wrong_type_label)
+    raise DistilleryError(f"label values are {', '.join(sorted(kinds))}: need strings or numbers")
 
 
 def _label_kind_from_arrow(typ: pa.DataType, where: str) -> str:
