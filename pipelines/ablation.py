@@ -157,7 +157,8 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
     names = {split: f"{prefix}-{split}" for split in ("train", "dev", "test", "unlabelled")}
     for split, name in names.items():
         source = SAMPLE_DIR / ("unlabelled.txt" if split == "unlabelled" else f"{split}.jsonl")
-        cfg = cfgs.preprocess if split != "unlabelled" else dataclasses.replace(cfgs.preprocess, label_column=None)
+        cfg = cfgs.preprocess if split != "unlabelled" else dataclasses.replace(
+            cfgs.preprocess, input=dataclasses.replace(cfgs.preprocess.input, label_column=None))
         clock.run("preprocess", lambda: reuse_existing(store, name, lambda: preprocess(store, [source], cfg,
                                                                                         name=name)))
     aug_name = f"{prefix}-train-aug"
