@@ -130,7 +130,7 @@ class NeighbourIndex:
         self.stats["lookups"] += len(words)
         missing = {w for w in words if w not in self.cache}
         misses = sorted(missing)
-        self.stats["cache_hits"] += sum(1 for w in words if w not in missing)
+        self.stats["cache_hits"] += len(words) - len(missing)
         known = [w for w in misses if w in self.index]
         for w in misses:
             if w not in self.index:

@@ -1,0 +1,198 @@
+"""The augmentation step end to end: determinism, resume after a kill, pairs, output forms, models, bad rows."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from augment import AugmentConfig, augment_version
+from pipelines.cli import cli
+from pipelines.errors import DistilleryError
+from pipelines.resources import SAMPLE_DIR
+from pipelines.store import Store
+from test_augment_units import glove_txt, one_torch_thread  # noqa: F401 - shared fixtures
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sample_rows(n: int) -> list[dict]:
+    with open(SAMPLE_DIR / "train.jsonl") as fh:
+        rows = [json.loads(line) for _, line in zip(range(n), fh)]
+    return [{"text": r["text"], "label": r["label"], "synset": r["synset"], "row_id": i} for i, r in enumerate(rows)]
+
+
+def config(mlm_dir, vectors, **kwargs) -> AugmentConfig:
+    base = dict(mlm=str(mlm_dir), vectors=str(vectors), num_aug=6, chunk_rows=16, workers=0, glove_vocab_limit=20_000)
+    return AugmentConfig(**{**base, **kwargs})
+
+
+def shard_hashes(manifest: dict) -> list[str]:
+    return [s["sha256"] for s in manifest["shards"]]
+
+
+def test_output_layout_and_record(store, make_version, tiny_mlm_dir, glove_txt):
+    make_version(store, sample_rows(40), name="src", chunk_rows=7)
+    manifest = augment_version(store, "src", config(tiny_mlm_dir, glove_txt), name="aug")
+    table = store.read_table("aug").to_pylist()
+    assert [r["row_id"] for r in table] == list(range(len(table))) and len(manifest["shards"]) == 3
+    originals = [r for r in table if r["aug_copy"] == 0]
+    assert [r["source_row_id"] for r in originals] == list(range(40))
+    source = sample_rows(40)
+    for row in table:       # labels and extra columns carried; copies follow their original
+        assert row["label"] == source[row["source_row_id"]]["label"]
+        assert row["synset"] == source[row["source_row_id"]]["synset"]
+        assert (row["aug_field"] is None) == (row["aug_copy"] == 0)
+    for src in range(40):
+        copies = [r for r in table if r["source_row_id"] == src]
+        assert [r["aug_copy"] for r in copies] == list(range(len(copies)))
+        assert copies[0]["text"] == source[src]["text"] and len({r["text"] for r in copies}) == len(copies)
+    counts = manifest["extra"]["counts"]
+    assert counts["eligible_words"] == counts["mlm_words"] + counts["vector_words"] > 0
+    assert counts["mlm_words"] > 0 and counts["vector_words"] > 0 and counts["replacements"] > 0
+    assert counts["output_rows"] == len(table) and manifest["accounting"]["input_rows"] == 40
+    assert manifest["config"]["num_aug"] == 6 and manifest["config"]["mlm_sha256"]
+    assert manifest["extra"]["models"]["mlm"]["weights"] and manifest["extra"]["models"]["vectors"]["sha256"]
+    assert "mlm_batch_size" not in json.dumps(manifest["extra"]["options"])
+    card = (store.version_path(manifest["version_id"]) / "README.md").read_text()
+    assert "eligible_words" in card and "truncated_contexts" in card
+
+
+def test_byte_identical_for_any_workers_and_batch_size(tmp_path, make_version, tiny_mlm_dir, glove_txt):
+    results = []
+    for i, (workers, batch) in enumerate([(0, 128), (1, 1), (2, 7)]):
+        store = Store(tmp_path / f"s{i}")
+        make_version(store, sample_rows(48), name="src", chunk_rows=48)
+        results.append(augment_version(store, "src", config(tiny_mlm_dir, glove_txt, workers=workers,
+                                                             mlm_batch_size=batch)))
+    assert len({m["version_id"] for m in results}) == 1
+    assert shard_hashes(results[0]) == shard_hashes(results[1]) == shard_hashes(results[2])
+    assert results[0]["extra"]["counts"] == results[2]["extra"]["counts"]
+
+
+def test_resume_after_kill_is_byte_identical(tmp_path, make_version, tiny_mlm_dir, glove_txt):
+    clean = Store(tmp_path / "clean")
+    killed = Store(tmp_path / "killed")
+    for s in (clean, killed):
+        make_version(s, sample_rows(64), name="src", chunk_rows=64)
+    cfg = config(tiny_mlm_dir, glove_txt, workers=1)
+    expected = augment_version(clean, "src", cfg)
+    script = textwrap.dedent(f"""
+        import time
+        from pipelines.store import Store, VersionWriter
+        from augment import AugmentConfig, augment_version
+        original = VersionWriter.write_chunk
+        def slow(self, index, *args, **kwargs):
+            record = original(self, index, *args, **kwargs)
+            time.sleep(30)          # the parent kills us here, after chunk 0 committed
+            return record
+        VersionWriter.write_chunk = slow
+        augment_version(Store({str(killed.root)!r}), "src", AugmentConfig(**{cfg.__dict__!r}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DISTILLERY_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO)
+    partial = killed.version_path(expected["version_id"])
+    deadline = time.time() + 120
+    while not (partial / "chunks" / "00000.json").exists():
+        assert child.poll() is None and time.time() < deadline, "the child ended before committing chunk 0"
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not killed.is_complete(expected["version_id"])
+    with pytest.raises(DistilleryError, match="--resume"):
+        augment_version(killed, "src", cfg)
+    resumed = augment_version(killed, "src", cfg, resume=True)
+    assert resumed["version_id"] == expected["version_id"]
+    assert shard_hashes(resumed) == shard_hashes(expected)
+    assert resumed["extra"]["counts"] == expected["extra"]["counts"]
+
+
+def test_sentence_pairs_each_field_in_turn(store, make_version, tiny_mlm_dir, glove_txt):
+    rows = [{"text": "The quick brown fox jumps over the lazy dog.", "text_pair": "A slow green turtle sleeps.",
+             "label": 1, "row_id": 0},
+            {"text": "Bright stars shine tonight", "text_pair": None, "label": 0, "row_id": 1}]
+    make_version(store, rows, name="pairs")
+    augment_version(store, "pairs", config(tiny_mlm_dir, glove_txt, num_aug=10), name="pairs-aug")
+    table = store.read_table("pairs-aug").to_pylist()
+    first = [r for r in table if r["source_row_id"] == 0]
+    assert first[0]["aug_copy"] == 0 and first[0]["text"] == rows[0]["text"]
+    fields = [r["aug_field"] for r in first[1:]]
+    assert fields == sorted(fields, key=["text", "text_pair"].index) and set(fields) == {"text", "text_pair"}
+    for r in first[1:]:
+        other = "text_pair" if r["aug_field"] == "text" else "text"
+        assert r[other] == rows[0][other] and r[r["aug_field"]] != rows[0][r["aug_field"]] and r["label"] == 1
+    for field in ("text", "text_pair"):
+        assert [r["aug_copy"] for r in first if r["aug_field"] == field] == list(
+            range(1, 1 + fields.count(field)))
+    second = [r for r in table if r["source_row_id"] == 1]
+    assert {r["aug_field"] for r in second[1:]} == {"text"} and all(r["text_pair"] is None for r in second)
+
+
+def test_surface_and_reference_output_forms(store, make_version, tiny_mlm_dir, glove_txt):
+    text = "Gold, Silver and Copper: useful metals."
+    make_version(store, [{"text": text, "label": "x", "row_id": 0}], name="one")
+    surface = augment_version(store, "one", config(tiny_mlm_dir, glove_txt, num_aug=20, drop_punctuation=True,
+                                                   drop_unk=True), name="surf")
+    copies = [r["text"] for r in store.read_table("surf").to_pylist()[1:]]
+    assert copies and surface["extra"]["counts"]["replacements"] > 0
+    for copy in copies:     # only word spans change: punctuation, spacing and capitalisation stay
+        assert copy.endswith(".") and ", " in copy and ": " in copy and not copy[0].islower()
+    augment_version(store, "one", config(tiny_mlm_dir, glove_txt, num_aug=20, output_form="reference"), name="ref")
+    copies = [r["text"] for r in store.read_table("ref").to_pylist()[1:]]
+    assert copies and all(c == c.lower() and " , " in c and c.endswith(" .") for c in copies)
+
+
+def test_mlm_none_uses_vectors_and_is_recorded(store, make_version, glove_txt):
+    make_version(store, sample_rows(12), name="src")
+    result = CliRunner().invoke(cli, ["--store", str(store.root), "augment", "src", "--name", "none-aug",
+                                      "--mlm", "none", "--vectors", str(glove_txt), "--num-aug", "3",
+                                      "--glove-vocab-limit", "20000", "--workers", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "WARNING mlm: none" in result.output
+    manifest = store.manifest("none-aug")
+    counts = manifest["extra"]["counts"]
+    assert manifest["extra"]["models"]["mlm"] == "none" and manifest["extra"]["warnings"]
+    assert counts["mlm_words"] == 0 and counts["vector_words"] == counts["eligible_words"] > 0
+    assert manifest["config"]["tokenizer_sha256"]
+
+
+def test_offline_missing_model_gives_one_line_error(store, make_version, monkeypatch, glove_txt):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_version(store, sample_rows(4), name="src")
+    with pytest.raises(DistilleryError) as info:
+        augment_version(store, "src", AugmentConfig(mlm="bert-base-uncased", vectors=str(glove_txt)))
+    message = str(info.value)
+    assert "\n" not in message and "--mlm none" in message and "--mlm PATH" in message and "offline" in message
+    result = CliRunner().invoke(cli, ["--store", str(store.root), "augment", "src", "--name", "x",
+                                      "--mlm", "no-such-org/no-such-model", "--vectors", str(glove_txt)])
+    assert result.exit_code != 0
+
+
+def test_bad_rows_never_stop_the_run(store, make_version, tiny_mlm_dir, glove_txt):
+    long_text = " ".join(f"river{i % 7} flows north" for i in range(60))
+    rows = [{"text": t, "label": "x", "row_id": i} for i, t in enumerate(
+        ["", None, "   ", "!!! ??? ...", "the of and", long_text, "A perfectly normal sentence about rivers."])]
+    make_version(store, rows, name="bad", chunk_rows=3)
+    manifest = augment_version(store, "bad", config(tiny_mlm_dir, glove_txt, max_length=40, num_aug=5), name="bad-aug")
+    table = store.read_table("bad-aug").to_pylist()
+    assert [r["source_row_id"] for r in table if r["aug_copy"] == 0] == list(range(len(rows)))
+    assert [r["text"] for r in table if r["aug_copy"] == 0] == [r["text"] for r in rows]
+    counts = manifest["extra"]["counts"]
+    assert counts["empty_texts"] == 3 and counts["truncated_contexts"] > 0
+    assert any(r["source_row_id"] == 5 and r["aug_copy"] > 0 for r in table)
+    assert manifest["extra"]["mlm_context"]["max_pieces"] == 40
+
+
+def test_masks_per_pass_changes_the_version(store, make_version, tiny_mlm_dir, glove_txt):
+    make_version(store, sample_rows(10), name="src")
+    exact = augment_version(store, "src", config(tiny_mlm_dir, glove_txt))
+    fast = augment_version(store, "src", config(tiny_mlm_dir, glove_txt, masks_per_pass=4))
+    assert exact["version_id"] != fast["version_id"]
+    assert fast["extra"]["run"]["mlm"]["sequences"] < exact["extra"]["run"]["mlm"]["sequences"]

@@ -1,0 +1,217 @@
+"""Augmentation building blocks: words, routing, masked-LM inputs and candidates, neighbours, sampling."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from augment.config import AugmentConfig
+from augment.engine import _init_worker, _prepare_part
+from augment.mlm import build_requests, load_mlm, load_tokenizer
+from augment.sampling import CandidateFilter, augment_sentence, row_rng
+from augment.vectors import NeighbourIndex, WordVectors, load_vectors
+from augment.words import STOP_WORDS, WordSplitter, apply_case, is_eligible
+from pipelines.errors import DistilleryError
+from pipelines.resources import SAMPLE_DIR
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and many threads crawl on a busy shared machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def glove_txt(tmp_path_factory):
+    """The first 20,000 words of the real GloVe 6B 50d as a GloVe .txt file (read through gensim)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.resources import glove_6b_50d_files
+
+    folder = tmp_path_factory.mktemp("glove")
+    previous = os.environ.get("DISTILLERY_CACHE")
+    os.environ["DISTILLERY_CACHE"] = str(folder / "cache")
+    vocab, matrix = glove_6b_50d_files()
+    words = pq.read_table(vocab).column("index").to_pylist()[:20_000]
+    vectors = np.load(matrix, mmap_mode="r")[:20_000]
+    path = folder / "glove.slice.50d.txt"
+    with open(path, "w", encoding="utf-8") as fh:
+        for word, row in zip(words, vectors):
+            fh.write(word + " " + " ".join(f"{x:.6f}" for x in row.tolist()) + "\n")
+    yield path
+    if previous is None:
+        os.environ.pop("DISTILLERY_CACHE", None)
+    else:
+        os.environ["DISTILLERY_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_mlm_dir):
+    return load_tokenizer(str(tiny_mlm_dir))
+
+
+@pytest.fixture(scope="module")
+def splitter(tokenizer):
+    return WordSplitter(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def mlm(tiny_mlm_dir):
+    return load_mlm(str(tiny_mlm_dir), "cpu", "fp32")
+
+
+def sample_texts(n: int) -> list[str]:
+    with open(SAMPLE_DIR / "train.jsonl") as fh:
+        return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
+
+
+def test_eligibility_and_stop_words():
+    assert {"i", "the", "don't", "'s", "'re", "wouldn't", "y"} <= STOP_WORDS and len(STOP_WORDS) == 173
+    assert is_eligible("Dog") and is_eligible("unbelievably")
+    for word in ("The", "don", ",", "3d", "co-op", "naïve", "", "'s"):
+        assert not is_eligible(word), word
+
+
+def test_words_spans_and_pieces(splitter, tokenizer):
+    text = "Héllo, WORLD!  The naïve café is unbelievably cheap."
+    s = splitter.split([text])[0]
+    assert s.words == ["hello", ",", "world", "!", "the", "naive", "cafe", "is", "unbelievably", "cheap", "."]
+    assert [text[a:b] for a, b in s.spans] == ["Héllo", ",", "WORLD", "!", "The", "naïve", "café", "is",
+                                               "unbelievably", "cheap", "."]
+    assert [s.words[i] for i in s.eligible] == ["hello", "world", "naive", "cafe", "unbelievably", "cheap"]
+    assert s.piece_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(s.pieces[s.words.index("unbelievably")]) > 1 and len(s.pieces[s.words.index("cheap")]) == 1
+
+
+def test_routing_single_piece_to_mlm_multi_piece_to_vectors(tokenizer, mlm):
+    _init_worker(tokenizer, mlm.input_spec("pair", 1, None))
+    prepared = _prepare_part([(0, "text", "an unbelievably cheap house"), (1, "text", ""), (2, "text", None)])
+    assert prepared.counts["empty_texts"] == 2 and len(prepared.units) == 1
+    unit = prepared.units[0]
+    words = unit.sentence.words
+    assert [words[i] for i in unit.mlm_words] == ["cheap", "house"]
+    assert set(unit.sentence.eligible) - set(unit.mlm_words) == {words.index("unbelievably")}
+    assert [r.words for _, r in prepared.requests] == [[words.index("cheap")], [words.index("house")]]
+    _init_worker(tokenizer, None)       # --mlm none: every eligible word goes to the vectors
+    assert _prepare_part([(0, "text", "an unbelievably cheap house")]).units[0].mlm_words == []
+
+
+def test_pair_and_single_input_construction(splitter, mlm):
+    s = splitter.split(["the cat sat on a warm mat"])[0]
+    pieces = s.piece_ids
+    cls, sep, mask = mlm.tokenizer.cls_token_id, mlm.tokenizer.sep_token_id, mlm.tokenizer.mask_token_id
+    word = s.words.index("warm")
+    pair = build_requests(s, [word], mlm.input_spec("pair", 1, None))[0]
+    masked = list(pieces)
+    masked[word] = mask
+    assert pair.ids == [cls, *masked, sep, *pieces, sep]
+    assert pair.type_ids == [0] * (len(pieces) + 2) + [1] * (len(pieces) + 1)
+    assert pair.positions == [word + 1] and not pair.truncated
+    single = build_requests(s, [word], mlm.input_spec("single", 1, None))[0]
+    assert single.ids == [cls, *masked, sep] and single.type_ids == [0] * (len(pieces) + 2)
+
+
+def test_long_text_window_and_masks_per_pass(splitter, mlm):
+    s = splitter.split([" ".join(f"word{i} cat" for i in range(40))])[0]
+    cats = [i for i, w in enumerate(s.words) if w == "cat"]
+    requests = build_requests(s, cats, mlm.input_spec("pair", 1, 32))
+    assert all(len(r.ids) <= 32 and r.truncated for r in requests)
+    for r, word in zip(requests, cats):
+        assert r.ids[r.positions[0]] == mlm.tokenizer.mask_token_id and r.words == [word]
+    short = splitter.split(["one two three four five six seven eight nine ten eleven"])[0]
+    grouped = build_requests(short, short.eligible, mlm.input_spec("pair", 3, None))
+    assert sorted(w for r in grouped for w in r.words) == short.eligible and len(grouped) == 4
+    for r in grouped:   # round-robin: words sharing a pass are far apart
+        assert all(b - a == 4 for a, b in zip(r.words, r.words[1:]))
+        assert sum(1 for t in r.ids if t == mlm.tokenizer.mask_token_id) == len(r.words)
+
+
+@pytest.mark.parametrize("mode", ["pair", "single"])
+def test_batched_candidates_equal_one_at_a_time_and_full_logits(splitter, mlm, mode):
+    sentences = splitter.split(sample_texts(40))
+    spec = mlm.input_spec(mode, 1, None)
+    requests = [r for s in sentences for r in build_requests(s, [i for i in s.eligible if len(s.pieces[i]) == 1],
+                                                               spec)]
+    assert len(requests) > 60 and len({len(r.ids) for r in requests}) > 5
+    batched = mlm.top_k(requests, 15, 64)
+    one_by_one = [mlm.top_k([r], 15, 1)[0] for r in requests]
+    assert batched == one_by_one
+    with torch.inference_mode():    # the reference: full-vocabulary logits at every position, batch size 1
+        for r, top in zip(requests[:20], batched):
+            logits = mlm.model(torch.tensor([r.ids]), token_type_ids=torch.tensor([r.type_ids])).logits
+            assert torch.argsort(logits[0, r.positions[0]], descending=True)[:15].tolist() == top[0]
+    assert all(not t.startswith("##") for t in mlm.tokens(batched[0][0]))
+
+
+def test_neighbours_match_brute_force_on_real_glove(glove_txt):
+    vectors = load_vectors(str(glove_txt))
+    assert vectors.identity["format"] == "gensim" and len(vectors.words) == 20_000
+    again = load_vectors(str(glove_txt))        # second open reads the cache
+    assert again.identity["sha256"] == vectors.identity["sha256"]
+    limit, k = 5_000, 15
+    index = NeighbourIndex(vectors, limit, k)
+    queries = ["king", "river", "computer", "green", "running", "the", "zzzz-not-a-word", vectors.words[7_000]]
+    found = index.neighbours(queries + ["king"])
+    unit = np.asarray(vectors.matrix[:limit], dtype=np.float64)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    for word in queries[:6]:
+        i = vectors.words.index(word)
+        scores = unit @ unit[i]
+        scores[i] = -np.inf
+        expected = [vectors.words[j] for j in np.argsort(-scores, kind="stable")[:k]]
+        assert found[word] == expected and word not in expected
+    assert found["zzzz-not-a-word"] == [] and found[vectors.words[7_000]] == []     # beyond the vocabulary cut
+    assert index.stats["cache_hits"] == 1 and index.stats["computed"] == 6
+
+
+def test_neighbours_title_case_self_and_cut():
+    words = ["Paris", "paris", "london", "berlin", "rome", "far"]
+    matrix = np.array([[1, 0], [1, 0.01], [1, 0.1], [1, 0.2], [1, 0.3], [1, 0.05]], dtype=np.float32)
+    index = NeighbourIndex(WordVectors(words, matrix), limit=5, k=3)
+    got = index.neighbours(["Paris", "london"])
+    assert got["Paris"] == ["Paris", "London", "Berlin"]       # "paris" title-cased; itself excluded
+    assert got["london"] == ["paris", "berlin", "Paris"] and "far" not in got["london"]
+
+
+def test_sampling_is_seeded_per_row_and_field(splitter):
+    s = splitter.split(["The quick brown fox jumps over the lazy dog"])[0]
+    cands = [[f"{s.words[i]}{j}" for j in range(5)] for i in s.eligible]
+    one, _ = augment_sentence(s, cands, 20, 0.4, row_rng(7, 3, "text"))
+    two, _ = augment_sentence(s, cands, 20, 0.4, row_rng(7, 3, "text"))
+    other, _ = augment_sentence(s, cands, 20, 0.4, row_rng(7, 3, "text_pair"))
+    assert one == two and one != other and len(set(one)) == len(one) and s.text not in one
+    assert augment_sentence(s, cands, 20, 0.0, row_rng(7, 3, "text")) == ([], augment_sentence(
+        s, cands, 20, 0.0, row_rng(7, 3, "text"))[1])
+
+
+def test_surface_write_back_keeps_casing_and_punctuation(splitter):
+    s = splitter.split(["The Dog, RUNNING fast -- isn't it?"])[0]
+    cands = [["cat"] if s.words[i] == "dog" else ["walking"] if s.words[i] == "running" else ["slow"]
+             for i in s.eligible]
+    surface, counts = augment_sentence(s, cands, 1, 1.0, row_rng(0, 0, "text"))
+    assert surface == ["The Cat, WALKING slow -- isn't it?"] and counts.replacements == 3
+    reference, _ = augment_sentence(s, cands, 1, 1.0, row_rng(0, 0, "text"), "reference")
+    assert reference == ["the cat , walking slow - - isn ' t it ?"]
+    assert apply_case("cat", "Dog") == "Cat" and apply_case("cat", "DOG") == "CAT" and apply_case("cat", "A") == "Cat"
+
+
+def test_candidate_filters():
+    f = CandidateFilter(True, True, True, True, frozenset({"[UNK]"}))
+    assert f.apply("dog", ["dog", ",", "[UNK]", "Cat", "cow", "..."]) == ["cow"]
+    assert f.apply("dog", [",", "dog"]) == ["dog"]          # nothing left: the word itself
+    assert CandidateFilter().apply("dog", ["dog", ","]) == ["dog", ","]
+
+
+def test_task_presets_and_validation():
+    assert AugmentConfig(task="SST-2").rounds() == 20 and AugmentConfig(task="mnli").rounds() == 10
+    assert AugmentConfig(task="cola", num_aug=3).rounds() == 3 and AugmentConfig().rounds() == 30
+    with pytest.raises(DistilleryError):
+        AugmentConfig(task="imdb").validate()
+    with pytest.raises(DistilleryError):
+        AugmentConfig(replace_prob=1.5).validate()
