@@ -90,14 +90,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+PREDICTION_FEATURES = ("logits", "labels")
+
+
 def stage_config(cfg: TaskDistillConfig, stage: int) -> DistillConfig:
-    """The DistillConfig one stage of task distillation runs with."""
+    """The DistillConfig one stage of task distillation runs with.
+
+    Stage 1 gets the intermediate matches, stage 2 the prediction (logits / labels) ones; a stage left
+    without explicit matches uses the recipe its weights describe.
+    """
     base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(DistillConfig)}
+    prediction = [m for m in cfg.matches if m.get("feature") in PREDICTION_FEATURES]
     if stage == 1:
         base.update(epochs=cfg.stage1_epochs, lr=cfg.stage1_lr, prediction_weight=0.0, kl_weight=0.0,
-                    hard_weight=0.0, eval_ref="")
+                    hard_weight=0.0, eval_ref="", matches=[m for m in cfg.matches if m not in prediction])
     else:
         base.update(epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, embedding_weight=0.0, hidden_weight=0.0,
-                    attention_weight=0.0, cosine_weight=0.0, matches=[m for m in cfg.matches
-                                                                      if m.get("feature") == "logits"])
+                    attention_weight=0.0, cosine_weight=0.0, matches=prediction)
     return DistillConfig(**base)

@@ -126,6 +126,10 @@ class MatchSet(nn.Module):
             raise DistilleryError(f"two matches compare the same student feature with the same loss: {names}")
         self.matches = matches
         self.regression = regression
+        unprojected = [m.name for m in matches if m.feature in ("embedding", "hidden") and not m.projection]
+        if unprojected and student_width != teacher_width:
+            raise DistilleryError(f"matches {unprojected} compare student width {student_width} with teacher width "
+                                  f"{teacher_width}: give them a projection")
         names = sorted({m.projection for m in matches if m.projection})
         self.projections = nn.ModuleDict({n: nn.Linear(student_width, teacher_width) for n in names})
 

@@ -1,0 +1,249 @@
+"""Training runs on tiny models: exact resume, non-finite losses, saved students, evaluation, logit caching, CLI."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+import distill
+from distill import checkpoint, losses
+from distill.config import DistillConfig, FinetuneConfig, TaskDistillConfig
+from distill.metrics import classification_metrics, regression_metrics
+from distill.trainer import Trainer
+from pipelines.errors import DistilleryError
+
+WORDS = "the cat sat on a mat while dogs ran far away from home in rain and sun".split()
+LABELS = ["LABEL_0", "LABEL_1", "LABEL_2"]
+STUDENT = dict(student="custom", student_layers=2, student_hidden=16, student_heads=2, student_intermediate=32)
+
+
+def rows(n, offset=0):
+    return [{"text": " ".join(WORDS[(i * 5) % 7: (i * 5) % 7 + 2 + i % 9]), "label": LABELS[(i + offset) % 3],
+             "row_id": i} for i in range(n)]
+
+
+@pytest.fixture
+def data(store, make_version):
+    make_version(store, rows(42), name="train", chunk_rows=10)
+    make_version(store, rows(12, offset=1), name="dev", chunk_rows=5, config={"dev": True})
+    return store
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_bert_factory):
+    return str(tiny_bert_factory(layers=4, hidden=32, heads=2, num_labels=3, seed=1))
+
+
+def losses_of(run_dir):
+    lines = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["parts"], r["lr"]) for r in lines if "loss" in r]
+
+
+def general_cfg(teacher, **kw):
+    base = dict(teacher=teacher, **STUDENT, epochs=2, batch_size=4, grad_accum=2, lr=1e-3, log_every=1,
+                checkpoint_every=3, num_workers=0, warmup=2)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_after_crash_gives_identical_losses(data, teacher, tmp_path, monkeypatch, workers):
+    cfg = general_cfg(teacher, num_workers=workers)
+    full = distill.general_distill(data, "train", cfg, tmp_path / "full")
+    expected = losses_of(tmp_path / "full")
+    assert [s for s, *_ in expected] == list(range(1, 13))     # 11 batches, accum 2 -> 6 steps x 2 epochs
+
+    def crash_after_8(self):
+        if self.step == 8:
+            raise Crash
+    monkeypatch.setattr(Trainer, "after_step", crash_after_8)
+    with pytest.raises(Crash):
+        distill.general_distill(data, "train", cfg, tmp_path / "cut")
+    monkeypatch.undo()
+    assert checkpoint.latest(tmp_path / "cut" / "checkpoints").name == "step-00000006.pt"   # mid second epoch
+    assert max(s for s, *_ in losses_of(tmp_path / "cut")) == 8
+    with pytest.raises(DistilleryError, match="--resume"):
+        distill.general_distill(data, "train", cfg, tmp_path / "cut")
+    resumed = distill.general_distill(data, "train", cfg, tmp_path / "cut", resume=True)
+    assert losses_of(tmp_path / "cut") == expected
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_settings(data, teacher, tmp_path, monkeypatch):
+    cfg = general_cfg(teacher, max_steps=2, checkpoint_every=1)
+    distill.general_distill(data, "train", cfg, tmp_path / "run")
+    with pytest.raises(DistilleryError, match="other settings"):
+        distill.general_distill(data, "train", general_cfg(teacher, max_steps=2, lr=0.5), tmp_path / "run",
+                                resume=True)
+
+
+def test_resume_after_sigkill_of_the_cli(data, teacher, tmp_path):
+    flags = ["--teacher", teacher, "--student", "custom", "--student-layers", "2", "--student-hidden", "16",
+             "--student-heads", "2", "--student-intermediate", "32", "--max-steps", "40", "--batch-size", "4",
+             "--grad-accum", "2", "--lr", "1e-3", "--log-every", "1", "--checkpoint-every", "3",
+             "--num-workers", "0", "--warmup", "2"]
+    cmd = [sys.executable, "-m", "pipelines", "--store", str(data.root), "distill", "general", "train", *flags,
+           "--output", str(tmp_path / "killed")]
+    env = {**os.environ, "DISTILLERY_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model").exists(), "the run finished before it could be killed"
+    subprocess.run([*cmd, "--resume"], env=env, check=True, stderr=subprocess.DEVNULL)
+    distill.general_distill(data, "train", general_cfg(teacher, max_steps=40), tmp_path / "whole")
+    assert losses_of(tmp_path / "killed") == losses_of(tmp_path / "whole")
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(data, teacher, tmp_path, monkeypatch):
+    real = losses.hidden_mse
+    calls = {"n": 0}
+
+    def flaky(student, teacher_):
+        calls["n"] += 1
+        value = real(student, teacher_)
+        return value * float("nan") if calls["n"] in (7, 20) else value
+    monkeypatch.setattr(losses, "hidden_mse", flaky)
+    model = distill.general_distill(data, "train", general_cfg(teacher, epochs=1, max_nonfinite=5), tmp_path / "a")
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if "loss" not in r]
+    assert [r["nonfinite"] for r in skipped] == [1, 2] and records[-1]["nonfinite"] == 2
+    weights = load_file(model / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+    monkeypatch.setattr(losses, "hidden_mse", lambda s, t: real(s, t) * float("nan"))
+    with pytest.raises(DistilleryError, match="3 steps had a non-finite loss"):
+        distill.general_distill(data, "train", general_cfg(teacher, max_nonfinite=3), tmp_path / "b")
+
+
+def test_task_distillation_saves_a_student_hf_loads_identically(data, teacher, tmp_path):
+    cfg = TaskDistillConfig(teacher=teacher, **STUDENT, stage1_epochs=1, stage2_epochs=1, batch_size=8,
+                            eval_ref="dev", num_workers=0, log_every=1, temperature=2.0)
+    model_dir = distill.task_distill(data, "train", cfg, tmp_path / "run")
+    assert model_dir == tmp_path / "run" / "model"
+    for stage in ("stage1", "stage2"):
+        for name in ("metrics.jsonl", "config.json", "loss.png"):
+            assert (tmp_path / "run" / stage / name).exists()
+    stage1_parts = losses_of(tmp_path / "run" / "stage1")[0][2]
+    assert set(stage1_parts) == {"emb", "att1", "hid1", "att2", "hid2"}
+    assert set(losses_of(tmp_path / "run" / "stage2")[0][2]) == {"logits_soft_ce"}
+    assert "distill_raw" not in (model_dir / "config.json").read_text()
+    loaded = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    assert loaded.config.id2label == dict(enumerate(LABELS)) and loaded.config.num_hidden_layers == 2
+    # the final checkpoint's student weights, put into a freshly built model, give the same logits
+    state = checkpoint.load(checkpoint.latest(tmp_path / "run" / "stage2" / "checkpoints"))["objective"]
+    fresh = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_dir)).eval()
+    fresh.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+    batch = AutoTokenizer.from_pretrained(model_dir)(["the cat sat", "dogs ran far away"], padding=True,
+                                                    return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, fresh(**batch).logits, rtol=0, atol=0)
+    card = (model_dir / "README.md").read_text()
+    assert teacher in card and data.resolve("train")[:12] in card and data.resolve("dev")[:12] in card
+    assert "accuracy" in card
+    scores = distill.evaluate(data, "dev", model_dir)
+    final_eval = [json.loads(x) for x in (tmp_path / "run" / "stage2" / "metrics.jsonl").read_text().splitlines()
+                  if "eval" in x][-1]["eval"]
+    assert scores["accuracy"] == pytest.approx(final_eval["accuracy"]) and scores["rows"] == 12
+
+
+def test_cached_logits_version_trains_stage2_without_teacher(data, teacher, tmp_path, monkeypatch):
+    manifest = distill.cache_teacher_logits(data, "train", teacher, name="train-logits")
+    assert manifest["step"] == "teacher-logits" and manifest["num_rows"] == 42
+    assert manifest["parents"] == [{"version_id": data.resolve("train")}]
+    assert distill.cache_teacher_logits(data, "train", teacher)["version_id"] == manifest["version_id"]
+    table = data.read_table("train-logits")
+    model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
+    enc = AutoTokenizer.from_pretrained(teacher)(table.column("text").to_pylist()[:3], padding=True,
+                                                 return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**enc).logits
+    torch.testing.assert_close(torch.tensor(table.column("teacher_logits").to_pylist()[:3]), expected,
+                               rtol=1e-4, atol=1e-5)
+    student = distill.task_distill(data, "train", TaskDistillConfig(teacher=teacher, **STUDENT, stage="1",
+                                                                    stage1_epochs=1, batch_size=8, num_workers=0),
+                                   tmp_path / "run")
+    live = distill.task_distill(data, "train", TaskDistillConfig(teacher=teacher, student=str(student), stage="2",
+                                                                 stage2_epochs=1, batch_size=8, num_workers=0,
+                                                                 log_every=1), tmp_path / "live")
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher must not be loaded")
+    monkeypatch.setattr(distill.api.models, "load_teacher", no_teacher)
+    cached = distill.task_distill(data, "train", TaskDistillConfig(teacher=teacher, student=str(student), stage="2",
+                                                                   stage2_epochs=1, batch_size=8, num_workers=0,
+                                                                   log_every=1, logits_ref="train-logits"),
+                                  tmp_path / "cached")
+    a, b = losses_of(tmp_path / "live" / "stage2"), losses_of(tmp_path / "cached" / "stage2")
+    assert [s for s, *_ in a] == [s for s, *_ in b] and len(a) == 6
+    assert [x[1] for x in a] == pytest.approx([x[1] for x in b], rel=1e-4)
+    assert live.name == cached.name == "model"
+
+
+def test_finetune_then_evaluate_maps_labels_by_name(store, make_version, tiny_bert_factory, tmp_path):
+    base = str(tiny_bert_factory(layers=1, hidden=16, heads=2, with_mlm_head=False))
+    train = [{"text": f"{w} {w}", "label": w[0]} for w in ["apple", "banana", "cherry"] * 8]
+    make_version(store, train, name="t", chunk_rows=8)
+    make_version(store, [{"text": "cherry", "label": "c"}, {"text": "apple", "label": "a"},
+                         {"text": "kiwi", "label": "k"}], name="e", chunk_rows=8, config={"e": 1})
+    model_dir = distill.finetune(store, "t", FinetuneConfig(model=base, epochs=2, batch_size=4, lr=1e-3,
+                                                            num_workers=0), tmp_path / "ft")
+    config = AutoConfig.from_pretrained(model_dir)
+    assert config.label2id == {"a": 0, "b": 1, "c": 2}
+    scores = distill.evaluate(store, "e", model_dir)
+    assert scores["rows"] == 2 and scores["unknown_labels"] == 1
+    assert set(scores) >= {"accuracy", "macro_f1", "matthews"}
+
+
+def test_metrics_against_hand_computed_values():
+    scores = classification_metrics(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
+    assert scores["accuracy"] == pytest.approx(0.75)
+    assert scores["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert scores["matthews"] == pytest.approx(0.7)            # (3*4 - 5) / sqrt((16-6)(16-6))
+    reg = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 8.0]))
+    assert reg["spearman"] == pytest.approx(1.0)
+    x, y = np.array([-1.0, 0.0, 1.0]), np.array([-3.0, -1.0, 4.0])   # centred
+    assert reg["pearson"] == pytest.approx((x @ y) / math.sqrt((x @ x) * (y @ y)))
+
+
+def test_cli_with_toml_config_and_overrides(data, teacher, tmp_path):
+    from pipelines.cli import cli
+
+    toml = tmp_path / "task.toml"
+    toml.write_text(f'teacher = "{teacher}"\nstudent = "custom"\nstudent_layers = 1\nstudent_hidden = 16\n'
+                    f'student_heads = 2\nstudent_intermediate = 32\nbatch_size = 8\nnum_workers = 0\n'
+                    f'stage1_epochs = 1.0\nstage2_epochs = 1.0\n'
+                    f'[[matches]]\nfeature = "hidden"\nloss = "cosine"\nstudent_layer = 1\nteacher_layer = 4\n'
+                    f'projection = "p"\n'
+                    f'[[matches]]\nfeature = "logits"\nloss = "kl"\ntemperature = 2.0\n')
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(cli, ["--store", str(data.root), "distill", "task", "train", "--config", str(toml),
+                                 "--output", str(out), "--batch-size", "16", "--eval-ref", "dev"])
+    assert result.exit_code == 0, result.output
+    assert "saved model" in result.output and "accuracy" in result.output
+    recorded = json.loads((out / "stage1" / "config.json").read_text())
+    assert recorded["config"]["batch_size"] == 16 and recorded["steps"] == 3     # 42 rows / 16
+    assert [m["loss"] for m in recorded["matches"]] == ["cosine"]
+    assert set(losses_of(out / "stage2")[0][2]) == {"logits_kl"}
+    result = runner.invoke(cli, ["--store", str(data.root), "distill", "evaluate", "dev", str(out / "model")])
+    assert result.exit_code == 0 and json.loads(result.output)["rows"] == 12
