@@ -6,6 +6,19 @@ import click
 from augment.config import INPUT_MODES, OUTPUT_FORMS, PRECISIONS, AugmentConfig
 
 
+def _section(config_file: str | None) -> str | None:
+    """Use the file's [augment] table when it has one (pipeline files), else its top level."""
+    if config_file is None:
+        return None
+    import tomllib
+
+    try:
+        with open(config_file, "rb") as fh:
+            return "augment" if isinstance(tomllib.load(fh).get("augment"), dict) else None
+    except (OSError, tomllib.TOMLDecodeError):
+        return None     # load_config reports the problem
+
+
 @click.command("augment")
 @click.argument("ref")
 @click.option("--name", help="Name for the new version (NAME@latest points at it).")
@@ -32,7 +45,7 @@ from augment.config import INPUT_MODES, OUTPUT_FORMS, PRECISIONS, AugmentConfig
 @click.option("--seed", type=int, help="Random seed (42).")
 @click.option("--chunk-rows", type=int, help="Input rows per output shard (256).")
 @click.option("--workers", type=int, help="Helper processes for preparation and sampling (1; 0 = none).")
-@click.option("--batch-size", "mlm_batch_size", type=int, help="Sequences per masked-LM batch (128).")
+@click.option("--batch-size", "mlm_batch_size", type=int, help="Sequences per masked-LM batch (256).")
 @click.option("--device", help="auto, cpu or cuda.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted write of the same version.")
 @click.pass_context
@@ -44,7 +57,7 @@ def augment_command(ctx: click.Context, ref: str, name: str | None, config_file:
     from pipelines.config import load_config
 
     overrides = {**options, "fields": fields or None}
-    config = load_config(AugmentConfig, config_file, overrides, section=None)
+    config = load_config(AugmentConfig, config_file, overrides, section=_section(config_file))
     store = ctx.obj["store"]
     manifest = augment_version(store, ref, config, name=name, resume=resume)
     for warning in manifest["extra"].get("warnings", []):

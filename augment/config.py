@@ -42,7 +42,7 @@ class AugmentConfig:
     seed: int = 42
     chunk_rows: int = 256                   # R: chunk i holds the outputs of input rows [i*R, (i+1)*R)
     workers: int = 1                        # helper processes (0 = everything in this process)
-    mlm_batch_size: int = 128                   # sequences per masked-LM batch (at most 16384 tokens)
+    mlm_batch_size: int = 256               # sequences per masked-LM batch (at most 16384 tokens)
     device: str = "auto"                    # auto / cpu / cuda
 
     def rounds(self) -> int:

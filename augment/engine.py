@@ -196,11 +196,11 @@ def augment_version(store: Store, ref: str, config: AugmentConfig, name: str | N
     if not use_mlm:
         print(f"WARNING {MLM_NONE_WARNING}", file=sys.stderr, flush=True)
     tokenizer_spec = config.mlm if use_mlm else (config.tokenizer or str(minilm_path()))
-    tokenizer = load_tokenizer(tokenizer_spec)
-    mlm_identity = model_identity(config.mlm) if use_mlm else None
+    mlm = load_mlm(config.mlm, device, precision) if use_mlm else None
+    tokenizer = mlm.tokenizer if mlm else load_tokenizer(tokenizer_spec)
     vectors = load_vectors(config.vectors)
-    recorded = _resolved_config(config, fields, device.split(":")[0], precision, mlm_identity, tokenizer_spec,
-                                vectors.identity)
+    recorded = _resolved_config(config, fields, device.split(":")[0], precision, mlm.identity if mlm else None,
+                                tokenizer_spec, vectors.identity)
     try:
         writer = store.create_version(STEP, recorded, [{"version_id": vid}], name=name, resume=resume)
     except VersionExistsError as exc:
@@ -208,7 +208,6 @@ def augment_version(store: Store, ref: str, config: AugmentConfig, name: str | N
         if name:
             store.tag(name, "latest", exc.version_id)
         return store.manifest(exc.version_id)
-    mlm = load_mlm(config.mlm, device, precision) if use_mlm else None
     spec = mlm.input_spec(config.input_mode, config.masks_per_pass, config.max_length) if mlm else None
     specials = frozenset(tokenizer.all_special_tokens)
     models = _Models(tokenizer, mlm, NeighbourIndex(vectors, config.glove_vocab_limit, config.top_k, device),

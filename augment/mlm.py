@@ -179,41 +179,107 @@ class MaskedLM:
                 return getattr(self.model, name)
         return None
 
+    @property
+    def packable(self) -> bool:
+        """True for BERT-style encoders, which run packed: linear layers over all tokens, attention per length."""
+        base = self.model.base_model
+        layers = getattr(getattr(base, "encoder", None), "layer", None)
+        return (self._head() is not None and hasattr(base, "embeddings") and layers is not None and
+                not getattr(self.model.config, "is_decoder", False) and
+                all(hasattr(layer, "attention") and hasattr(getattr(layer.attention, "self", None), "query")
+                    for layer in layers))
+
+    def _packed_hidden(self, batch: list[Request]) -> Any:
+        """Hidden states at the masked positions of a batch sorted by length, without padding.
+
+        The linear layers see all tokens of the batch as one matrix; attention runs once per distinct length
+        (scaled dot-product attention, no mask). Each row's numbers depend only on its own sequence.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        base = self.model.base_model
+        groups, start = [], 0
+        for length in sorted({len(r.ids) for r in batch}):
+            members = [r for r in batch if len(r.ids) == length]
+            groups.append((start, len(members), length, members))
+            start += len(members) * length
+        pieces = []
+        for _, count, length, members in groups:
+            ids = torch.tensor([r.ids for r in members], device=self.device)
+            kwargs = {"token_type_ids": torch.tensor([r.type_ids for r in members], device=self.device)} \
+                if self.uses_segments else {}
+            pieces.append(base.embeddings(input_ids=ids, **kwargs).reshape(count * length, -1))
+        x = torch.cat(pieces)
+        for layer in base.encoder.layer:
+            attention = layer.attention.self
+            heads, size = attention.num_attention_heads, attention.attention_head_size
+            q, k, v = attention.query(x), attention.key(x), attention.value(x)
+            context = torch.empty_like(q)
+            for lo, count, length, _ in groups:
+                hi = lo + count * length
+                shape = (count, length, heads, size)
+                out = F.scaled_dot_product_attention(q[lo:hi].view(shape).transpose(1, 2),
+                                                     k[lo:hi].view(shape).transpose(1, 2),
+                                                     v[lo:hi].view(shape).transpose(1, 2), scale=attention.scaling)
+                context[lo:hi] = out.transpose(1, 2).reshape(count * length, heads * size)
+            attended = layer.attention.output(context, x)
+            x = layer.output(layer.intermediate(attended), attended)
+        rows = [lo + b * length + p for lo, _, length, members in groups
+                for b, r in enumerate(members) for p in r.positions]
+        return x[torch.tensor(rows, device=self.device)]
+
+    def _batch_logits(self, batch: list[Request]) -> Any:
+        """Vocabulary logits at every masked position of a batch (in batch order, positions in order)."""
+        import torch
+
+        if self.packable:
+            return self._head()(self._packed_hidden(batch))
+        ids = torch.tensor([r.ids for r in batch], device=self.device)   # one length: no padding
+        kwargs = {"token_type_ids": torch.tensor([r.type_ids for r in batch], device=self.device)} \
+            if self.uses_segments else {}
+        rows = torch.tensor([b for b, r in enumerate(batch) for _ in r.positions], device=self.device)
+        cols = torch.tensor([p for r in batch for p in r.positions], device=self.device)
+        head = self._head()
+        if head is not None:
+            return head(self.model.base_model(input_ids=ids, **kwargs).last_hidden_state[rows, cols])
+        return self.model(input_ids=ids, **kwargs).logits[rows, cols]
+
+    def _batches(self, requests: list[Request], batch_size: int) -> list[list[int]]:
+        """Request indices in batches: sorted by length, at most ``batch_size`` sequences and MAX_BATCH_TOKENS
+        tokens each; only packable models may mix lengths in one batch."""
+        order = sorted(range(len(requests)), key=lambda i: (len(requests[i].ids), i))
+        batches: list[list[int]] = []
+        tokens = 0
+        for i in order:
+            length = len(requests[i].ids)
+            if (not batches or len(batches[-1]) >= batch_size or tokens + length > MAX_BATCH_TOKENS
+                    or (not self.packable and len(requests[batches[-1][0]].ids) != length)):
+                batches.append([])
+                tokens = 0
+            batches[-1].append(i)
+            tokens += length
+        return batches
+
     def top_k(self, requests: list[Request], k: int, batch_size: int) -> list[list[list[int]]]:
         """Top-k token ids at every masked position of every request (same order as ``requests``)."""
         import torch
 
         start = time.perf_counter()
         results: list[list[list[int]]] = [[] for _ in requests]
-        by_length: dict[int, list[int]] = {}
-        for index, request in enumerate(requests):
-            by_length.setdefault(len(request.ids), []).append(index)
-        head = self._head()
         with torch.inference_mode():
-            for length in sorted(by_length):
-                members = by_length[length]
-                step = max(1, min(batch_size, MAX_BATCH_TOKENS // length))
-                for lo in range(0, len(members), step):
-                    batch = [requests[i] for i in members[lo:lo + step]]
-                    ids = torch.tensor([r.ids for r in batch], device=self.device)
-                    type_ids = torch.tensor([r.type_ids for r in batch], device=self.device)
-                    rows = torch.tensor([b for b, r in enumerate(batch) for _ in r.positions], device=self.device)
-                    cols = torch.tensor([p for r in batch for p in r.positions], device=self.device)
-                    if head is not None:
-                        logits = head(self._encode(ids, type_ids)[rows, cols])
-                    else:
-                        kwargs = {"token_type_ids": type_ids} if self.uses_segments else {}
-                        logits = self.model(input_ids=ids, **kwargs).logits[rows, cols]
-                    top = torch.topk(logits.float(), k, dim=-1).indices.cpu().tolist()
-                    cursor = 0
-                    for b, request in zip(members[lo:lo + step], batch):
-                        results[b] = top[cursor:cursor + len(request.positions)]
-                        cursor += len(request.positions)
-                    self.stats["forwards"] += 1
-                    self.stats["sequences"] += len(batch)
-                    self.stats["tokens"] += len(batch) * length
-                    self.stats["attention_l2"] += len(batch) * length * length
-                    self.stats["masked"] += len(cols)
+            for members in self._batches(requests, batch_size):
+                batch = [requests[i] for i in members]      # sorted by length, as _packed_hidden groups them
+                top = torch.topk(self._batch_logits(batch).float(), k, dim=-1).indices.cpu().tolist()
+                cursor = 0
+                for i, request in zip(members, batch):
+                    results[i] = top[cursor:cursor + len(request.positions)]
+                    cursor += len(request.positions)
+                self.stats["forwards"] += 1
+                self.stats["sequences"] += len(batch)
+                self.stats["tokens"] += sum(len(r.ids) for r in batch)
+                self.stats["attention_l2"] += sum(len(r.ids) ** 2 for r in batch)
+                self.stats["masked"] += sum(len(r.positions) for r in batch)
         self.stats["seconds"] += time.perf_counter() - start
         return results
 

@@ -196,3 +196,17 @@ def test_masks_per_pass_changes_the_version(store, make_version, tiny_mlm_dir, g
     fast = augment_version(store, "src", config(tiny_mlm_dir, glove_txt, masks_per_pass=4))
     assert exact["version_id"] != fast["version_id"]
     assert fast["extra"]["run"]["mlm"]["sequences"] < exact["extra"]["run"]["mlm"]["sequences"]
+
+
+def test_cli_reads_the_augment_table_of_a_config_file(store, make_version, tiny_mlm_dir, glove_txt, tmp_path):
+    make_version(store, sample_rows(6), name="src")
+    toml = tmp_path / "pipeline.toml"
+    toml.write_text(f'[preprocess]\nchunk_rows = 3\n\n[augment]\nmlm = "{tiny_mlm_dir}"\nnum_aug = 2\n'
+                    f'vectors = "{glove_txt}"\nglove_vocab_limit = 20000\ninput_mode = "single"\n')
+    result = CliRunner().invoke(cli, ["--store", str(store.root), "augment", "src", "--name", "cli-aug",
+                                      "--config", str(toml), "--num-aug", "4", "--workers", "0",
+                                      "--output-form", "reference"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    recorded = store.manifest("cli-aug")["config"]
+    assert recorded["num_aug"] == 4 and recorded["input_mode"] == "single" and recorded["output_form"] == "reference"
+    assert "cli-aug" in result.output or store.resolve("cli-aug") in result.output

@@ -215,3 +215,31 @@ def test_task_presets_and_validation():
         AugmentConfig(task="imdb").validate()
     with pytest.raises(DistilleryError):
         AugmentConfig(replace_prob=1.5).validate()
+
+
+@pytest.mark.parametrize("kind", ["word2vec.bin", "keyedvectors.kv", "cache-folder"])
+def test_vector_formats_convert_to_the_same_cache(tmp_path, monkeypatch, kind):
+    from gensim.models import KeyedVectors
+
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    words = [f"w{i}" for i in range(40)]
+    matrix = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    kv = KeyedVectors(8)
+    kv.add_vectors(words, matrix)
+    if kind == "word2vec.bin":
+        path = tmp_path / "vectors.bin"
+        kv.save_word2vec_format(str(path), binary=True)
+    elif kind == "keyedvectors.kv":
+        path = tmp_path / "vectors.kv"
+        kv.save(str(path))
+    else:
+        path = load_vectors(str(_save_bin(kv, tmp_path))).identity["cache"]
+    loaded = load_vectors(str(path))
+    assert loaded.words == words and np.allclose(loaded.matrix, matrix) and loaded.identity["sha256"]
+    assert NeighbourIndex(loaded, 40, 3).neighbours(["w0"])["w0"][0] != "w0"
+
+
+def _save_bin(kv, folder):
+    path = folder / "other.bin"
+    kv.save_word2vec_format(str(path), binary=True)
+    return path
