@@ -338,7 +338,9 @@ def ordered_map(fn: Callable[[Any], Any], tasks: Iterator[Any], workers: int, in
         return
     import multiprocess
 
-    with multiprocess.get_context("spawn").Pool(workers, initializer, initargs) as pool:
+    # fork: no re-import of the caller's __main__ (works from notebooks, stdin and unguarded scripts)
+    method = "fork" if "fork" in multiprocess.get_all_start_methods() else "spawn"
+    with multiprocess.get_context(method).Pool(workers, initializer, initargs) as pool:
         pending: deque[Any] = deque()
         for task in tasks:
             pending.append(pool.apply_async(fn, (task,)))

@@ -112,8 +112,14 @@ def open_source(path: str | Path, fmt: str = "auto", hf_split: str = "train") ->
         except (pa.ArrowException, OSError) as exc:
             raise DistilleryError(f"{path}: not a readable Parquet file ({exc})") from None
     try:
+        if fmt == "jsonl":
+            with open_binary(path) as fh:
+                head = fh.read(4096).lstrip(_BOM + b" \t\r\n")
+            if head.startswith(b"["):
+                raise DistilleryError(f"{path}: a JSON array is not streamed; convert it to JSON Lines "
+                                      f"(one object per line, e.g. `jq -c '.[]'`)")
         digest = fingerprint.path_sha256(p)
-    except OSError as exc:
+    except (*_read_errors(),) as exc:
         raise DistilleryError(f"{path}: cannot read ({exc})") from None
     return InputSource(path, fmt, digest)
 

@@ -179,3 +179,18 @@ def test_record_kinds(tmp_path):
     csv_path = tmp_path / "a.csv"
     csv_path.write_text("text\nhello\n")
     assert list(iter_records(open_source(csv_path), max_row_bytes=100)) == [(2, ROW, {"text": "hello"})]
+
+
+def test_dataset_script_fails_clearly_and_format_override(store, tmp_path):
+    script = tmp_path / "myset.py"
+    script.write_text("import datasets\n")
+    with pytest.raises(DistilleryError, match="myset.py.*scripts are not supported"):
+        run(store, [script])
+    array = tmp_path / "rows.json"
+    array.write_text('[\n  {"text": "a"},\n  {"text": "b"}\n]\n')
+    with pytest.raises(DistilleryError, match="rows.json: a JSON array"):
+        run(store, [array])
+    as_text = tmp_path / "notes.log"
+    as_text.write_text("one\ntwo\n")
+    manifest = preprocess(store, [as_text], PreprocessConfig(input=InputConfig(format="txt")))
+    assert manifest["num_rows"] == 2 and manifest["parents"][0]["format"] == "txt"

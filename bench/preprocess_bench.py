@@ -1,0 +1,155 @@
+"""Preprocessing throughput and peak memory: the bundled sample corpus and synthetic 100k / 1M-row corpora.
+
+    .venv/bin/python bench/preprocess_bench.py [--rows 100000 1000000] [--workers 1 2] [--near-dup]
+
+Every measurement runs in a fresh subprocess (so peak memory is its own): rows/s over the whole call
+(fingerprinting, schema sampling, processing, writing, finalising), the peak resident memory of the parent
+while processing chunks and including ``finalize`` (statistics for the data card), and the largest worker's.
+Corpora are generated in a temporary folder and deleted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "wordnet_supersense"
+SAMPLE_INPUTS = [SAMPLE / f for f in ("train.jsonl", "dev.jsonl", "test.jsonl", "unlabelled.txt")]
+
+
+def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
+    """JSONL rows of 6-30 words drawn from the sample's vocabulary, a label, and ~5% exact duplicates."""
+    rng = random.Random(seed)
+    words = (SAMPLE / "unlabelled.txt").read_text().split()
+    recent: list[str] = []
+    with open(path, "w") as fh:
+        for i in range(rows):
+            if recent and rng.random() < 0.05:
+                text = rng.choice(recent)
+            else:
+                start = rng.randrange(len(words) - 30)
+                text = " ".join(words[start:start + rng.randint(6, 30)])
+                recent = (recent + [text])[-1000:]
+            fh.write(json.dumps({"text": text, "label": f"class{i % 10}", "id": i}) + "\n")
+
+
+def _status_kib(pid: int | str, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(c) for c in fh.read().split()]
+    except OSError:
+        return []
+
+
+class WorkerPeak(threading.Thread):
+    """Samples the resident memory of this process's children (the workers) every 20 ms; keeps the maximum."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_kib = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            for child in _children(os.getpid()):
+                self.peak_kib = max(self.peak_kib, _status_kib(child, "VmRSS"))
+
+
+def measure(inputs: list[str], workers: int, near_dup: bool) -> dict:
+    """Run preprocess once in this process and report rows/s and peak memory.
+
+    Peaks are VmHWM (this process since it started) and VmRSS samples (workers), from /proc: ru_maxrss is not
+    used because Linux carries it over from the parent across fork + exec.
+    """
+    from pipelines.preprocess import DedupConfig, InputConfig, PreprocessConfig, preprocess
+    from pipelines.store import Store, VersionWriter
+
+    peaks: dict[str, int] = {}
+    finalize = VersionWriter.finalize
+
+    def finalize_and_record(self: VersionWriter, *args: object, **kwargs: object) -> dict:
+        peaks["before_finalize"] = _status_kib("self", "VmHWM")
+        return finalize(self, *args, **kwargs)
+
+    VersionWriter.finalize = finalize_and_record          # type: ignore[method-assign]
+    config = PreprocessConfig(input=InputConfig(), dedup=DedupConfig(near=near_dup), workers=workers)
+    sampler = WorkerPeak()
+    sampler.start()
+    with tempfile.TemporaryDirectory() as store_dir:
+        start = time.perf_counter()
+        manifest = preprocess(Store(store_dir), inputs, config)
+        seconds = time.perf_counter() - start
+    sampler.done.set()
+    rows = manifest["accounting"]["input_rows"]
+    mib = 1024
+    return {"input_rows": rows, "kept": manifest["num_rows"], "seconds": round(seconds, 2),
+            "rows_per_s": round(rows / seconds), "workers": workers, "near_dup": near_dup,
+            "parent_peak_processing_mib": round(peaks["before_finalize"] / mib, 1),
+            "parent_peak_mib": round(_status_kib("self", "VmHWM") / mib, 1),
+            "worker_peak_mib": round(sampler.peak_kib / mib, 1)}
+
+
+def run_one(label: str, inputs: list[Path], workers: int, near_dup: bool) -> dict:
+    cmd = [sys.executable, __file__, "--one", json.dumps({"inputs": [str(p) for p in inputs], "workers": workers,
+                                                         "near_dup": near_dup})]
+    env = {**os.environ, "DISTILLERY_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=REPO).stdout
+    return {"corpus": label, **json.loads(out.strip().splitlines()[-1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--near-dup", action="store_true", help="also measure with near-duplicate removal on")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        spec = json.loads(args.one)
+        print(json.dumps(measure(spec["inputs"], spec["workers"], spec["near_dup"])))
+        return
+    results = []
+    near_options = [False, True] if args.near_dup else [False]
+    with tempfile.TemporaryDirectory() as tmp:
+        corpora = [("sample (4 files)", SAMPLE_INPUTS)]
+        for rows in args.rows:
+            path = Path(tmp) / f"synthetic_{rows}.jsonl"
+            make_corpus(path, rows)
+            corpora.append((f"synthetic {rows:,}", [path]))
+        for label, inputs in corpora:
+            for workers in args.workers:
+                for near in near_options:
+                    result = run_one(label, inputs, workers, near)
+                    results.append(result)
+                    print(json.dumps(result), file=sys.stderr, flush=True)
+    print(f"\nmachine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at the end\n")
+    print("| corpus | workers | near-dup | input rows | kept | s | rows/s | parent peak MiB (processing / "
+          "with finalize) | worker peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['corpus']} | {r['workers']} | {'on' if r['near_dup'] else 'off'} | {r['input_rows']:,} | "
+              f"{r['kept']:,} | {r['seconds']} | {r['rows_per_s']:,} | {r['parent_peak_processing_mib']} / "
+              f"{r['parent_peak_mib']} | {r['worker_peak_mib'] or '-'} |")
+
+
+if __name__ == "__main__":
+    main()
