@@ -3,7 +3,8 @@
     .venv/bin/python bench/preprocess_bench.py [--rows 100000 1000000] [--workers 1 2] [--near-dup]
 
 Every measurement runs in a fresh subprocess (so peak memory is its own): rows/s over the whole call
-(fingerprinting, schema sampling, processing, writing, finalising), the peak resident memory of the parent
+(fingerprinting, schema sampling, processing, writing, finalising), CPU seconds of all its processes, the
+peak resident memory of the parent
 while processing chunks and including ``finalize`` (statistics for the data card), and the largest worker's.
 Corpora are generated in a temporary folder and deleted.
 """
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -26,7 +28,8 @@ SAMPLE_INPUTS = [SAMPLE / f for f in ("train.jsonl", "dev.jsonl", "test.jsonl", 
 
 
 def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
-    """JSONL rows of 6-30 words drawn from the sample's vocabulary, a label, and ~5% exact duplicates."""
+    """JSONL rows of 6-30 words drawn (with their corpus frequencies) from the sample's text, a label, an id,
+    and ~5% exact repeats of recent rows."""
     rng = random.Random(seed)
     words = (SAMPLE / "unlabelled.txt").read_text().split()
     recent: list[str] = []
@@ -35,8 +38,7 @@ def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
             if recent and rng.random() < 0.05:
                 text = rng.choice(recent)
             else:
-                start = rng.randrange(len(words) - 30)
-                text = " ".join(words[start:start + rng.randint(6, 30)])
+                text = " ".join(rng.choices(words, k=rng.randint(6, 30)))
                 recent = (recent + [text])[-1000:]
             fh.write(json.dumps({"text": text, "label": f"class{i % 10}", "id": i}) + "\n")
 
@@ -58,6 +60,11 @@ def _children(pid: int) -> list[int]:
             return [int(c) for c in fh.read().split()]
     except OSError:
         return []
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 class WorkerPeak(threading.Thread):
@@ -94,6 +101,7 @@ def measure(inputs: list[str], workers: int, near_dup: bool) -> dict:
     config = PreprocessConfig(input=InputConfig(), dedup=DedupConfig(near=near_dup), workers=workers)
     sampler = WorkerPeak()
     sampler.start()
+    cpu_before = _cpu(resource.RUSAGE_SELF)
     with tempfile.TemporaryDirectory() as store_dir:
         start = time.perf_counter()
         manifest = preprocess(Store(store_dir), inputs, config)
@@ -101,8 +109,10 @@ def measure(inputs: list[str], workers: int, near_dup: bool) -> dict:
     sampler.done.set()
     rows = manifest["accounting"]["input_rows"]
     mib = 1024
+    parent_cpu = _cpu(resource.RUSAGE_SELF) - cpu_before
     return {"input_rows": rows, "kept": manifest["num_rows"], "seconds": round(seconds, 2),
-            "rows_per_s": round(rows / seconds), "workers": workers, "near_dup": near_dup,
+            "rows_per_s": round(rows / seconds), "parent_cpu_s": round(parent_cpu, 2),
+            "worker_cpu_s": round(_cpu(resource.RUSAGE_CHILDREN), 2), "workers": workers, "near_dup": near_dup,
             "parent_peak_processing_mib": round(peaks["before_finalize"] / mib, 1),
             "parent_peak_mib": round(_status_kib("self", "VmHWM") / mib, 1),
             "worker_peak_mib": round(sampler.peak_kib / mib, 1)}
@@ -142,12 +152,12 @@ def main() -> None:
                     results.append(result)
                     print(json.dumps(result), file=sys.stderr, flush=True)
     print(f"\nmachine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at the end\n")
-    print("| corpus | workers | near-dup | input rows | kept | s | rows/s | parent peak MiB (processing / "
-          "with finalize) | worker peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| corpus | workers | near-dup | input rows | kept | wall s | CPU s parent + workers | rows/s | parent peak MiB "
+          "(processing / with finalize) | worker peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['corpus']} | {r['workers']} | {'on' if r['near_dup'] else 'off'} | {r['input_rows']:,} | "
-              f"{r['kept']:,} | {r['seconds']} | {r['rows_per_s']:,} | {r['parent_peak_processing_mib']} / "
+              f"{r['kept']:,} | {r['seconds']} | {r['parent_cpu_s']} + {r['worker_cpu_s']} | {r['rows_per_s']:,} | {r['parent_peak_processing_mib']} / "
               f"{r['parent_peak_mib']} | {r['worker_peak_mib'] or '-'} |")
 
 

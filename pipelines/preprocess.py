@@ -10,6 +10,7 @@ rejects shard with their origin and reason; every chunk records
 from __future__ import annotations
 
 import json
+import pickle
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from pipelines.store import Store, VersionWriter
 from pipelines.text_clean import NORMALIZATIONS, Cleaner, count_tokens, split_sentences
 
 STEP = "preprocess"
+Chunk = tuple[list[int], list[int], list[int], list[Any]]     # columns: input index, origin row, kind, payload
 LENGTH_FILTERS = ("min_chars", "max_chars", "min_tokens", "max_tokens")
 
 
@@ -227,7 +229,7 @@ class ChunkProcessor:
                 return name
         return None
 
-    def _process(self, index: int, items: list[tuple[int, int, int, Any]]) -> ChunkResult:
+    def _process(self, index: int, items: Chunk) -> ChunkResult:
         cfg = self.config.input
         split_over = self.config.clean.split_sentences_over
         texts: list[str] = []
@@ -239,7 +241,7 @@ class ChunkProcessor:
         rejected: dict[str, int] = {}
         repaired: dict[str, int] = {}
         split_docs = split_added = 0
-        for src, origin, kind, payload in items:
+        for src, origin, kind, payload in zip(*items):
             source = self.sources[src]
             try:
                 if kind == BAD:
@@ -299,7 +301,7 @@ class ChunkProcessor:
         table = pa.Table.from_arrays(arrays, schema=schema)
         rejects_table = pa.Table.from_pylist([dict(zip(REJECTS_SCHEMA.names, r)) for r in rejects],
                                              schema=REJECTS_SCHEMA) if rejects else None
-        accounting: dict[str, Any] = {"input_rows": len(items) + split_added, "dropped": dropped,
+        accounting: dict[str, Any] = {"input_rows": len(items[0]) + split_added, "dropped": dropped,
                                       "rejected": rejected, "repaired": repaired}
         if split_over:
             accounting["split"] = {"documents": split_docs, "rows_added": split_added}
@@ -343,11 +345,17 @@ def ordered_map(fn: Callable[[Any], Any], tasks: Iterator[Any], workers: int, in
     with multiprocess.get_context(method).Pool(workers, initializer, initargs) as pool:
         pending: deque[Any] = deque()
         for task in tasks:
-            pending.append(pool.apply_async(fn, (task,)))
+            pending.append(pool.apply_async(_pickled_call, (fn, pickle.dumps(task, protocol=5))))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
+                yield pickle.loads(pending.popleft().get())
         while pending:
-            yield pending.popleft().get()
+            yield pickle.loads(pending.popleft().get())
+
+
+def _pickled_call(fn: Callable[[Any], Any], task: bytes) -> bytes:
+    """Run ``fn`` on a pickled task and pickle its result with the C pickler (multiprocess's dill pickler is
+    pure Python and several times slower on chunks of many small objects)."""
+    return pickle.dumps(fn(pickle.loads(task)), protocol=5)
 
 
 # ---- the step ------------------------------------------------------------------------------
@@ -370,21 +378,24 @@ def _reader_args(config: PreprocessConfig) -> dict[str, Any]:
 def _tasks(sources: list[InputSource], config: PreprocessConfig, writer: VersionWriter,
            rebuild_state: bool) -> Iterator[tuple[str, int, Any]]:
     """Chunks of ``chunk_rows`` records over all inputs in order; committed chunks become rehash tasks."""
-    def task(index: int, items: list[tuple[int, int, int, Any]]) -> tuple[str, int, Any]:
+    def task(index: int, items: Chunk) -> tuple[str, int, Any]:
         if writer.is_committed(index):
             shard = writer.path / writer.chunk_record(index)["shard"]["path"]
             return "shard", index, str(shard) if rebuild_state else None
         return "rows", index, items
 
-    items: list[tuple[int, int, int, Any]] = []
+    items: Chunk = ([], [], [], [])
     index = 0
     for src, source in enumerate(sources):
         for origin, kind, payload in iter_records(source, **_reader_args(config)):
-            items.append((src, origin, kind, payload))
-            if len(items) == config.chunk_rows:
+            items[0].append(src)
+            items[1].append(origin)
+            items[2].append(kind)
+            items[3].append(payload)
+            if len(items[0]) == config.chunk_rows:
                 yield task(index, items)
-                index, items = index + 1, []
-    if items or index == 0:
+                index, items = index + 1, ([], [], [], [])
+    if items[0] or index == 0:
         yield task(index, items)
 
 

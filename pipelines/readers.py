@@ -43,7 +43,7 @@ _COMPRESSED = (".gz", ".zst", ".zstd")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _BOM = b"\xef\xbb\xbf"
-_SKIP_BLOCK = 1 << 20
+_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -145,28 +145,44 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 
 
 def iter_lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, bytes]]:
-    """Yield ``(line_number, line, head)``: ``line`` without its newline, or None when it is longer than
-    ``max_bytes`` (then ``head`` holds its first bytes and the rest is skipped without being kept)."""
+    """Yield ``(line_number, line, head)``: ``line`` without its newline (and ``\r``), or None when it is longer
+    than ``max_bytes``; then ``head`` holds its first bytes and its size, and the rest is skipped unread into
+    memory. Reads 1 MiB blocks, so memory stays below ``max_bytes`` + 2 MiB whatever the file holds."""
     number = 0
+    carry = b""                     # start of a line continued in the next block
+    skipped = -1                    # bytes of an over-long line seen so far (-1: not inside one)
+    head = b""
+    first = True
     while True:
-        line = fh.readline(max_bytes + 1)
-        if not line:
-            return
-        number += 1
-        if number == 1 and line.startswith(_BOM):
-            line = line[len(_BOM):]
-        if line.endswith(b"\n"):
-            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        elif len(line) > max_bytes:
-            head, size = line[: RAW_CHARS * 4], len(line)
-            while True:
-                piece = fh.readline(_SKIP_BLOCK)
-                size += len(piece)
-                if not piece or piece.endswith(b"\n"):
-                    break
-            yield number, None, head + f" ... [{size} bytes]".encode()
-            continue
-        yield number, line, b""
+        block = fh.read(max(_BLOCK, len(_BOM)) if first else _BLOCK)
+        if not block:
+            break
+        if first:
+            block, first = (block[len(_BOM):] if block.startswith(_BOM) else block), False
+        parts = block.split(b"\n")
+        for part in parts[:-1]:
+            number += 1
+            if skipped >= 0:
+                yield number, None, head + f" ... [{skipped + len(part)} bytes]".encode()
+                skipped = -1
+                continue
+            line = carry + part if carry else part
+            carry = b""
+            if len(line) > max_bytes:
+                yield number, None, line[: RAW_CHARS * 4] + f" ... [{len(line)} bytes]".encode()
+            else:
+                yield number, (line[:-1] if line.endswith(b"\r") else line), b""
+        tail = parts[-1]
+        if skipped >= 0:
+            skipped += len(tail)
+        elif len(carry) + len(tail) > max_bytes:
+            head, skipped, carry = (carry + tail[: RAW_CHARS * 4])[: RAW_CHARS * 4], len(carry) + len(tail), b""
+        else:
+            carry += tail
+    if skipped >= 0:
+        yield number + 1, None, head + f" ... [{skipped} bytes]".encode()
+    elif carry:
+        yield number + 1, (carry[:-1] if carry.endswith(b"\r") else carry), b""
 
 
 def _line_records(fh: BinaryIO, max_bytes: int) -> Iterator[Record]:

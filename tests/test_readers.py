@@ -194,3 +194,26 @@ def test_dataset_script_fails_clearly_and_format_override(store, tmp_path):
     as_text.write_text("one\ntwo\n")
     manifest = preprocess(store, [as_text], PreprocessConfig(input=InputConfig(format="txt")))
     assert manifest["num_rows"] == 2 and manifest["parents"][0]["format"] == "txt"
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64, 1 << 20])
+def test_iter_lines_matches_plain_split_at_any_block_size(monkeypatch, block):
+    import random
+
+    from pipelines import readers
+
+    monkeypatch.setattr(readers, "_BLOCK", block)
+    rng = random.Random(block)
+    lines = [bytes(rng.choice(b"ab\r ") for _ in range(rng.choice([0, 1, 5, 19, 20, 21, 60]))) for _ in range(300)]
+    data = b"\xef\xbb\xbf" + b"\n".join(lines) + rng.choice([b"", b"\n"])
+    expected = []
+    content = data[3:-1] if data.endswith(b"\n") else data[3:]      # a final newline ends the last line
+    for number, line in enumerate(content.split(b"\n"), 1):
+        if len(line) > 20:
+            expected.append((number, None))
+        else:
+            expected.append((number, line[:-1] if line.endswith(b"\r") else line))
+    got = [(n, line) for n, line, _ in iter_lines(io.BytesIO(data), max_bytes=20)]
+    assert got == expected
+    heads = [head for _, line, head in iter_lines(io.BytesIO(data), max_bytes=20) if line is None]
+    assert all(head.endswith(b" bytes]") for head in heads)
