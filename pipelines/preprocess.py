@@ -229,9 +229,33 @@ class ChunkProcessor:
                 return name
         return None
 
-    def _process(self, index: int, items: Chunk) -> ChunkResult:
+    def _read_row(self, source: InputSource, kind: int, payload: Any,
+                  repaired: dict[str, int]) -> tuple[dict[str, Any], str, str | None, Any]:
+        """Parse one record and return (row, clean text, clean pair, label); raises _Reject."""
         cfg = self.config.input
+        if kind == BAD:
+            raise _Reject(payload[0])
+        row = self._parse(source, kind, payload, repaired)
+        text = self._field(row, cfg.text_column, "text")
+        pair = self._field(row, cfg.text_pair_column, "text_pair") if cfg.text_pair_column else None
+        if kind == ROW and len(text) + len(pair or "") > cfg.max_row_bytes:
+            raise _Reject("row_too_long")
+        label = None
+        if self.schema.label_kind:
+            value = row.get(cfg.label_column)
+            if value is None:
+                raise _Reject("missing_label")
+            try:
+                label = coerce_label(value, self.schema.label_kind)
+            except (ValueError, OverflowError):
+                raise _Reject("wrong_type_label") from None
+        text = self._clean(text, "text", repaired)
+        pair = self._clean(pair, "text_pair", repaired) if pair is not None else None
+        return row, text, pair, label
+
+    def _process(self, index: int, items: Chunk) -> ChunkResult:
         split_over = self.config.clean.split_sentences_over
+        finish = self.cleaner.finish
         texts: list[str] = []
         pairs: list[str | None] = []
         labels: list[Any] = []
@@ -240,28 +264,12 @@ class ChunkProcessor:
         dropped = {name: 0 for name, _ in self.filters}
         rejected: dict[str, int] = {}
         repaired: dict[str, int] = {}
+        count_unknown_keys = self.config.input.extra_columns is None
         split_docs = split_added = 0
         for src, origin, kind, payload in zip(*items):
             source = self.sources[src]
             try:
-                if kind == BAD:
-                    raise _Reject(payload[0])
-                row = self._parse(source, kind, payload, repaired)
-                text = self._field(row, cfg.text_column, "text")
-                pair = self._field(row, cfg.text_pair_column, "text_pair") if cfg.text_pair_column else None
-                if kind == ROW and len(text) + len(pair or "") > cfg.max_row_bytes:
-                    raise _Reject("row_too_long")
-                label = None
-                if self.schema.label_kind:
-                    value = row.get(cfg.label_column)
-                    if value is None:
-                        raise _Reject("missing_label")
-                    try:
-                        label = coerce_label(value, self.schema.label_kind)
-                    except (ValueError, OverflowError):
-                        raise _Reject("wrong_type_label") from None
-                text = self._clean(text, "text", repaired)
-                pair = self._clean(pair, "text_pair", repaired) if pair is not None else None
+                row, text, pair, label = self._read_row(source, kind, payload, repaired)
             except _Reject as exc:
                 reason = str(exc)
                 _bump(rejected, reason)
@@ -269,7 +277,7 @@ class ChunkProcessor:
                                                               json.dumps(payload, ensure_ascii=False, default=str))
                 rejects.append((source.path, origin, reason, raw))
                 continue
-            if cfg.extra_columns is None and not row.keys() <= self.known_keys:
+            if count_unknown_keys and not row.keys() <= self.known_keys:
                 _bump(repaired, "extra_key_dropped", len(row.keys() - self.known_keys))
             extra_values = [coerce_extra(row.get(src_name), typ) for src_name, _, typ in self.schema.extras]
             parts = [text]
@@ -278,11 +286,11 @@ class ChunkProcessor:
                 if len(parts) > 1:
                     split_docs += 1
                     split_added += len(parts) - 1
-            if pair is not None:
-                pair = self.cleaner.finish(pair)
+            pair = finish(pair) if pair is not None else None
+            pair_drop = self._drop_reason(pair) if pair is not None and self.filters else None
             for part in parts:
-                part = self.cleaner.finish(part)
-                reason = self._drop_reason(part) or (self._drop_reason(pair) if pair is not None else None)
+                part = finish(part)
+                reason = (self._drop_reason(part) if self.filters else None) or pair_drop
                 if reason:
                     dropped[reason] += 1
                     continue

@@ -182,6 +182,9 @@ def derive_schema(inputs: Iterable[InputColumns], text_column: str, text_pair_co
         for name, typ in info.columns.items():
             if name not in mapped and (extra_columns is None or name in extra_columns):
                 extra_types[name] = _unify(extra_types.get(name), typ)
+    missing = [name for name in extra_columns or [] if name not in extra_types]
+    if missing:
+        raise DistilleryError(f"extra column(s) {', '.join(missing)} not found in the first rows of any input")
     if label_column and label_kind is None:
         label_kind = "string"
     extras = [(name, f"src_{name}" if name in used else name, typ) for name, typ in extra_types.items()]

@@ -217,3 +217,10 @@ def test_iter_lines_matches_plain_split_at_any_block_size(monkeypatch, block):
     assert got == expected
     heads = [head for _, line, head in iter_lines(io.BytesIO(data), max_bytes=20) if line is None]
     assert all(head.endswith(b" bytes]") for head in heads)
+
+
+def test_extra_columns_selection(store):
+    _, table = run(store, [SAMPLE_DIR / "dev.jsonl"], extra_columns=["synset"])
+    assert table.column_names == ["text", "synset", "row_id"]
+    with pytest.raises(DistilleryError, match="nope"):
+        run(store, [SAMPLE_DIR / "dev.jsonl"], extra_columns=["nope"])
