@@ -407,6 +407,25 @@ def _tasks(sources: list[InputSource], config: PreprocessConfig, writer: Version
         yield task(index, items)
 
 
+def _commit(writer: VersionWriter, result: ChunkResult, state: DedupState | None, offset: int,
+            dedup: DedupConfig) -> int:
+    """Drop a processed chunk's duplicates in row order, number its rows from ``offset`` and write it;
+    returns the number of rows kept."""
+    table, accounting = result.table, result.accounting
+    assert table is not None
+    if state is not None:
+        keep, exact_dups, near_dups = state.decide(table.num_rows, result.hashes, result.keys)
+        table = table.filter(pa.array(keep))
+        if dedup.exact:
+            accounting["dropped"]["exact_dup"] = exact_dups
+        if dedup.near:
+            accounting["dropped"]["near_dup"] = near_dups
+    accounting["kept"] = table.num_rows
+    table = table.append_column("row_id", pa.array(np.arange(offset, offset + table.num_rows), pa.int64()))
+    writer.write_chunk(result.index, table, rejects=result.rejects, accounting=accounting)
+    return table.num_rows
+
+
 def preprocess(store: Store, inputs: list[str | Path], config: PreprocessConfig, name: str | None = None,
                resume: bool = False) -> dict[str, Any]:
     """Read, clean, filter and de-duplicate ``inputs`` into a new version; returns its manifest.
@@ -437,19 +456,8 @@ def preprocess(store: Store, inputs: list[str | Path], config: PreprocessConfig,
                 offset += record["shard"]["rows"]
                 bar.update(record["accounting"]["input_rows"])
                 continue
-            table, accounting = result.table, result.accounting
-            if dedup:
-                keep, exact_dups, near_dups = state.decide(table.num_rows, result.hashes, result.keys)
-                table = table.filter(pa.array(keep))
-                if config.dedup.exact:
-                    accounting["dropped"]["exact_dup"] = exact_dups
-                if config.dedup.near:
-                    accounting["dropped"]["near_dup"] = near_dups
-            accounting["kept"] = table.num_rows
-            table = table.append_column("row_id", pa.array(np.arange(offset, offset + table.num_rows), pa.int64()))
-            offset += table.num_rows
-            writer.write_chunk(result.index, table, rejects=result.rejects, accounting=accounting)
-            bar.update(accounting["input_rows"])
+            offset += _commit(writer, result, state if dedup else None, offset, config.dedup)
+            bar.update(result.accounting["input_rows"])
     extra: dict[str, Any] = {}
     if config.licence:
         extra["licence"] = dict(config.licence)
