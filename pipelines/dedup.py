@@ -129,7 +129,11 @@ class DedupState:
 
     def decide(self, n: int, hashes: np.ndarray | None, keys: np.ndarray | None) -> tuple[np.ndarray, int, int]:
         """Keep mask for a chunk's ``n`` candidate rows, the number of exact and of near duplicates; updates
-        the state with the kept rows."""
+        the state with the kept rows.
+
+        In row order: an exact duplicate has the hash of an earlier row of the chunk or of a kept row of an
+        earlier chunk; a near duplicate shares an LSH band key with a kept row.
+        """
         keep = np.ones(n, dtype=bool)
         exact_dups = near_dups = 0
         if hashes is not None and n:
@@ -141,17 +145,32 @@ class DedupState:
             seen_before = np.zeros(n, dtype=bool)
             for band, kept_keys in enumerate(self.near):
                 seen_before |= _contains(kept_keys, keys[:, band])
-            local: list[set[int]] = [set() for _ in self.near]
-            for row in np.flatnonzero(keep):
-                row_keys = keys[row].tolist()
-                if seen_before[row] or any(k in s for k, s in zip(row_keys, local)):
-                    keep[row] = False
-                    near_dups += 1
-                else:
-                    for k, s in zip(row_keys, local):
-                        s.add(k)
+            near_dups = int((keep & seen_before).sum())
+            keep &= ~seen_before
+            self._drop_within_chunk(keys, keep)
+            near_dups += int(n - exact_dups - near_dups - keep.sum())
         self.absorb(hashes[keep] if hashes is not None else None, keys[keep] if keys is not None else None)
         return keep, exact_dups, near_dups
+
+    @staticmethod
+    def _drop_within_chunk(keys: np.ndarray, keep: np.ndarray) -> None:
+        """Clear ``keep`` for rows sharing a band key with an earlier kept row of the same chunk.
+
+        Only rows that share some key with another candidate need the sequential pass; the rest are kept.
+        """
+        rows = np.flatnonzero(keep)
+        shared = np.zeros(rows.size, dtype=bool)
+        for band in range(keys.shape[1]):
+            _, inverse, counts = np.unique(keys[rows, band], return_inverse=True, return_counts=True)
+            shared |= counts[inverse] > 1
+        local: list[set[int]] = [set() for _ in range(keys.shape[1])]
+        for row in rows[shared]:
+            row_keys = keys[row].tolist()
+            if any(k in seen for k, seen in zip(row_keys, local)):
+                keep[row] = False
+            else:
+                for k, seen in zip(row_keys, local):
+                    seen.add(k)
 
     def absorb(self, hashes: np.ndarray | None, keys: np.ndarray | None) -> None:
         """Add kept rows (e.g. those of a committed chunk when resuming)."""

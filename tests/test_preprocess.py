@@ -293,3 +293,39 @@ def test_crash_and_resume_is_byte_identical(tmp_path):
     assert again["shards"] == clean["shards"] and again["rejects"] == clean["rejects"]
     assert shard_bytes(partial, again) == shard_bytes(clean_store, clean)
     assert again["accounting"] == clean["accounting"] and clean["accounting"]["dropped"]["exact_dup"] > 0
+
+
+def test_dedup_state_matches_a_plain_sequential_reference():
+    """The vectorised decision equals the obvious loop: a row is an exact duplicate when an earlier row of its
+    chunk or a kept row of an earlier chunk has its hash, a near duplicate when it shares a band key with a
+    kept row; identical hashes have identical keys (same text)."""
+    import numpy as np
+
+    from pipelines.dedup import DedupState
+
+    rng = np.random.default_rng(0)
+    key_of = rng.integers(0, 20_000, (5000, 3)).astype(np.uint64)
+    state = DedupState(bands=3)
+    kept_hashes: set[int] = set()
+    kept_keys: list[set[int]] = [set(), set(), set()]
+    for _ in range(5):
+        n = 400
+        hashes = rng.integers(0, 5000, n).astype(np.uint64)
+        keys = key_of[hashes.astype(np.int64)]
+        keep, exact, near = state.decide(n, hashes, keys)
+        expected, ref_exact, ref_near, in_chunk = [], 0, 0, set()
+        for h, row in zip(hashes.tolist(), keys.tolist()):
+            if h in kept_hashes or h in in_chunk:
+                ref_exact += 1
+                expected.append(False)
+            elif any(k in s for k, s in zip(row, kept_keys)):
+                ref_near += 1
+                expected.append(False)
+            else:
+                kept_hashes.add(h)
+                for k, s in zip(row, kept_keys):
+                    s.add(k)
+                expected.append(True)
+            in_chunk.add(h)
+        assert keep.tolist() == expected and (exact, near) == (ref_exact, ref_near)
+        assert 0 < sum(expected) < n and ref_near > 0 and ref_exact > 0
