@@ -92,9 +92,11 @@ class MinHasher:
         h = _mix(h[np.repeat(row_starts - (ends - counts), counts) + np.arange(ends[-1])])
         offsets = ends - counts
         signatures = np.empty((len(texts), self.num_perm), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for i in range(self.num_perm):
-                signatures[:, i] = np.minimum.reduceat((h * a[i] + b[i]) >> np.uint64(32), offsets)
+        permuted = np.empty_like(h)
+        for i in range(self.num_perm):          # h -> (h ^ b) * a (mod 2^64): a bijection per permutation
+            np.bitwise_xor(h, b[i], out=permuted)
+            np.multiply(permuted, a[i], out=permuted)
+            signatures[:, i] = np.minimum.reduceat(permuted, offsets)
         return signatures
 
     def _bands(self, signatures: np.ndarray) -> np.ndarray:

@@ -196,7 +196,8 @@ def test_output_identical_for_1_and_2_workers(tmp_path, nasty):
     assert one["shards"] == two["shards"] and one["rejects"] == two["rejects"]
     assert one["accounting"] == two["accounting"]
     check_accounting(one["accounting"])
-    assert one["accounting"]["dropped"]["exact_dup"] >= 1800
+    dropped = one["accounting"]["dropped"]
+    assert dropped["exact_dup"] >= 1700 and dropped["exact_dup"] + dropped["near_dup"] >= 1801
 
 
 def test_immutability_and_cli_message(store, tmp_path):
