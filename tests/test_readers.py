@@ -28,10 +28,11 @@ def schema_types(manifest):
 
 def test_txt_lines_bom_crlf_blank(store, tmp_path):
     path = tmp_path / "a.txt"
-    path.write_bytes(b"\xef\xbb\xbffirst line\r\nsecond  line\n\n   \nlast line without newline")
+    path.write_bytes(b"\xef\xbb\xbffirst line\r\nsecond \x00 line\n\n   \nlast line without newline")
     manifest, table = run(store, [path])
     assert table.column("text").to_pylist() == ["first line", "second line", "last line without newline"]
     assert manifest["accounting"]["rejected"] == {"empty_text": 2}
+    assert manifest["accounting"]["repaired"] == {"control_chars": 1}
     assert manifest["accounting"]["input_rows"] == 5
     assert schema_types(manifest) == {"text": "string", "row_id": "int64"}
 
