@@ -130,7 +130,8 @@ def open_binary(path: str | Path) -> BinaryIO:
     magic = raw.read(4)
     raw.seek(0)
     if magic[:2] == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        raw.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if magic == _ZSTD_MAGIC:
         import zstandard
 
@@ -234,8 +235,10 @@ def _csv_records(fh: BinaryIO, fmt: str, header: bool, quoting: str, max_bytes: 
             yield start, BAD, ("malformed_csv", str(exc))
             continue
         start, previous_line = previous_line + 1, reader.line_num
-        if too_long and too_long[0][0] == start:
-            yield start, BAD, ("row_too_long", raw_text(too_long.pop(0)[1]))
+        if too_long and too_long[0][0] <= previous_line:       # an over-long line inside this record
+            head = too_long[0][1]
+            del too_long[: sum(1 for number, _ in too_long if number <= previous_line)]
+            yield start, BAD, ("row_too_long", raw_text(head))
             continue
         if columns is None:
             columns = _unique(fields) if header else [str(i) for i in range(len(fields))]

@@ -225,3 +225,14 @@ def test_extra_columns_selection(store):
     assert table.column_names == ["text", "synset", "row_id"]
     with pytest.raises(DistilleryError, match="nope"):
         run(store, [SAMPLE_DIR / "dev.jsonl"], extra_columns=["nope"])
+
+
+def test_csv_over_long_lines_reject_their_record(store, tmp_path):
+    path = tmp_path / "long.csv"
+    long_field = "y" * 5000
+    path.write_text(f'text,label\nfine,1\n{long_field},0\n"multi\n{long_field}\nline",1\nlast,0\n')
+    manifest, table = run(store, [path], label_column="label", max_row_bytes=1000)
+    assert table.column("text").to_pylist() == ["fine", "last"]
+    assert manifest["accounting"]["rejected"] == {"row_too_long": 2}
+    rows = pq.read_table(store.reject_paths(manifest["version_id"])[0]).column("origin_row").to_pylist()
+    assert rows == [3, 4]
