@@ -286,7 +286,9 @@ def cache_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, name: 
             continue
         rows, logits = table.to_pylist(), []
         for start in range(0, len(rows), batch_size):
-            batch = to_device(collate(rows[start:start + batch_size]), runtime.device)
+            part = rows[start:start + batch_size]
+            collate.encode(part)
+            batch = to_device(collate(part), runtime.device)
             out = teacher(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
             logits.append(out.float().cpu().numpy())
             bar.update(min(batch_size, len(rows) - start))

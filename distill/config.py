@@ -25,7 +25,7 @@ class TrainConfig:
     shuffle_buffer: int = 10_000       # rows in the bounded shuffle buffer
     group_batches: int = 50            # length grouping: sort windows of this many batches by length
     num_workers: int = 1               # DataLoader workers (tokenisation happens there)
-    threads: int = 0                   # torch intra-op threads (0 = all cores minus the data workers)
+    threads: int = 0                   # torch intra-op threads (0 = the cores / processes on this machine)
     device: str = "auto"               # auto / cpu / cuda / cuda:N
     amp: str = "none"                  # none / bf16 / fp16 (fp16 needs CUDA)
     compile: bool = False              # torch.compile the student

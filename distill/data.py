@@ -13,12 +13,14 @@ Usable on its own by any PyTorch trainer::
 
 How rows are ordered (deterministic from ``seed`` and the epoch, independent of worker and rank counts):
 shards are visited in a seeded random order, rows pass through a bounded shuffle buffer, windows of
-``group_batches * batch_size`` rows are sorted by length (DistilBERT-style length grouping, so batches pad
+``group_batches * batch_size`` rows are sorted by token length (DistilBERT-style length grouping, so batches pad
 little) and cut into batches whose order inside the window is shuffled. That gives the *global* batch sequence
 of the epoch: ``ceil(rows / batch_size)`` batches, only the very last one short. Global batch ``k`` belongs to
 rank ``k % world_size``; a rank's ``j``-th batch from the resume point goes to DataLoader worker
-``j % num_workers``, so the DataLoader's round-robin yields a rank's batches in order. Workers tokenise only
-their own batches. Resuming at ``position`` skips the first ``position`` global batches without tokenising them.
+``j % num_workers``, so the DataLoader's round-robin yields a rank's batches in order. Tokenisation happens in
+the workers: each tokenises the rows as it streams them (the token lengths drive the grouping; a fast tokenizer
+does ~100k short rows/s, far below a training step's cost) and pads only its own batches. Resuming at
+``position`` skips the first ``position`` global batches.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ class StreamState:
 
 
 class Collator:
-    """Turns a list of row dicts into tensors; the tokenizer is loaded lazily (once per worker)."""
+    """Tokenises rows and pads them into batch tensors; the tokenizer is loaded lazily (once per worker)."""
 
     def __init__(self, tokenizer: str | Path, max_seq_length: int = 128, label2id: dict[str, int] | None = None,
                  regression: bool = False):
@@ -82,12 +84,27 @@ class Collator:
             return float(value)
         return self.label2id.get(str(value), IGNORE_LABEL)
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def encode(self, rows: list[dict[str, Any]]) -> None:
+        """Tokenise rows in place (adds ``input_ids`` and ``token_type_ids``, truncated, unpadded)."""
         texts = [r.get(TEXT) or "" for r in rows]
-        pairs = [r.get(PAIR) or "" for r in rows] if PAIR in rows[0] else None
-        enc = self.tokenizer(texts, pairs, padding="longest", truncation=True, max_length=self.max_seq_length,
-                             return_tensors="pt", return_token_type_ids=True)
-        batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        pairs = [r.get(PAIR) or "" for r in rows] if rows and PAIR in rows[0] else None
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_seq_length,
+                             return_attention_mask=False, return_token_type_ids=True)
+        for row, ids, types in zip(rows, enc["input_ids"], enc["token_type_ids"]):
+            row["input_ids"], row["token_type_ids"] = ids, types
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pad encoded rows to the longest one and build the batch tensors."""
+        width = max(len(r["input_ids"]) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = torch.tensor(row["input_ids"])
+            token_type_ids[i, :n] = torch.tensor(row["token_type_ids"])
+            attention_mask[i, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if LABEL in rows[0] and (self.regression or self.label2id is not None):
             dtype = torch.float32 if self.regression else torch.long
             batch["labels"] = torch.tensor([self.label_id(r[LABEL]) for r in rows], dtype=dtype)
@@ -99,7 +116,7 @@ class Collator:
 
 
 def _length(row: dict[str, Any]) -> int:
-    return len(row.get(TEXT) or "") + len(row.get(PAIR) or "")
+    return len(row["input_ids"])
 
 
 class ShardStream(IterableDataset):
@@ -156,7 +173,9 @@ class ShardStream(IterableDataset):
         for index in order:
             parquet = pq.ParquetFile(self.shards[index], memory_map=True)
             for batch in parquet.iter_batches(batch_size=4096, columns=self._columns):
-                yield from batch.to_pylist()
+                rows = batch.to_pylist()
+                self.collate.encode(rows)
+                yield from rows
 
     def _shuffled(self, rows: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
         buffer: list[dict[str, Any]] = []

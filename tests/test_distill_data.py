@@ -47,7 +47,7 @@ def test_length_grouping_cuts_padding(shards):
     plain = stream(shards, group_batches=1)
 
     def padded(s):
-        return sum(len(b) * max(len(r["text"]) for r in b) for b in s.global_batches(0))
+        return sum(len(b) * max(len(r["input_ids"]) for r in b) for b in s.global_batches(0))
 
     assert padded(grouped) < padded(plain)
 
