@@ -157,6 +157,7 @@ class MaskedLM:
     max_length: int
     stats: dict[str, float] = field(default_factory=lambda: {
         "sequences": 0, "tokens": 0, "attention_l2": 0, "masked": 0, "forwards": 0, "seconds": 0.0})
+    _qkv: list[tuple[Any, Any]] | None = field(default=None, repr=False)
 
     def input_spec(self, mode: str, masks_per_pass: int, max_length: int | None) -> InputSpec:
         tok = self.tokenizer
@@ -211,23 +212,35 @@ class MaskedLM:
                 if self.uses_segments else {}
             pieces.append(base.embeddings(input_ids=ids, **kwargs).reshape(count * length, -1))
         x = torch.cat(pieces)
-        for layer in base.encoder.layer:
+        for layer, (weight, bias) in zip(base.encoder.layer, self._fused_qkv()):
             attention = layer.attention.self
             heads, size = attention.num_attention_heads, attention.attention_head_size
-            q, k, v = attention.query(x), attention.key(x), attention.value(x)
-            context = torch.empty_like(q)
+            width = heads * size
+            qkv = F.linear(x, weight, bias)       # one matrix product for query, key and value
+            context = x.new_empty(x.shape[0], width)
             for lo, count, length, _ in groups:
                 hi = lo + count * length
                 shape = (count, length, heads, size)
-                out = F.scaled_dot_product_attention(q[lo:hi].view(shape).transpose(1, 2),
-                                                     k[lo:hi].view(shape).transpose(1, 2),
-                                                     v[lo:hi].view(shape).transpose(1, 2), scale=attention.scaling)
-                context[lo:hi] = out.transpose(1, 2).reshape(count * length, heads * size)
+                q, k, v = (qkv[lo:hi, i * width:(i + 1) * width].view(shape).transpose(1, 2) for i in range(3))
+                out = F.scaled_dot_product_attention(q, k, v, scale=attention.scaling)
+                context[lo:hi].view(shape).copy_(out.transpose(1, 2))
             attended = layer.attention.output(context, x)
             x = layer.output(layer.intermediate(attended), attended)
         rows = [lo + b * length + p for lo, _, length, members in groups
                 for b, r in enumerate(members) for p in r.positions]
         return x[torch.tensor(rows, device=self.device)]
+
+    def _fused_qkv(self) -> list[tuple[Any, Any]]:
+        """Per layer, the query, key and value projections stacked into one weight and bias (built once)."""
+        import torch
+
+        if self._qkv is None:
+            self._qkv = []
+            for layer in self.model.base_model.encoder.layer:
+                parts = [getattr(layer.attention.self, name) for name in ("query", "key", "value")]
+                biases = None if any(p.bias is None for p in parts) else torch.cat([p.bias for p in parts])
+                self._qkv.append((torch.cat([p.weight for p in parts]).contiguous(), biases))
+        return self._qkv
 
     def _batch_logits(self, batch: list[Request]) -> Any:
         """Vocabulary logits at every masked position of a batch (in batch order, positions in order)."""
