@@ -50,10 +50,6 @@ def run_demo(store: Store, runs: Path, config_path: Path = DEFAULT_CONFIG, worke
         versions[name] = reuse_existing(store, name, lambda: preprocess(store, [SAMPLE_DIR / f"{split}.jsonl"],
                                                                          pre_cfg, name=name))
     aug_cfg = load_config(AugmentConfig, config_path, {"workers": workers}, section="augment")
-    if aug_cfg.mlm == "none":
-        click.secho("augment: --mlm none: no masked LM is used (none can be loaded offline); every word's "
-                    "candidates come from GloVe neighbours. Pass --mlm bert-base-uncased (or a local path) "
-                    "for the full TinyBERT recipe.", fg="yellow", err=True)
     versions["wordnet-train-aug"] = reuse_existing(
         store, "wordnet-train-aug", lambda: augment_version(store, "wordnet-train", aug_cfg, name="wordnet-train-aug"))
     for manifest in versions.values():
