@@ -44,6 +44,8 @@ class ExperimentConfig:
     name_prefix: str = "ablation"          # dataset names: <prefix>-train, <prefix>-train-aug, ...
     latency_sentences: int = 256           # test sentences timed at batch 1 and batch 32
     eval_every: int = 0                    # dev evaluation every N steps (0 = at the end of each run)
+    stage1_steps: int = 0                  # > 0: every task distillation runs this many stage-1 steps and
+    stage2_steps: int = 0                  # stage-2 steps, whatever its data's size (equal compute per student)
 
 
 @dataclass
@@ -95,6 +97,17 @@ class Clock:
 def _trained(folder: Path) -> Path | None:
     model = folder / "model"
     return model if (model / "config.json").exists() else None
+
+
+def equal_steps(cfg: Any, exp: ExperimentConfig, rows: int) -> Any:
+    """The task-distillation config with stage epochs set so that each stage runs the experiment's step count."""
+    per_epoch = rows / (cfg.batch_size * cfg.grad_accum)
+    changes = {}
+    if exp.stage1_steps:
+        changes["stage1_epochs"] = exp.stage1_steps / per_epoch
+    if exp.stage2_steps:
+        changes["stage2_epochs"] = exp.stage2_steps / per_epoch
+    return dataclasses.replace(cfg, **changes)
 
 
 def parameter_counts(model_dir: Path) -> dict[str, int]:
@@ -200,8 +213,8 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
                                                                         resume=True))
         for variant, data in (("task", names["train"]), ("task-aug", aug_name)):
             folder = out / f"{variant}-seed{seed}"
-            runs[variant][seed] = train(variant, folder, lambda: task_distill(store, data, task_cfg, folder,
-                                                                              resume=True))
+            runs[variant][seed] = train(variant, folder, lambda: task_distill(
+                store, data, equal_steps(task_cfg, exp, store.manifest(data)["num_rows"]), folder, resume=True))
         if general_student is None:
             folder = out / "general"
             general_student = train("general", folder, lambda: general_distill(
@@ -209,11 +222,12 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
         folder = out / f"general+task-aug-seed{seed}"
         gen_cfg = dataclasses.replace(task_cfg, student=str(general_student))
         runs["general+task-aug"][seed] = train("general+task-aug", folder, lambda: task_distill(
-            store, aug_name, gen_cfg, folder, resume=True))
+            store, aug_name, equal_steps(gen_cfg, exp, aug["num_rows"]), folder, resume=True))
         if exp.mlm != "none":
             folder = out / f"{MLM_VARIANT}-seed{seed}"
             runs[MLM_VARIANT][seed] = train(MLM_VARIANT, folder, lambda: task_distill(
-                store, augmented["aug-mlm"], task_cfg, folder, resume=True))
+                store, augmented["aug-mlm"], equal_steps(task_cfg, exp, store.manifest(augmented["aug-mlm"])["num_rows"]),
+                folder, resume=True))
 
     test_texts = [row["text"] for row in store.read_table(names["test"], columns=["text"]).to_pylist()]
     timing_texts = test_texts[:exp.latency_sentences]
