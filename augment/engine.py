@@ -154,7 +154,8 @@ def _row_chunks(store: Store, vid: str, rows: int) -> Iterator[pa.Table]:
 # ---- models and configuration ----------------------------------------------------------------------------
 @dataclass
 class _Models:
-    tokenizer: Any
+    """The models one run uses (owned by this process)."""
+
     mlm: MaskedLM | None
     index: NeighbourIndex
     filter: CandidateFilter
@@ -210,7 +211,7 @@ def augment_version(store: Store, ref: str, config: AugmentConfig, name: str | N
         return store.manifest(exc.version_id)
     spec = mlm.input_spec(config.input_mode, config.masks_per_pass, config.max_length) if mlm else None
     specials = frozenset(tokenizer.all_special_tokens)
-    models = _Models(tokenizer, mlm, NeighbourIndex(vectors, config.glove_vocab_limit, config.top_k, device),
+    models = _Models(mlm, NeighbourIndex(vectors, config.glove_vocab_limit, config.top_k, device),
                      CandidateFilter(config.drop_punctuation, config.drop_unk, config.drop_self, config.match_case,
                                      specials))
     timing = {"prepare_s": 0.0, "mlm_s": 0.0, "neighbours_s": 0.0, "sampling_s": 0.0, "io_s": 0.0, "wall_s": 0.0}
