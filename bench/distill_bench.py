@@ -7,34 +7,39 @@ glosses, written as a version of 4 shards). Modes:
 
 - stream:    ShardStream (shuffle buffer, length grouping, tokenisation in DataLoader workers), as the trainer does
 - memory:    the same batches tokenised beforehand and kept as tensors (no data cost at all)
-- hf:        a plain Hugging Face loop: datasets.map tokenisation, random batches, DataCollatorWithPadding
+- hf:        a plain Hugging Face loop: every row tokenised up front, random batches, DataCollatorWithPadding
+- trainer:   the real trainer (`general_distill`, checkpoint at the end, metrics, progress); the per-step time
+             is (time of 2N steps - time of N steps) / N, so loading and saving cancel out
 
 For each it prints student optimizer steps/s, real (non-pad) tokens/s, padded tokens/s and the share of step
-time spent waiting for data (best of ``--rounds`` round-robin repetitions, since the machine may be shared).
+time spent waiting for data in the steady state, and the wait for an epoch's first batch (the shuffle buffer
+fills first; paid once per epoch), best of ``--rounds`` round-robin repetitions, since the machine may be shared).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/distill_bench.py --steps 40
+    python3 bench/distill_bench.py --device cuda --amp bf16 --teacher CONFIG_AND_TOKENIZER_DIR --random-teacher
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.data import ShardStream, make_loader  # noqa: E402
+from distill.data import EpochLoaders, ShardStream  # noqa: E402
 from distill.matches import MatchSet, default_matches, layer_mapping  # noqa: E402
 from distill.models import load_student, load_teacher  # noqa: E402
 from distill.objective import Objective  # noqa: E402
-from distill.trainer import to_device  # noqa: E402
+from distill.trainer import PREFETCH_BATCHES, to_device  # noqa: E402
 from pipelines.resources import SAMPLE_DIR, minilm_path  # noqa: E402
 from pipelines.store import Store  # noqa: E402
 
@@ -51,8 +56,8 @@ def sample_version(store: Store, shard_rows: int = 1000) -> str:
     return "bench-train"
 
 
-def build_objective(device: torch.device, seed: int = 0) -> Objective:
-    teacher = load_teacher(minilm_path(), with_head=False, device=device)
+def build_objective(teacher_path: Path, device: torch.device, seed: int = 0) -> Objective:
+    teacher = load_teacher(teacher_path, with_head=False, device=device)
     student = load_student("tinybert-4", teacher.config, {}, {}, with_head=False, seed=seed)
     mapping = layer_mapping(4, teacher.config.num_hidden_layers)
     matches = MatchSet(default_matches(mapping, embedding=1, hidden=1, attention=1), 312, teacher.config.hidden_size)
@@ -60,19 +65,23 @@ def build_objective(device: torch.device, seed: int = 0) -> Objective:
 
 
 def run(objective: Objective, batches: Iterable[dict[str, torch.Tensor]], steps: int, warmup: int,
-        device: torch.device) -> dict[str, Any]:
+        device: torch.device, amp: str = "none") -> dict[str, Any]:
     """Train ``steps`` steps after ``warmup``; time the wait for each batch separately from the step."""
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=True)
     objective.train()
     iterator = iter(batches)
+    start = time.perf_counter()
+    next(iterator)                      # the first batch of an epoch waits for the shuffle buffer to fill
+    first_batch = time.perf_counter() - start
     wait = total = 0.0
     tokens = padded = 0
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         batch = next(iterator)
         t1 = time.perf_counter()
-        loss, _ = objective(to_device(batch, device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            loss, _ = objective(to_device(batch, device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
         optimizer.step()
@@ -86,24 +95,59 @@ def run(objective: Objective, batches: Iterable[dict[str, torch.Tensor]], steps:
             tokens += int(batch["attention_mask"].sum())
             padded += batch["attention_mask"].numel()
     return {"steps_per_s": steps / total, "tokens_per_s": tokens / total, "padded_tokens_per_s": padded / total,
-            "padding_share": 1 - tokens / padded, "data_wait_share": wait / total, "seconds": total}
+            "padding_share": 1 - tokens / padded, "data_wait_share": wait / total, "seconds": total,
+            "first_batch_s": first_batch}
+
+
+def epochs(stream: ShardStream, workers: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Epoch after epoch, opening the next epoch's loader ahead of time as the trainer does."""
+    loaders = EpochLoaders(stream, workers)
+    for epoch in itertools.count():
+        for i, batch in enumerate(loaders.open(epoch)):
+            if stream.local_batches() - i <= PREFETCH_BATCHES:
+                loaders.prefetch(epoch + 1)
+            yield batch
 
 
 def hf_batches(store: Store, ref: str, tokenizer_path: Path, batch_size: int, max_len: int, seed: int):
-    """The usual Hugging Face recipe: datasets + map(tokenize) + shuffled DataLoader + DataCollatorWithPadding."""
-    import datasets
+    """The usual Hugging Face recipe: tokenise every row up front, shuffled DataLoader, DataCollatorWithPadding."""
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    files = [str(p) for p in store.shard_paths(ref)]
-    ds = datasets.load_dataset("parquet", data_files=files, split="train")
-    ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_len), batched=True,
-                remove_columns=ds.column_names)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True,
+    texts = store.read_table(ref, columns=["text"]).column("text").to_pylist()
+    enc = tokenizer(texts, truncation=True, max_length=max_len)
+    features = [{k: enc[k][i] for k in enc} for i in range(len(texts))]
+    loader = torch.utils.data.DataLoader(features, batch_size=batch_size, shuffle=True,
                                          collate_fn=DataCollatorWithPadding(tokenizer),
                                          generator=torch.Generator().manual_seed(seed))
     while True:
         yield from loader
+
+
+def random_teacher(source: Path, folder: Path) -> Path:
+    """A randomly initialised copy of a teacher's architecture (same compute), with its tokenizer."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModel.from_config(AutoConfig.from_pretrained(source)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
+def trainer_seconds_per_step(store: Store, ref: str, teacher: Path, args: argparse.Namespace, tmp: Path) -> float:
+    """The real trainer (general distillation, TinyBERT-4): time of 2N steps minus N steps, per step
+    (after a 1-step run that pays the one-off costs: imports, kernels, compilation caches)."""
+    from distill import DistillConfig, general_distill
+
+    times = []
+    for steps in (1, args.steps, 2 * args.steps):
+        cfg = DistillConfig(teacher=str(teacher), student="tinybert-4", max_steps=steps, batch_size=args.batch_size,
+                            max_seq_length=args.max_seq_length, num_workers=args.workers, device=args.device,
+                            amp=args.amp, compile=args.compile, log_every=10)
+        start = time.perf_counter()
+        general_distill(store, ref, cfg, tmp / f"trainer-{steps}")
+        times.append(time.perf_counter() - start)
+    return (times[2] - times[1]) / args.steps
 
 
 def main() -> None:
@@ -115,51 +159,70 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student (trainer mode)")
+    parser.add_argument("--teacher", type=Path, default=None, help="teacher folder (default: the bundled MiniLM)")
+    parser.add_argument("--random-teacher", action="store_true",
+                        help="use a random-weight copy of the teacher's architecture (same cost; for machines "
+                             "that only have its config and tokenizer)")
+    parser.add_argument("--modes", default="stream,memory,hf,trainer")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
+    wanted = set(args.modes.split(","))
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(tmp)
+        store = Store(Path(tmp) / "store")
         ref = sample_version(store)
-        objective = build_objective(device)
-        tokenizer = minilm_path()
+        teacher = args.teacher or minilm_path()
+        if args.random_teacher:
+            teacher = random_teacher(teacher, Path(tmp) / "teacher")
+        objective = build_objective(teacher, device)
         need = args.steps + args.warmup
 
         def stream() -> ShardStream:
-            return ShardStream(store.shard_paths(ref), tokenizer, batch_size=args.batch_size,
+            return ShardStream(store.shard_paths(ref), teacher, batch_size=args.batch_size,
                                max_seq_length=args.max_seq_length, seed=0)
 
         in_memory = []
-        for batch in make_loader(stream(), num_workers=0):
+        for batch in epochs(stream(), 0):
             in_memory.append(batch)
-            if len(in_memory) == need:
+            if len(in_memory) == need + 1:
                 break
         modes = {
-            f"stream (workers={args.workers})": lambda: make_loader(stream(), num_workers=args.workers),
-            "stream (workers=0)": lambda: make_loader(stream(), num_workers=0),
+            f"stream (workers={args.workers})": lambda: epochs(stream(), args.workers),
+            "stream (workers=0)": lambda: epochs(stream(), 0),
             "memory (pre-tokenised)": lambda: in_memory,
-            "hf (random batches)": lambda: hf_batches(store, ref, tokenizer, args.batch_size, args.max_seq_length, 0),
+            "hf (random batches)": lambda: hf_batches(store, ref, teacher, args.batch_size, args.max_seq_length, 0),
         }
+        modes = {k: v for k, v in modes.items() if k.split(" ")[0] in wanted}
         results: dict[str, Any] = {}
         for _ in range(args.rounds):      # round-robin, best of the rounds: the machine may be shared
             for name, batches in modes.items():
-                r = run(objective, batches(), args.steps, args.warmup, device)
+                r = run(objective, batches(), args.steps, args.warmup, device, args.amp)
                 if name not in results or r["steps_per_s"] > results[name]["steps_per_s"]:
                     results[name] = r
-    memory = results["memory (pre-tokenised)"]["steps_per_s"]
-    print(f"device={device} threads={torch.get_num_threads()} batch={args.batch_size} steps={args.steps} "
-          f"load={os.getloadavg()[0]:.2f}")
+        if "trainer" in wanted:
+            seconds = trainer_seconds_per_step(store, ref, teacher, args, Path(tmp))
+            results["trainer (general_distill)"] = {"steps_per_s": 1 / seconds}
+    memory = results.get("memory (pre-tokenised)", {}).get("steps_per_s", float("nan"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} cpu cores"
+    print(f"device={device} ({name}) threads={torch.get_num_threads()} batch={args.batch_size} steps={args.steps} "
+          f"amp={args.amp} compile={args.compile} load={os.getloadavg()[0]:.2f} torch={torch.__version__}")
     print(f"{'mode':<26}{'steps/s':>9}{'tokens/s':>10}{'padded/s':>10}{'padding':>9}{'data wait':>11}"
-          f"{'vs memory':>11}")
+          f"{'vs memory':>11}{'1st batch':>11}")
     for name, r in results.items():
+        if "tokens_per_s" not in r:
+            print(f"{name:<26}{r['steps_per_s']:>9.2f}{'':>49}{r['steps_per_s'] / memory:>10.2f}x")
+            continue
         print(f"{name:<26}{r['steps_per_s']:>9.2f}{r['tokens_per_s']:>10.0f}{r['padded_tokens_per_s']:>10.0f}"
-              f"{r['padding_share']:>9.1%}{r['data_wait_share']:>11.2%}{r['steps_per_s'] / memory:>10.2f}x")
+              f"{r['padding_share']:>9.1%}{r['data_wait_share']:>11.2%}{r['steps_per_s'] / memory:>10.2f}x"
+              f"{r['first_batch_s']:>10.3f}s")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": str(device), "args": vars(args), "results": results},
-                                              indent=2))
+                                              indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from distill import models
 from distill.card import write_model_card
 from distill.config import DistillConfig, FinetuneConfig, TaskDistillConfig, TrainConfig, stage_config, to_dict
-from distill.data import IGNORE_LABEL, LOGITS, Collator, ShardStream, make_loader
+from distill.data import IGNORE_LABEL, LOGITS, Collator, ShardStream, make_loader, to_tensors
 from distill.matches import Match, MatchSet, default_matches, layer_mapping
 from distill.metrics import classification_metrics, regression_metrics
 from distill.objective import Objective
@@ -288,7 +288,7 @@ def cache_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, name: 
         for start in range(0, len(rows), batch_size):
             part = rows[start:start + batch_size]
             collate.encode(part)
-            batch = to_device(collate(part), runtime.device)
+            batch = to_device(to_tensors(collate(part)), runtime.device)
             out = teacher(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
             logits.append(out.float().cpu().numpy())
             bar.update(min(batch_size, len(rows) - start))

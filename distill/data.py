@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -93,26 +94,31 @@ class Collator:
         for row, ids, types in zip(rows, enc["input_ids"], enc["token_type_ids"]):
             row["input_ids"], row["token_type_ids"] = ids, types
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Pad encoded rows to the longest one and build the batch tensors."""
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """Pad encoded rows to the longest one: a dict of NumPy arrays (see ``to_tensors``)."""
         width = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        token_type_ids = np.zeros((len(rows), width), dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
         for i, row in enumerate(rows):
             n = len(row["input_ids"])
-            input_ids[i, :n] = torch.tensor(row["input_ids"])
-            token_type_ids[i, :n] = torch.tensor(row["token_type_ids"])
+            input_ids[i, :n] = row["input_ids"]
+            token_type_ids[i, :n] = row["token_type_ids"]
             attention_mask[i, :n] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if LABEL in rows[0] and (self.regression or self.label2id is not None):
-            dtype = torch.float32 if self.regression else torch.long
-            batch["labels"] = torch.tensor([self.label_id(r[LABEL]) for r in rows], dtype=dtype)
+            dtype = np.float32 if self.regression else np.int64
+            batch["labels"] = np.array([self.label_id(r[LABEL]) for r in rows], dtype=dtype)
         if ROW_ID in rows[0]:
-            batch["row_id"] = torch.tensor([r[ROW_ID] for r in rows], dtype=torch.long)
+            batch["row_id"] = np.array([r[ROW_ID] for r in rows], dtype=np.int64)
         if LOGITS in rows[0]:
-            batch["teacher_logits"] = torch.tensor([r[LOGITS] for r in rows], dtype=torch.float32)
+            batch["teacher_logits"] = np.array([r[LOGITS] for r in rows], dtype=np.float32)
         return batch
+
+
+def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """NumPy batch -> torch tensors (zero-copy)."""
+    return {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
 def _length(row: dict[str, Any]) -> int:
@@ -231,11 +237,58 @@ class ShardStream(IterableDataset):
             if k < position or k % self.world_size != self.rank:
                 continue
             if (k // self.world_size - first_local) % workers == worker:
-                yield self.collate(rows)
+                batch = self.collate(rows)
+                # inside a worker, NumPy arrays travel to the main process far cheaper than tensors (which
+                # go through one shared-memory file each); make_loader turns them into tensors there
+                yield batch if info else to_tensors(batch)
 
 
-def make_loader(stream: ShardStream, num_workers: int = 0, prefetch: int = 4) -> DataLoader:
-    """A DataLoader over a stream (batches come ready-made; a fixed generator keeps global RNG untouched)."""
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class StreamLoader:
+    """Iterates a stream through a DataLoader; batches arrive as NumPy from workers and leave as tensors."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.loader:
+            yield {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()}
+
+
+def make_loader(stream: ShardStream, num_workers: int = 0, prefetch: int = 4) -> StreamLoader:
+    """Iterate ``stream`` with ``num_workers`` DataLoader workers (0 = in this process).
+
+    Batches come ready-made (``batch_size=None``); a fixed generator keeps the global RNG untouched.
+    """
     generator = torch.Generator().manual_seed(stream.state.seed * 7919 + stream.state.epoch)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, generator=generator,
-                      prefetch_factor=prefetch if num_workers else None, persistent_workers=False)
+    return StreamLoader(DataLoader(stream, batch_size=None, num_workers=num_workers, generator=generator,
+                                   collate_fn=_identity, prefetch_factor=prefetch if num_workers else None,
+                                   persistent_workers=False))
+
+
+class EpochLoaders:
+    """Opens each epoch's loader; with workers, ``prefetch(epoch)`` opens the next epoch's loader early so its
+    workers fill the shuffle buffer and queue batches while the current epoch finishes (no stall at epoch
+    boundaries). Usage: call ``prefetch(e + 1)`` when a few batches of epoch ``e`` are left, then ``open(e + 1)``."""
+
+    def __init__(self, stream: ShardStream, num_workers: int = 0):
+        self.stream = stream
+        self.num_workers = num_workers
+        self._ahead: tuple[int, Iterator[dict[str, torch.Tensor]]] | None = None
+
+    def open(self, epoch: int, position: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """An iterator over this rank's batches of ``epoch`` from global batch ``position``."""
+        if self._ahead is not None and self._ahead[0] == epoch and position == 0:
+            iterator, self._ahead = self._ahead[1], None
+            return iterator
+        self.stream.set_state(epoch, position)
+        return iter(make_loader(self.stream, self.num_workers))
+
+    def prefetch(self, epoch: int) -> None:
+        """Start ``epoch``'s workers now (no effect without workers: nothing would run in the background)."""
+        if self.num_workers and (self._ahead is None or self._ahead[0] != epoch):
+            self.stream.set_state(epoch, 0)
+            self._ahead = (epoch, iter(make_loader(self.stream, self.num_workers)))

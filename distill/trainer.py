@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 
 from distill import checkpoint
 from distill.config import TrainConfig, to_dict
-from distill.data import ShardStream, make_loader
+from distill.data import EpochLoaders, ShardStream
 from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
 
 # settings that may change between a run and its resumption (they do not change what is computed)
 RUNTIME_FIELDS = frozenset({"device", "num_workers", "threads", "compile", "checkpoint_every", "keep_checkpoints",
                             "log_every", "eval_every", "eval_ref", "max_nonfinite", "stage"})
+PREFETCH_BATCHES = 32   # open the next epoch's loader when this many batches of the current one are left
 EvalFn = Callable[[nn.Module], dict[str, Any]]
 
 
@@ -263,23 +264,25 @@ class Trainer:
         bar = (progress_bar(total=self.total, desc=self.description, unit="step", initial=self.step)
                if self.runtime.is_main else tqdm(disable=True))
         world = self.runtime.world_size
+        loaders = EpochLoaders(self.stream, self.cfg.num_workers)
+        iterator = loaders.open(self.epoch, self.position)
+        consumed_local = self.position // world
         while self.step < self.total:
-            self.stream.set_state(self.epoch, self.position)
-            iterator = iter(make_loader(self.stream, self.cfg.num_workers))
-            consumed_local = self.position // world
-            while self.step < self.total:
-                micro = self._micro_batches(iterator, consumed_local)
-                if not micro:
-                    self.epoch, self.position = self.epoch + 1, 0
-                    break
-                consumed_local += len(micro)
-                self.position += len(micro) * world
-                result = self._train_step(model, micro)
-                self.scheduler.step()
-                self.step += 1
-                bar.update(1)
-                self._after_optimizer_step(result, bar)
-                self.after_step()
+            if self.stream.local_batches() - consumed_local <= PREFETCH_BATCHES:
+                loaders.prefetch(self.epoch + 1)
+            micro = self._micro_batches(iterator, consumed_local)
+            if not micro:
+                self.epoch, self.position, consumed_local = self.epoch + 1, 0, 0
+                iterator = loaders.open(self.epoch)
+                continue
+            consumed_local += len(micro)
+            self.position += len(micro) * world
+            result = self._train_step(model, micro)
+            self.scheduler.step()
+            self.step += 1
+            bar.update(1)
+            self._after_optimizer_step(result, bar)
+            self.after_step()
         bar.close()
         if self.evaluate is not None and self.last_eval.get("step") != self.step:
             self._run_eval()

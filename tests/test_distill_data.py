@@ -86,3 +86,21 @@ def test_batches_are_tokenised_with_labels(shards):
     assert batch["input_ids"][0, 0].item() == 101    # [CLS]
     unknown = stream(shards, shuffle=False, label2id={"l1": 0})
     assert next(iter(make_loader(unknown, 0)))["labels"].tolist() == [-100, 0, -100, -100]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_epoch_loaders_prefetch_the_next_epoch_without_changing_it(shards, workers):
+    from distill.data import EpochLoaders
+
+    expected = [row_ids(make_loader(stream(shards), workers))]
+    s = stream(shards)
+    s.set_state(1)
+    expected.append(row_ids(make_loader(s, workers)))
+    s = stream(shards)
+    loaders = EpochLoaders(s, workers)
+    first = loaders.open(0)
+    got0 = [next(first)["row_id"].tolist()]
+    loaders.prefetch(1)                        # opened while epoch 0 is still being read
+    got0 += [b["row_id"].tolist() for b in first]
+    assert [got0, row_ids(loaders.open(1))] == expected
+    assert row_ids(loaders.open(1, position=5)) == expected[1][5:]
