@@ -1,6 +1,7 @@
 """Python API: fine-tune a teacher, general and task distillation, evaluation, teacher-logit caching."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +236,7 @@ def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output
     its own; the final student is ``output_dir/model``. Stage 2 starts from stage 1's student (or from ``config.student`` when run alone without a
     stage 1 folder) and trains from ``config.logits_ref`` without the teacher when that is set.
     """
-    cfg, output_dir = config, Path(output_dir)
+    cfg, output_dir = dataclasses.replace(config, stage=str(config.stage)), Path(output_dir)
     if cfg.stage not in ("1", "2", "both"):
         raise DistilleryError(f"stage must be 1, 2 or both (got '{cfg.stage}')")
     stage1_model = output_dir / "stage1" / "model"

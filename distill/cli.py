@@ -6,7 +6,9 @@ field (``--batch-size``, ``--student-layers``, ...) that overrides the file.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, Callable
@@ -26,21 +28,35 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's trailing ``# comment`` in the config source (the documentation of the field)."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        for line in inspect.getsource(klass).splitlines():
+            match = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.+)$", line)
+            if match:
+                helps[match.group(1)] = match.group(2).strip()
+    return helps
+
+
 def config_options(cls: type) -> Callable:
     """Add --config and one overriding option per (scalar or list) field of ``cls``."""
     hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
 
     def decorate(fn: Callable) -> Callable:
         for f in reversed(dataclasses.fields(cls)):
             flag = f"--{f.name.replace('_', '-')}"
             hint = hints[f.name]
+            text = helps.get(f.name, "")
             if hint is bool:
                 fn = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None,
-                                  help=f"(default {f.default})")(fn)
+                                  help=f"{text} [default: {f.default}]")(fn)
             elif hint in _TYPES:
-                fn = click.option(flag, f.name, type=_TYPES[hint], default=None, help=f"(default {f.default!r})")(fn)
+                fn = click.option(flag, f.name, type=_TYPES[hint], default=None,
+                                  help=f"{text} [default: {f.default}]")(fn)
             elif f.name in ("labels", "layer_map"):
-                fn = click.option(flag, f.name, default=None, help="comma-separated list")(fn)
+                fn = click.option(flag, f.name, default=None, help=f"{text} (comma-separated)")(fn)
         fn = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                           help="TOML file whose keys are the config fields (flags override it).")(fn)
         return fn

@@ -247,3 +247,15 @@ def test_cli_with_toml_config_and_overrides(data, teacher, tmp_path):
     assert set(losses_of(out / "stage2")[0][2]) == {"logits_kl"}
     result = runner.invoke(cli, ["--store", str(data.root), "distill", "evaluate", "dev", str(out / "model")])
     assert result.exit_code == 0 and json.loads(result.output)["rows"] == 12
+
+
+def test_regression_finetune_and_evaluate(store, make_version, tiny_bert_factory, tmp_path):
+    base = str(tiny_bert_factory(layers=1, hidden=16, heads=2, with_mlm_head=False))
+    rows_ = [{"text": " ".join(["good"] * k + ["bad"] * (4 - k)), "label": float(k)} for k in range(5)] * 4
+    make_version(store, rows_, name="r", chunk_rows=10)
+    model_dir = distill.finetune(store, "r", FinetuneConfig(model=base, epochs=1, batch_size=5, num_workers=0),
+                                 tmp_path / "ft")
+    config = AutoConfig.from_pretrained(model_dir)
+    assert config.num_labels == 1 and config.problem_type == "regression"
+    scores = distill.evaluate(store, "r", model_dir)
+    assert set(scores) >= {"pearson", "spearman", "mse"} and scores["rows"] == 20
