@@ -192,11 +192,19 @@ def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: P
     torch.manual_seed(cfg.seed)
     teacher_src = models.resolve_model(cfg.teacher)
     teacher_config = models.load_config(teacher_src)
+    if with_head and not any("ForSequenceClassification" in a for a in teacher_config.architectures or []):
+        raise DistilleryError(f"teacher {teacher_src} is not a fine-tuned sequence classifier (architectures: "
+                              f"{teacher_config.architectures}); make one with `distillery distill finetune`")
     labels = _model_labels(teacher_config) if with_head else {}
-    if with_head and not getattr(teacher_config, "id2label", None):
-        raise DistilleryError(f"teacher {teacher_src} is not a fine-tuned classifier (no id2label)")
     teacher = models.load_teacher(teacher_src, with_head, runtime.device) if teacher_needed else None
-    student = models.load_student(student_src, teacher_config, _student_overrides(cfg), labels, with_head, cfg.seed)
+    init_from = None
+    if cfg.student_init == "teacher" and student_src in models.PRESETS:
+        layers = cfg.student_layers or models.PRESETS[student_src].get("num_hidden_layers", 0)
+        init_from = (teacher, layer_mapping(layers, models.num_layers(teacher_config), cfg.mapping, cfg.layer_map))
+    elif cfg.student_init not in ("random", "teacher"):
+        raise DistilleryError(f"student_init must be random or teacher (got '{cfg.student_init}')")
+    student = models.load_student(student_src, teacher_config, _student_overrides(cfg), labels, with_head, cfg.seed,
+                                  init_from)
     matches = build_matches(cfg, models.num_layers(student), models.num_layers(teacher_config),
                             _is_regression(labels))
     if not with_head and any(m.feature in ("logits", "labels") for m in matches):
@@ -217,8 +225,7 @@ def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: P
     data = [_data_record(store, "train", train_ref)] + ([_data_record(store, "eval", cfg.eval_ref)]
                                                         if cfg.eval_ref else [])
     return save_model(student, tokenizer, model_dir or output_dir / "model", title=f"distilled student ({mode})",
-                      mode=mode,
-                      teacher=teacher_src, data=data, scores=scores, cfg=cfg)
+                      mode=mode, teacher=teacher_src, data=data, scores=scores, cfg=cfg)
 
 
 def general_distill(store: Store, train_ref: str, config: DistillConfig, output_dir: str | Path,
@@ -233,8 +240,9 @@ def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output
     """TinyBERT task distillation: stage 1 (intermediate layers) then stage 2 (prediction layer).
 
     ``config.stage`` picks 1, 2 or both; each stage is a run folder (``stage1/``, ``stage2/``) that resumes on
-    its own; the final student is ``output_dir/model``. Stage 2 starts from stage 1's student (or from ``config.student`` when run alone without a
-    stage 1 folder) and trains from ``config.logits_ref`` without the teacher when that is set.
+    its own; the final student is ``output_dir/model``. Stage 2 starts from stage 1's student (or from
+    ``config.student`` when run alone without a stage 1 folder) and trains from ``config.logits_ref`` without the
+    teacher when that is set.
     """
     cfg, output_dir = dataclasses.replace(config, stage=str(config.stage)), Path(output_dir)
     if cfg.stage not in ("1", "2", "both"):

@@ -52,6 +52,7 @@ class DistillConfig(TrainConfig):
 
     teacher: str = MINILM              # folder / hub id / minilm; task modes need a fine-tuned classifier
     student: str = "tinybert-4"        # a saved model folder / hub id, or tinybert-4 / tinybert-6 / custom
+    student_init: str = "random"       # random / teacher: copy the teacher's embeddings and mapped layers g(m)
     student_layers: int = 0            # explicit shape (overrides the preset's value when > 0)
     student_hidden: int = 0            # (hidden size)
     student_heads: int = 0             # (attention heads)

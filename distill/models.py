@@ -135,20 +135,45 @@ def student_config(teacher_config: Any, preset: str, overrides: dict[str, int], 
                       pad_token_id=getattr(teacher_config, "pad_token_id", 0), **shape, **labels)
 
 
+WIDTH_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size")
+
+
 def load_student(student: str, teacher_config: Any, overrides: dict[str, int], labels: dict[str, Any],
-                 with_head: bool, seed: int) -> nn.Module:
-    """A student from a saved model (path / hub id) or, for a preset, a randomly initialised BertModel."""
+                 with_head: bool, seed: int, init_from: tuple[nn.Module, list[int]] | None = None) -> nn.Module:
+    """A student from a saved model (path / hub id) or from a preset: randomly initialised, or, with
+    ``init_from=(teacher, mapping)``, of the teacher's width with its embeddings and layers g(m) copied
+    (DistilBERT-style initialisation; the preset then only gives the number of layers)."""
     cls = AutoModelForSequenceClassification if with_head else AutoModel
     if student in PRESETS:
+        if init_from is not None:
+            overrides = {**overrides, **{k: getattr(teacher_config, k) for k in WIDTH_KEYS}}
         config = student_config(teacher_config, student, overrides, labels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls.from_config(config)
+            model = cls.from_config(config)
+        if init_from is not None:
+            copy_teacher_layers(model, *init_from)
+        return model
     try:
         return cls.from_pretrained(resolve_model(student), **labels)
     except OSError as exc:
         raise DistilleryError(f"cannot load student '{student}': {exc} (or use a preset: {', '.join(PRESETS)})") \
             from None
+
+
+def copy_teacher_layers(student: nn.Module, teacher: nn.Module, mapping: list[int]) -> None:
+    """Copy embeddings, layer g(m) -> student layer m, the pooler and (same labels) the classifier."""
+    if len(mapping) != num_layers(student):
+        raise DistilleryError(f"layer map {mapping} does not fit a {num_layers(student)}-layer student")
+    s, t = student.base_model, teacher.base_model
+    s.embeddings.load_state_dict(t.embeddings.state_dict())
+    for m, g in enumerate(mapping):
+        s.encoder.layer[m].load_state_dict(t.encoder.layer[g - 1].state_dict())
+    if getattr(s, "pooler", None) is not None and getattr(t, "pooler", None) is not None:
+        s.pooler.load_state_dict(t.pooler.state_dict())
+    head_s, head_t = getattr(student, "classifier", None), getattr(teacher, "classifier", None)
+    if head_s is not None and head_t is not None and head_s.weight.shape == head_t.weight.shape:
+        head_s.load_state_dict(head_t.state_dict())
 
 
 def num_layers(model_or_config: Any) -> int:

@@ -259,3 +259,27 @@ def test_regression_finetune_and_evaluate(store, make_version, tiny_bert_factory
     assert config.num_labels == 1 and config.problem_type == "regression"
     scores = distill.evaluate(store, "r", model_dir)
     assert set(scores) >= {"pearson", "spearman", "mse"} and scores["rows"] == 20
+
+
+def test_task_distillation_needs_a_fine_tuned_teacher(data, tiny_bert_factory, tmp_path):
+    encoder = str(tiny_bert_factory(layers=2, hidden=16, heads=2, with_mlm_head=False))
+    with pytest.raises(DistilleryError, match="not a fine-tuned sequence classifier"):
+        distill.task_distill(data, "train", TaskDistillConfig(teacher=encoder, **STUDENT), tmp_path / "run")
+    with pytest.raises(DistilleryError, match="stage must be"):
+        distill.task_distill(data, "train", TaskDistillConfig(teacher=encoder, stage="3"), tmp_path / "run")
+
+
+def test_student_initialised_from_teacher_layers(data, teacher, tmp_path):
+    cfg = TaskDistillConfig(teacher=teacher, student="custom", student_layers=2, student_init="teacher", stage="1",
+                            stage1_epochs=1, max_steps=1, lr=1e-12, stage1_lr=1e-12, batch_size=8, num_workers=0)
+    student = AutoModelForSequenceClassification.from_pretrained(distill.task_distill(data, "train", cfg,
+                                                                                      tmp_path / "run"))
+    reference = AutoModelForSequenceClassification.from_pretrained(teacher)
+    assert student.config.hidden_size == reference.config.hidden_size == 32
+    s, t = student.state_dict(), reference.state_dict()
+    for m, g in enumerate([2, 4]):      # uniform map of 2 student layers onto 4 teacher layers
+        key = "bert.encoder.layer.{}.attention.self.query.weight"
+        torch.testing.assert_close(s[key.format(m)], t[key.format(g - 1)], rtol=0, atol=1e-6)
+    torch.testing.assert_close(s["bert.embeddings.word_embeddings.weight"],
+                               t["bert.embeddings.word_embeddings.weight"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(s["classifier.weight"], t["classifier.weight"], rtol=0, atol=1e-6)
