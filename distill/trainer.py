@@ -24,6 +24,7 @@ from distill.config import TrainConfig, to_dict
 from distill.data import EpochLoaders, ShardStream
 from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
+from pipelines.store import write_bytes_atomic
 
 # settings that may change between a run and its resumption (they do not change what is computed)
 RUNTIME_FIELDS = frozenset({"device", "num_workers", "threads", "compile", "checkpoint_every", "keep_checkpoints",
@@ -128,6 +129,9 @@ class Trainer:
         self.ckpt_dir = self.output_dir / "checkpoints"
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.per_epoch, self.total = total_steps(self.cfg, self.stream)
+        if self.stream.local_batches() == 0:
+            raise DistilleryError(f"rank {self.runtime.rank} gets no batch: the version has fewer batches "
+                                  f"({self.stream.num_batches}) than processes ({self.runtime.world_size})")
         warmup = int(self.cfg.warmup * self.total) if self.cfg.warmup < 1 else int(self.cfg.warmup)
         self.objective.to(self.runtime.device)
         self.optimizer = make_optimizer(self.objective, self.cfg, self.runtime.device)
@@ -135,6 +139,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cfg.amp == "fp16")
         self.step, self.epoch, self.position, self.nonfinite = 0, 0, 0, 0
         self.last_eval: dict[str, Any] = {}
+        self._last_batch: dict[str, torch.Tensor] | None = None
 
     # ---- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -176,7 +181,7 @@ class Trainer:
             if self.runtime.is_main and self.metrics_path.exists():   # drop lines written after the checkpoint
                 kept = [line for line in self.metrics_path.read_text().splitlines()
                         if line.strip() and json.loads(line)["step"] <= self.step]
-                self.metrics_path.write_text("".join(line + "\n" for line in kept))
+                write_bytes_atomic(self.metrics_path, "".join(line + "\n" for line in kept).encode())
         elif self.runtime.is_main:
             self.metrics_path.unlink(missing_ok=True)
         if self.runtime.is_main:
@@ -214,12 +219,11 @@ class Trainer:
         micro: list[tuple[dict[str, torch.Tensor], float]] = []
         for _ in range(expected):
             batch = next(iterator, None)
-            if batch is None:
-                if not micro:
-                    break
-                micro.append((micro[-1][0], 0.0))
+            if batch is None:                      # only under DDP: this rank has fewer batches than rank 0
+                micro.append((self._last_batch, 0.0))
             else:
                 micro.append((batch, 1.0))
+                self._last_batch = batch
         return micro
 
     def _all_true(self, flag: bool) -> bool:

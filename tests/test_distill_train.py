@@ -283,3 +283,21 @@ def test_student_initialised_from_teacher_layers(data, teacher, tmp_path):
     torch.testing.assert_close(s["bert.embeddings.word_embeddings.weight"],
                                t["bert.embeddings.word_embeddings.weight"], rtol=0, atol=1e-6)
     torch.testing.assert_close(s["classifier.weight"], t["classifier.weight"], rtol=0, atol=1e-6)
+
+
+def test_ddp_with_two_cpu_processes(data, teacher, tmp_path):
+    """torchrun, gloo backend: ranks read disjoint batches; rank 1 has one batch fewer (11 batches) and pads its
+    last step with a zero-weight pass; only rank 0 writes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pipelines",
+           "--store", str(data.root), "distill", "general", "train", "--output", str(tmp_path / "ddp"),
+           "--teacher", teacher, "--student", "custom", "--student-layers", "2", "--student-hidden", "16",
+           "--student-heads", "2", "--student-intermediate", "32", "--epochs", "1", "--batch-size", "4",
+           "--log-every", "1", "--num-workers", "0", "--device", "cpu", "--threads", "1"]
+    env = {**os.environ, "DISTILLERY_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert recorded["world_size"] == 2 and recorded["steps"] == 6          # ceil(11 batches / 2 ranks)
+    steps = losses_of(tmp_path / "ddp")
+    assert [s for s, *_ in steps] == list(range(1, 7)) and all(math.isfinite(x[1]) for x in steps)
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
