@@ -224,7 +224,8 @@ def main() -> None:
         print(f"[{mode}] reference {result['reference_sent_s']:.2f} sent/s ({ref_s:.1f}s; mlm "
               f"{result['reference_shares']['mlm']:.0%}, neighbours {result['reference_shares']['neighbours']:.1%}) | "
               f"engine {result['engine_sent_s']:.2f} sent/s ({eng_s:.1f}s; {total_s:.1f}s with model load and "
-              f"hashing) | speed-up {result['speedup']:.2f}x ({result['speedup_end_to_end']:.2f}x end to end)",
+              f"hashing) | speed-up {result['speedup']:.2f}x ({result['speedup_end_to_end']:.2f}x end to end) | "
+              f"load {os.getloadavg()[0]:.2f}",
               flush=True)
         print(f"[{mode}] engine time shares: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
               + f" | masked LM useful {rate:.1f} GFLOP/s = {rate / peak:.1%} of matmul peak "
