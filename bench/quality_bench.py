@@ -29,14 +29,17 @@ from pipelines.store import Store  # noqa: E402
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Experiment TOML (default configs/ablation.toml, or ablation_quick.toml with --quick).")
 @click.option("--mlm", default=None, help="A masked LM (hub id / local path) to add the MLM-augmented student.")
+@click.option("--seeds", default=None, help="Comma-separated seeds (overrides the config's), e.g. 1,2.")
 @click.option("--store", "store_root", default="distillery_store", show_default=True)
 @click.option("--output", default=None, help="Experiment folder (default runs/ablation[-quick]).")
-def main(quick: bool, config_path: str | None, mlm: str | None, store_root: str, output: str | None) -> None:
+def main(quick: bool, config_path: str | None, mlm: str | None, seeds: str | None, store_root: str,
+         output: str | None) -> None:
     """Run the ablation and print its results table."""
     config = Path(config_path or REPO_ROOT / "configs" / ("ablation_quick.toml" if quick else "ablation.toml"))
     out = Path(output or ("runs/ablation-quick" if quick else "runs/ablation"))
     start = time.perf_counter()
-    results = run_experiment(Store(store_root), load_experiment(config, {"mlm": mlm}), out)
+    results = run_experiment(Store(store_root), load_experiment(config, {
+        "mlm": mlm, "seeds": tuple(int(s) for s in seeds.split(",")) if seeds else None}), out)
     click.echo(results_table(results))
     for c in results["comparisons"]:
         click.echo(f"{c['b']} - {c['a']}: {100 * c['b_minus_a']:+.1f} points (spread {100 * c['spread']:.1f})")
