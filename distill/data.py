@@ -4,12 +4,15 @@ Usable on its own by any PyTorch trainer::
 
     from distill.data import ShardStream, make_loader
     stream = ShardStream(store.shard_paths("wordnet-train"), tokenizer="path/or/hub-id", batch_size=32,
-                         seed=0, label2id={"noun.act": 0, ...})
+                         seed=0, label2id={"noun.act": 0, ...}, rank=rank, world_size=world_size)
     for epoch in range(3):
         stream.set_state(epoch, position=0)        # position = global batches already consumed this epoch
         for batch in make_loader(stream, num_workers=2):
             ...                                     # dict of tensors: input_ids, attention_mask, token_type_ids,
                                                     # labels, row_id (and teacher_logits when the version has them)
+
+(``EpochLoaders`` does the same while opening the next epoch's loader early, so its workers fill their shuffle
+buffer in the background; the trainer uses it.)
 
 How rows are ordered (deterministic from ``seed`` and the epoch, independent of worker and rank counts):
 shards are visited in a seeded random order, rows pass through a bounded shuffle buffer, windows of
@@ -18,8 +21,9 @@ little) and cut into batches whose order inside the window is shuffled. That giv
 of the epoch: ``ceil(rows / batch_size)`` batches, only the very last one short. Global batch ``k`` belongs to
 rank ``k % world_size``; a rank's ``j``-th batch from the resume point goes to DataLoader worker
 ``j % num_workers``, so the DataLoader's round-robin yields a rank's batches in order. Tokenisation happens in
-the workers: each tokenises the rows as it streams them (the token lengths drive the grouping; a fast tokenizer
-does ~100k short rows/s, far below a training step's cost) and pads only its own batches. Resuming at
+the workers: each tokenises the rows as it streams them (the token lengths drive the grouping; that costs tens
+of microseconds a row, far below a training step) and pads only its own batches, which cross to the main
+process as NumPy arrays (much cheaper than tensors, which need a shared-memory file each). Resuming at
 ``position`` skips the first ``position`` global batches.
 """
 from __future__ import annotations
