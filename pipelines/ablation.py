@@ -162,6 +162,7 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
     from augment import augment_version
     from distill import evaluate, finetune, general_distill, task_distill
     from distill.models import load_student, resolve_model, load_config as load_model_config
+    from transformers import AutoTokenizer
     from pipelines.preprocess import preprocess
 
     exp, clock = cfgs.experiment, Clock()
@@ -193,7 +194,8 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
     teacher = train("teacher", out / "teacher", lambda: finetune(store, names["train"], teacher_cfg, out / "teacher",
                                                                  resume=True))
     general_cfg = dataclasses.replace(cfgs.general, teacher=resolve_model(cfgs.general.teacher), seed=exp.seeds[0])
-    runs: dict[str, dict[int, Path]] = {v: {} for v in (*VARIANTS, *( [MLM_VARIANT] if exp.mlm != "none" else []))}
+    variants = VARIANTS + ((MLM_VARIANT,) if exp.mlm != "none" else ())
+    runs: dict[str, dict[int, Path]] = {v: {} for v in variants}
     general_student = None
     for seed in exp.seeds:
         task_cfg = dataclasses.replace(cfgs.task, teacher=str(teacher), seed=seed, **dev)
@@ -205,7 +207,6 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
             shape = {"num_hidden_layers": exp.student_layers, "hidden_size": exp.student_hidden,
                      "num_attention_heads": exp.student_heads, "intermediate_size": exp.student_intermediate}
             load_student("custom", teacher_config, shape, labels, True, seed).save_pretrained(init)
-            from transformers import AutoTokenizer
             AutoTokenizer.from_pretrained(teacher).save_pretrained(init)
         direct_cfg = dataclasses.replace(cfgs.direct, model=str(init), seed=seed, **dev)
         folder = out / f"direct-seed{seed}"
@@ -218,7 +219,7 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
         if general_student is None:
             folder = out / "general"
             general_student = train("general", folder, lambda: general_distill(
-                store, names["unlabelled"], dataclasses.replace(general_cfg), folder, resume=True))
+                store, names["unlabelled"], general_cfg, folder, resume=True))
         folder = out / f"general+task-aug-seed{seed}"
         gen_cfg = dataclasses.replace(task_cfg, student=str(general_student))
         runs["general+task-aug"][seed] = train("general+task-aug", folder, lambda: task_distill(
