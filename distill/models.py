@@ -142,11 +142,12 @@ def load_student(student: str, teacher_config: Any, overrides: dict[str, int], l
                  with_head: bool, seed: int, init_from: tuple[nn.Module, list[int]] | None = None) -> nn.Module:
     """A student from a saved model (path / hub id) or from a preset: randomly initialised, or, with
     ``init_from=(teacher, mapping)``, of the teacher's width with its embeddings and layers g(m) copied
-    (DistilBERT-style initialisation; the preset then only gives the number of layers)."""
+    (DistilBERT-style initialisation; the preset then only gives the number of layers, and an explicit
+    ``intermediate_size`` below the teacher's keeps each copied layer's most important feed-forward neurons)."""
     cls = AutoModelForSequenceClassification if with_head else AutoModel
     if student in PRESETS:
         if init_from is not None:
-            overrides = {**overrides, **{k: getattr(teacher_config, k) for k in WIDTH_KEYS}}
+            overrides = {**overrides, **teacher_width(teacher_config, overrides)}
         config = student_config(teacher_config, student, overrides, labels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -161,6 +162,40 @@ def load_student(student: str, teacher_config: Any, overrides: dict[str, int], l
             from None
 
 
+def teacher_width(teacher_config: Any, overrides: dict[str, int]) -> dict[str, int]:
+    """The shape of a teacher-initialised student: the teacher's hidden size and heads, and its feed-forward
+    width unless a narrower one is asked for."""
+    width = {k: getattr(teacher_config, k) for k in WIDTH_KEYS}
+    for key, value in overrides.items():
+        if key in width and value and value != width[key] and not (key == "intermediate_size" and value < width[key]):
+            raise DistilleryError(f"a student initialised from the teacher keeps its {key} ({width[key]}; got "
+                                  f"{value}); only intermediate_size may be smaller")
+    if overrides.get("intermediate_size"):
+        width["intermediate_size"] = overrides["intermediate_size"]
+    return width
+
+
+def feed_forward_keep(layer: nn.Module, size: int) -> torch.Tensor:
+    """Indices (ascending) of a layer's ``size`` most important feed-forward neurons, importance being the product
+    of the norms of a neuron's input row and output column (magnitude pruning, as in DynaBERT's width search)."""
+    w_in, w_out = layer.intermediate.dense.weight, layer.output.dense.weight
+    importance = w_in.norm(dim=1) * w_out.norm(dim=0)
+    return importance.topk(size).indices.sort().values
+
+
+def copy_layer(target: nn.Module, source: nn.Module) -> None:
+    """Copy one transformer layer, keeping only the most important feed-forward neurons when the target is
+    narrower."""
+    state = source.state_dict()
+    size = target.intermediate.dense.out_features
+    if size != source.intermediate.dense.out_features:
+        keep = feed_forward_keep(source, size)
+        state["intermediate.dense.weight"] = state["intermediate.dense.weight"][keep]
+        state["intermediate.dense.bias"] = state["intermediate.dense.bias"][keep]
+        state["output.dense.weight"] = state["output.dense.weight"][:, keep]
+    target.load_state_dict(state)
+
+
 def copy_teacher_layers(student: nn.Module, teacher: nn.Module, mapping: list[int]) -> None:
     """Copy embeddings, layer g(m) -> student layer m, the pooler and (same labels) the classifier."""
     if len(mapping) != num_layers(student):
@@ -168,7 +203,7 @@ def copy_teacher_layers(student: nn.Module, teacher: nn.Module, mapping: list[in
     s, t = student.base_model, teacher.base_model
     s.embeddings.load_state_dict(t.embeddings.state_dict())
     for m, g in enumerate(mapping):
-        s.encoder.layer[m].load_state_dict(t.encoder.layer[g - 1].state_dict())
+        copy_layer(s.encoder.layer[m], t.encoder.layer[g - 1])
     if getattr(s, "pooler", None) is not None and getattr(t, "pooler", None) is not None:
         s.pooler.load_state_dict(t.pooler.state_dict())
     head_s, head_t = getattr(student, "classifier", None), getattr(teacher, "classifier", None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -40,12 +41,15 @@ class ExperimentConfig:
     student_hidden: int = 256
     student_heads: int = 4
     student_intermediate: int = 1024
+    student_init: str = "random"           # random / teacher: every student starts from the pre-trained encoder's
+                                           # embeddings and layers g(m) (one initial student per seed, shared)
     mlm: str = "none"                      # a masked LM (hub id / path) adds variant 5; "none" skips it
     name_prefix: str = "ablation"          # dataset names: <prefix>-train, <prefix>-train-aug, ...
     latency_sentences: int = 256           # test sentences timed at batch 1 and batch 32
     eval_every: int = 0                    # dev evaluation every N steps (0 = at the end of each run)
     stage1_steps: int = 0                  # > 0: every task distillation runs this many stage-1 steps and
-    stage2_steps: int = 0                  # stage-2 steps, whatever its data's size (equal compute per student)
+    stage2_steps: int = 0                  # stage-2 steps, whatever its data's size (equal compute per student);
+                                           # with both set, the direct student runs their sum
 
 
 @dataclass
@@ -67,31 +71,58 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Step
     from distill import DistillConfig, FinetuneConfig, TaskDistillConfig
     from pipelines.preprocess import PreprocessConfig
 
-    exp = load_config(ExperimentConfig, path, overrides, section="experiment")
-    shape = {"student_layers": exp.student_layers, "student_hidden": exp.student_hidden,
-             "student_heads": exp.student_heads, "student_intermediate": exp.student_intermediate}
     return StepConfigs(
-        experiment=exp,
+        experiment=load_config(ExperimentConfig, path, overrides, section="experiment"),
         preprocess=load_config(PreprocessConfig, path, {"licence": WORDNET_LICENCE}, section="preprocess"),
         augment=load_config(AugmentConfig, path, section="augment"),
         teacher=load_config(FinetuneConfig, path, section="teacher"),
         direct=load_config(FinetuneConfig, path, section="direct"),
-        general=load_config(DistillConfig, path, {"student": "custom", **shape}, section="general"),
-        task=load_config(TaskDistillConfig, path, {"student": "custom", **shape}, section="task"),
+        general=load_config(DistillConfig, path, section="general"),
+        task=load_config(TaskDistillConfig, path, section="task"),
     )
 
 
 class Clock:
-    """Wall-clock seconds of each named stage."""
+    """Wall-clock seconds of each step, kept in ``wall_clock.json`` so that reused steps keep their times."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        self.used: list[str] = []           # the steps of this experiment, timed now or earlier
 
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+    def _timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
         start = time.perf_counter()
         result = fn()
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 1)
+        return result, round(time.perf_counter() - start, 1)
+
+    def _save(self) -> None:
+        self.path.write_text(json.dumps(self.seconds, indent=2, sort_keys=True) + "\n")
+
+    def run(self, key: str, fn: Callable[[], Any]) -> Any:
+        """Time a training run (only called when it really trains)."""
+        result, self.seconds[key] = self._timed(fn)
+        self._save()
         return result
+
+    def version(self, stage: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Time a step that writes a dataset version; a version reused from the store keeps the time it took."""
+        manifest, seconds = self._timed(fn)
+        key = f"{stage}/{manifest['name']}@{manifest['version_id'][:12]}"
+        self.seconds.setdefault(key, seconds)
+        self.used.append(key)
+        self._save()
+        return manifest
+
+    def report(self) -> dict[str, Any]:
+        """This experiment's steps, and the total seconds and number of runs of each stage."""
+        keys = [k for k in dict.fromkeys(self.used) if k in self.seconds]
+        stages: dict[str, dict[str, float]] = {}
+        for key in keys:
+            stage = re.sub(r"-seed\d+$", "", key.split("/")[0])
+            entry = stages.setdefault(stage, {"seconds": 0.0, "runs": 0})
+            entry["seconds"] = round(entry["seconds"] + self.seconds[key], 1)
+            entry["runs"] += 1
+        return {"steps": {k: self.seconds[k] for k in keys}, "stages": stages}
 
 
 def _trained(folder: Path) -> Path | None:
@@ -100,14 +131,38 @@ def _trained(folder: Path) -> Path | None:
 
 
 def equal_steps(cfg: Any, exp: ExperimentConfig, rows: int) -> Any:
-    """The task-distillation config with stage epochs set so that each stage runs the experiment's step count."""
+    """The step config with epochs set so that it runs the experiment's step counts: each stage of a task
+    distillation, or (fine-tuning) both stages' steps in all."""
     per_epoch = rows / (cfg.batch_size * cfg.grad_accum)
     changes = {}
-    if exp.stage1_steps:
-        changes["stage1_epochs"] = exp.stage1_steps / per_epoch
-    if exp.stage2_steps:
-        changes["stage2_epochs"] = exp.stage2_steps / per_epoch
+    if hasattr(cfg, "stage1_epochs"):
+        if exp.stage1_steps:
+            changes["stage1_epochs"] = exp.stage1_steps / per_epoch
+        if exp.stage2_steps:
+            changes["stage2_epochs"] = exp.stage2_steps / per_epoch
+    elif exp.stage1_steps and exp.stage2_steps:
+        changes["epochs"] = (exp.stage1_steps + exp.stage2_steps) / per_epoch
     return dataclasses.replace(cfg, **changes)
+
+
+def initial_student(teacher: Path, pretrained: str, exp: ExperimentConfig, seed: int) -> Any:
+    """The untrained student every variant of one seed starts from: the experiment's shape and the fine-tuned
+    teacher's labels, randomly initialised or (``student_init = "teacher"``) from the *pre-trained* encoder's
+    layers; never from the fine-tuned teacher, whose task weights the no-teacher baseline must not see."""
+    import torch
+    from distill.matches import layer_mapping
+    from distill.models import load_config as load_model_config, load_student, load_teacher, num_layers
+
+    teacher_config = load_model_config(teacher)
+    labels = {"num_labels": teacher_config.num_labels, "id2label": teacher_config.id2label,
+              "label2id": teacher_config.label2id}
+    shape = {"num_hidden_layers": exp.student_layers, "hidden_size": exp.student_hidden,
+             "num_attention_heads": exp.student_heads, "intermediate_size": exp.student_intermediate}
+    init_from = None
+    if exp.student_init == "teacher":
+        encoder = load_teacher(pretrained, False, torch.device("cpu"))
+        init_from = (encoder, layer_mapping(exp.student_layers, num_layers(encoder)))
+    return load_student("custom", teacher_config, shape, labels, True, seed, init_from)
 
 
 def parameter_counts(model_dir: Path) -> dict[str, int]:
@@ -161,74 +216,67 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
     """Run every stage (reusing finished ones) and write ``results.json``, ``README.md`` and the plots."""
     from augment import augment_version
     from distill import evaluate, finetune, general_distill, task_distill
-    from distill.models import load_student, resolve_model, load_config as load_model_config
+    from distill.models import resolve_model
     from transformers import AutoTokenizer
     from pipelines.preprocess import preprocess
 
-    exp, clock = cfgs.experiment, Clock()
+    exp = cfgs.experiment
     out.mkdir(parents=True, exist_ok=True)
+    clock = Clock(out / "wall_clock.json")
     prefix = exp.name_prefix
     names = {split: f"{prefix}-{split}" for split in ("train", "dev", "test", "unlabelled")}
     for split, name in names.items():
         source = SAMPLE_DIR / ("unlabelled.txt" if split == "unlabelled" else f"{split}.jsonl")
         cfg = cfgs.preprocess if split != "unlabelled" else dataclasses.replace(
             cfgs.preprocess, input=dataclasses.replace(cfgs.preprocess.input, label_column=None))
-        clock.run("preprocess", lambda: reuse_existing(store, name, lambda: preprocess(store, [source], cfg,
+        clock.version("preprocess", lambda: reuse_existing(store, name, lambda: preprocess(store, [source], cfg,
                                                                                         name=name)))
     aug_name = f"{prefix}-train-aug"
-    aug = clock.run("augment", lambda: reuse_existing(store, aug_name, lambda: augment_version(
+    aug = clock.version("augment", lambda: reuse_existing(store, aug_name, lambda: augment_version(
         store, names["train"], cfgs.augment, name=aug_name)))
-    augmented = {"aug": aug_name}
+    data = {"task": names["train"], "task-aug": aug_name}
     if exp.mlm != "none":
-        mlm_name = f"{prefix}-train-aug-mlm"
         mlm_cfg = dataclasses.replace(cfgs.augment, mlm=exp.mlm)
-        clock.run("augment-mlm", lambda: reuse_existing(store, mlm_name, lambda: augment_version(
-            store, names["train"], mlm_cfg, name=mlm_name)))
-        augmented["aug-mlm"] = mlm_name
+        data[MLM_VARIANT] = f"{prefix}-train-aug-mlm"
+        clock.version("augment-mlm", lambda: reuse_existing(store, data[MLM_VARIANT], lambda: augment_version(
+            store, names["train"], mlm_cfg, name=data[MLM_VARIANT])))
 
-    def train(kind: str, folder: Path, fn: Callable[[], Path]) -> Path:
-        return _trained(folder) or clock.run(kind, fn)
+    def train(folder: Path, fn: Callable[[], Path]) -> Path:
+        clock.used.append(folder.name)
+        return _trained(folder) or clock.run(folder.name, fn)
 
     dev = {"eval_ref": names["dev"], "eval_every": exp.eval_every}
     teacher_cfg = dataclasses.replace(cfgs.teacher, **dev)
-    teacher = train("teacher", out / "teacher", lambda: finetune(store, names["train"], teacher_cfg, out / "teacher",
+    teacher = train(out / "teacher", lambda: finetune(store, names["train"], teacher_cfg, out / "teacher",
                                                                  resume=True))
-    general_cfg = dataclasses.replace(cfgs.general, teacher=resolve_model(cfgs.general.teacher), seed=exp.seeds[0])
-    variants = VARIANTS + ((MLM_VARIANT,) if exp.mlm != "none" else ())
-    runs: dict[str, dict[int, Path]] = {v: {} for v in variants}
+    runs: dict[str, dict[int, Path]] = {v: {} for v in VARIANTS + tuple(v for v in data if v not in VARIANTS)}
     general_student = None
     for seed in exp.seeds:
-        task_cfg = dataclasses.replace(cfgs.task, teacher=str(teacher), seed=seed, **dev)
-        init = out / f"direct-init-seed{seed}"
+        init = out / f"student-init-seed{seed}"
         if not (init / "config.json").exists():
-            teacher_config = load_model_config(teacher)
-            labels = {"num_labels": teacher_config.num_labels, "id2label": teacher_config.id2label,
-                      "label2id": teacher_config.label2id}
-            shape = {"num_hidden_layers": exp.student_layers, "hidden_size": exp.student_hidden,
-                     "num_attention_heads": exp.student_heads, "intermediate_size": exp.student_intermediate}
-            load_student("custom", teacher_config, shape, labels, True, seed).save_pretrained(init)
+            initial_student(teacher, resolve_model(cfgs.teacher.model), exp, seed).save_pretrained(init)
             AutoTokenizer.from_pretrained(teacher).save_pretrained(init)
         direct_cfg = dataclasses.replace(cfgs.direct, model=str(init), seed=seed, **dev)
         folder = out / f"direct-seed{seed}"
-        runs["direct"][seed] = train("direct", folder, lambda: finetune(store, names["train"], direct_cfg, folder,
-                                                                        resume=True))
-        for variant, data in (("task", names["train"]), ("task-aug", aug_name)):
+        runs["direct"][seed] = train(folder, lambda: finetune(
+            store, names["train"], equal_steps(direct_cfg, exp, store.manifest(names["train"])["num_rows"]), folder,
+            resume=True))
+        task_cfg = dataclasses.replace(cfgs.task, teacher=str(teacher), student=str(init), seed=seed, **dev)
+        for variant in data:
             folder = out / f"{variant}-seed{seed}"
-            runs[variant][seed] = train(variant, folder, lambda: task_distill(
-                store, data, equal_steps(task_cfg, exp, store.manifest(data)["num_rows"]), folder, resume=True))
-        if general_student is None:
+            runs[variant][seed] = train(folder, lambda: task_distill(
+                store, data[variant], equal_steps(task_cfg, exp, store.manifest(data[variant])["num_rows"]), folder,
+                resume=True))
+        if general_student is None:        # once, from the first seed's initial student
             folder = out / "general"
-            general_student = train("general", folder, lambda: general_distill(
+            general_cfg = dataclasses.replace(cfgs.general, teacher=resolve_model(cfgs.general.teacher),
+                                              student=str(init), seed=seed)
+            general_student = train(folder, lambda: general_distill(
                 store, names["unlabelled"], general_cfg, folder, resume=True))
         folder = out / f"general+task-aug-seed{seed}"
         gen_cfg = dataclasses.replace(task_cfg, student=str(general_student))
-        runs["general+task-aug"][seed] = train("general+task-aug", folder, lambda: task_distill(
+        runs["general+task-aug"][seed] = train(folder, lambda: task_distill(
             store, aug_name, equal_steps(gen_cfg, exp, aug["num_rows"]), folder, resume=True))
-        if exp.mlm != "none":
-            folder = out / f"{MLM_VARIANT}-seed{seed}"
-            runs[MLM_VARIANT][seed] = train(MLM_VARIANT, folder, lambda: task_distill(
-                store, augmented["aug-mlm"], equal_steps(task_cfg, exp, store.manifest(augmented["aug-mlm"])["num_rows"]),
-                folder, resume=True))
 
     test_texts = [row["text"] for row in store.read_table(names["test"], columns=["text"]).to_pylist()]
     timing_texts = test_texts[:exp.latency_sentences]
@@ -259,7 +307,7 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
                                                                                                            aug["extra"])},
         "table": table,
         "comparisons": _comparisons(students),
-        "wall_clock_seconds": clock.seconds,
+        "wall_clock_seconds": clock.report(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     from pipelines.ablation_report import write_report

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+INIT = {"random": "randomly", "teacher": "from the pre-trained encoder's embeddings and mapped layers"}
+
 
 def _metrics(folder: Path) -> list[dict[str, Any]]:
     """metrics.jsonl records of a run folder (task distillation: stage 1 then stage 2, steps made global)."""
@@ -91,10 +93,16 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         f"{100 * c['spread']:.1f}: {'larger' if c['larger_than_spread'] else 'not larger'} than the spread"
         for c in results["comparisons"])
     labels = results["data"]["train"]["labels"] or {}
+    exp = results["config"]["experiment"]
+    steps = (f"task distillation {exp['stage1_steps']} stage-1 + {exp['stage2_steps']} stage-2 steps of every "
+             "student whatever its data" if exp["stage1_steps"] and exp["stage2_steps"] else "epochs as configured")
+    stages = results["wall_clock_seconds"]["stages"]
     body = [
         "# TinyBERT ablation on WordNet supersense glosses", "",
-        "Teacher: all-MiniLM-L6-v2 fine-tuned on the training split. Students share one shape and are reported on "
-        "the test split (mean ± sample std over seeds).", "",
+        "Teacher: all-MiniLM-L6-v2 fine-tuned on the training split. Students share one shape "
+        f"({exp['student_layers']} layers x {exp['student_hidden']}, {exp['student_heads']} heads, "
+        f"{exp['student_intermediate']} feed-forward; initialised {INIT[exp['student_init']]}) and one compute budget "
+        f"({steps}), and are reported on the test split (mean ± sample std over seeds {exp['seeds']}).", "",
         results_table(results), "",
         "## Which differences are larger than the seed spread", "", comparisons, "",
         "## Data", "",
@@ -102,8 +110,12 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         *[f"| {k} | {v['rows']} | `{v['version_id'][:12]}` |" for k, v in results["data"].items()],
         "", f"Training class balance: {json.dumps(labels, sort_keys=True)}", "",
         "## Augmentation", "", "```json", json.dumps(results["augmentation"], indent=2, sort_keys=True), "```", "",
-        "## Wall-clock time per stage (seconds, this run)", "",
-        *[f"- {k}: {v}" for k, v in results["wall_clock_seconds"].items()], "",
+        "## Wall-clock time per stage", "",
+        "| stage | runs | seconds in all | seconds per run |", "|---|---:|---:|---:|",
+        *[f"| {k} | {v['runs']} | {v['seconds']:.0f} | {v['seconds'] / v['runs']:.0f} |"
+          for k, v in stages.items()],
+        f"| all | {sum(v['runs'] for v in stages.values())} | {sum(v['seconds'] for v in stages.values()):.0f} | |",
+        "",
         "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], "",
         "## Configuration", "", "```json", json.dumps(results["config"], indent=2, sort_keys=True, default=str), "```",
     ]

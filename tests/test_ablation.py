@@ -27,6 +27,13 @@ def test_quick_ablation_runs_every_student_and_writes_the_report(store, tmp_path
     assert (out / "stage_losses.png").stat().st_size > 0 and (out / "dev_accuracy.png").stat().st_size > 0
 
     # Finished stages are reused: a second run trains nothing.
+    models = sorted(out.glob("*/model/model.safetensors"))
+    stamps = [m.stat().st_mtime_ns for m in models]
     again = run_experiment(store, cfgs, out)
-    assert again["wall_clock_seconds"].keys() <= {"preprocess", "augment"}
+    assert [m.stat().st_mtime_ns for m in sorted(out.glob("*/model/model.safetensors"))] == stamps
+    assert again["wall_clock_seconds"] == results["wall_clock_seconds"]      # reused steps keep their times
+    stages = results["wall_clock_seconds"]["stages"]
+    assert stages["preprocess"]["runs"] == 4 and stages["direct"]["runs"] == 1
+    assert {"teacher", "augment", "general", "task", "task-aug", "general+task-aug"} <= stages.keys()
+    assert all(v["seconds"] > 0 for k, v in stages.items() if k != "preprocess")
     assert again["table"]["task-aug"]["accuracy"] == results["table"]["task-aug"]["accuracy"]

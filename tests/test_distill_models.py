@@ -71,3 +71,28 @@ def test_student_presets_and_custom_shapes(tiny_bert_factory):
         assert torch.equal(pa, pb)       # seeded initialisation
     with pytest.raises(DistilleryError, match="cannot load student"):
         load_student("/nonexistent/student", teacher, {}, {}, False, 0)
+
+
+def test_teacher_initialised_student_with_a_narrower_feed_forward(tiny_bert_factory):
+    teacher = AutoModel.from_pretrained(tiny_bert_factory(layers=4, hidden=32, heads=4, with_mlm_head=False))
+    t_layer = teacher.encoder.layer[3]
+    width = t_layer.intermediate.dense.out_features
+    student = load_student("custom", teacher.config, {"num_hidden_layers": 2, "intermediate_size": width // 2}, {},
+                           False, seed=0, init_from=(teacher, [2, 4]))
+    assert (student.config.hidden_size, student.config.intermediate_size) == (32, width // 2)
+    s_layer = student.encoder.layer[1]
+    importance = t_layer.intermediate.dense.weight.norm(dim=1) * t_layer.output.dense.weight.norm(dim=0)
+    keep = sorted(importance.argsort(descending=True)[:width // 2].tolist())
+    torch.testing.assert_close(s_layer.intermediate.dense.weight, t_layer.intermediate.dense.weight[keep])
+    torch.testing.assert_close(s_layer.intermediate.dense.bias, t_layer.intermediate.dense.bias[keep])
+    torch.testing.assert_close(s_layer.output.dense.weight, t_layer.output.dense.weight[:, keep])
+    torch.testing.assert_close(s_layer.attention.self.query.weight, t_layer.attention.self.query.weight)
+    # keeping every neuron reproduces the teacher's layer exactly
+    full = load_student("custom", teacher.config, {"num_hidden_layers": 2}, {}, False, 0, init_from=(teacher, [2, 4]))
+    torch.testing.assert_close(full.encoder.layer[1].output.dense.weight, t_layer.output.dense.weight)
+    with pytest.raises(DistilleryError, match="keeps its hidden_size"):
+        load_student("custom", teacher.config, {"num_hidden_layers": 2, "hidden_size": 16}, {}, False, 0,
+                     init_from=(teacher, [2, 4]))
+    with pytest.raises(DistilleryError, match="only intermediate_size may be smaller"):
+        load_student("custom", teacher.config, {"num_hidden_layers": 2, "intermediate_size": 2 * width}, {}, False, 0,
+                     init_from=(teacher, [2, 4]))
