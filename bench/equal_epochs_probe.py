@@ -25,7 +25,7 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipelines.ablation import load_experiment, summarise  # noqa: E402
+from pipelines.ablation import equal_steps, load_experiment, summarise  # noqa: E402
 from pipelines.resources import REPO_ROOT  # noqa: E402
 from pipelines.store import Store  # noqa: E402
 
@@ -48,8 +48,8 @@ def main(config_path: str, store_root: str, ablation: str, output: str, seeds: s
     exp, prefix = cfgs.experiment, cfgs.experiment.name_prefix
     train, aug, test = f"{prefix}-train", f"{prefix}-train-aug", f"{prefix}-test"
     rows = {name: store.manifest(name)["num_rows"] for name in (train, aug)}
-    per_epoch = rows[train] / (cfgs.task.batch_size * cfgs.task.grad_accum)
-    epochs = {"stage1_epochs": exp.stage1_steps / per_epoch, "stage2_epochs": exp.stage2_steps / per_epoch}
+    task = equal_steps(cfgs.task, exp, rows[train])        # the ablation's task student, in epochs
+    epochs = {"stage1_epochs": task.stage1_epochs, "stage2_epochs": task.stage2_epochs}
     plans = {"task-aug-epochs": (aug, epochs),
              "task-long": (train, {k: v * rows[aug] / rows[train] for k, v in epochs.items()})}
     results = {}

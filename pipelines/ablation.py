@@ -249,7 +249,7 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
     teacher_cfg = dataclasses.replace(cfgs.teacher, **dev)
     teacher = train(out / "teacher", lambda: finetune(store, names["train"], teacher_cfg, out / "teacher",
                                                                  resume=True))
-    runs: dict[str, dict[int, Path]] = {v: {} for v in VARIANTS + tuple(v for v in data if v not in VARIANTS)}
+    runs: dict[str, dict[int, Path]] = {v: {} for v in (*VARIANTS, *data)}
     general_student = None
     for seed in exp.seeds:
         init = out / f"student-init-seed{seed}"
