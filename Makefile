@@ -19,6 +19,7 @@ demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/distillery --store $(STORE) demo
 
 test: install
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 clean:

@@ -1,9 +1,9 @@
-"""Configuration of the augmentation step (TOML keys == fields; CLI flags override)."""
+"""Configuration of the augmentation step (TOML keys and CLI flags are these fields)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.errors import DistilleryError
+from pipelines.config import ConfigError, Options, option
 
 # Rounds N per GLUE task, as in the reference script (keys are lower-cased task names).
 TASK_ROUNDS = {"cola": 30, "mrpc": 30, "rte": 30, "sts-b": 30, "sst-2": 20, "qnli": 20, "mnli": 10, "qqp": 10}
@@ -14,62 +14,50 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
-class AugmentConfig:
-    """Options of TinyBERT word-replacement augmentation.
+class AugmentConfig(Options):
+    """Options of TinyBERT word-replacement augmentation."""
 
-    Runtime-only fields (``workers``, ``device``, ``mlm_batch_size``) never change the bytes written and are left
-    out of the version id (see ``pipelines.fingerprint.RUNTIME_KEYS``).
-    """
+    mlm: str = option("bert-base-uncased", help="Masked LM: hub id, local folder, or 'none' (word vectors for "
+                                                "every word).")
+    vectors: str | None = option(None, help="Word vectors: GloVe .txt, word2vec .bin, KeyedVectors file or cache "
+                                            "folder (default: GloVe 6B 50d, bundled).")
+    tokenizer: str | None = option(None, help="Tokenizer with --mlm none (default: the bundled bert-base-uncased "
+                                              "vocabulary).")
+    task: str | None = option(None, help="GLUE preset for --num-aug: cola, mrpc, rte, sts-b (30), sst-2, qnli "
+                                         "(20), mnli, qqp (10).")
+    num_aug: int | None = option(None, ge=0, help="Rounds N per text (default: the task preset, else 30).")
+    top_k: int = option(15, ge=1, help="Candidates K per word.")
+    replace_prob: float = option(0.4, ge=0.0, le=1.0, help="Replacement probability p per eligible word.")
+    glove_vocab_limit: int = option(100_000, ge=2, help="Neighbours among the first V words of the vectors.")
+    input_mode: str = option("pair", choices=INPUT_MODES, help="pair: [CLS] masked [SEP] original [SEP] "
+                                                               "(reference); single: [CLS] masked [SEP].")
+    output_form: str = option("surface", choices=OUTPUT_FORMS, help="surface: splice into the original text; "
+                                                                    "reference: lower-cased tokens.")
+    masks_per_pass: int = option(1, ge=1, help="Approximate fast mode: masks per forward pass (1 = exact).")
+    max_length: int | None = option(None, ge=8, help="Masked-LM context cap in pieces (default: the model's, "
+                                                     "at most 512).")
+    fields: tuple[str, ...] | None = option(None, flag="field", help="Text column to augment (repeatable; "
+                                                                     "default: text and text_pair).")
+    drop_punctuation: bool = option(False, help="Filter punctuation candidates.")
+    drop_unk: bool = option(False, help="Filter [UNK] and other special tokens.")
+    drop_self: bool = option(False, help="Filter the word itself.")
+    match_case: bool = option(False, help="Filter candidates whose first letter's case differs.")
+    precision: str = option("auto", choices=PRECISIONS, help="auto = fp32 on CPU, bf16 on CUDA.")
+    seed: int = option(42, help="Random seed.")
+    chunk_rows: int = option(256, ge=1, help="Input rows per output shard.")
+    workers: int = option(1, ge=0, runtime=True, help="Helper processes for preparation and sampling (0 = none).")
+    mlm_batch_size: int = option(256, ge=1, runtime=True, flag="batch-size",
+                                 help="Sequences per masked-LM batch (at most 16384 tokens).")
+    device: str = option("auto", runtime=True, help="auto, cpu, cuda or cuda:N.")
 
-    mlm: str = "bert-base-uncased"          # hub id, local folder, or "none" (word vectors for every word)
-    vectors: str | None = None              # GloVe .txt / word2vec .bin / KeyedVectors file; None = GloVe 6B 50d
-    tokenizer: str | None = None            # only used with mlm="none"; None = bundled bert-base-uncased tokenizer
-    task: str | None = None                 # GLUE preset for num_aug (cola, sst-2, mnli, ...)
-    num_aug: int | None = None              # rounds N; None = task preset or 30
-    top_k: int = 15                         # K candidates per word
-    replace_prob: float = 0.4               # p
-    glove_vocab_limit: int = 100_000        # neighbours among the first V words of the vector vocabulary
-    input_mode: str = "pair"                # "pair": [CLS] masked [SEP] original [SEP]; "single": [CLS] masked [SEP]
-    output_form: str = "surface"            # "surface": splice into the original text; "reference": lower-cased tokens
-    masks_per_pass: int = 1                 # >1: approximate fast mode, several well-separated masks per forward
-    max_length: int | None = None           # masked-LM context cap in pieces (None = the model's limit, at most 512)
-    fields: tuple[str, ...] | None = None   # text columns to augment; None = text and text_pair when present
-    drop_punctuation: bool = False          # optional candidate filters (all off = reference behaviour)
-    drop_unk: bool = False
-    drop_self: bool = False
-    match_case: bool = False
-    precision: str = "auto"                 # auto = fp32 on CPU, bf16 on CUDA
-    seed: int = 42
-    chunk_rows: int = 256                   # R: chunk i holds the outputs of input rows [i*R, (i+1)*R)
-    workers: int = 1                        # helper processes (0 = everything in this process)
-    mlm_batch_size: int = 256               # sequences per masked-LM batch (at most 16384 tokens)
-    device: str = "auto"                    # auto / cpu / cuda
+    def check(self) -> None:
+        if self.task is not None and self.task.lower() not in TASK_ROUNDS:
+            raise ConfigError("task", f"unknown task '{self.task}'; known: {', '.join(sorted(TASK_ROUNDS))}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError("device", f"'{self.device}' is not auto, cpu, cuda or cuda:N")
 
     def rounds(self) -> int:
         """The number of rounds N: explicit, else the task preset, else 30."""
         if self.num_aug is not None:
             return self.num_aug
         return TASK_ROUNDS[self.task.lower()] if self.task else DEFAULT_ROUNDS
-
-    def validate(self) -> None:
-        """Raise DistilleryError on an invalid option."""
-        if self.task is not None and self.task.lower() not in TASK_ROUNDS:
-            raise DistilleryError(f"unknown task '{self.task}'; known: {', '.join(sorted(TASK_ROUNDS))}")
-        checks = [
-            (self.input_mode in INPUT_MODES, f"input_mode must be one of {INPUT_MODES}"),
-            (self.output_form in OUTPUT_FORMS, f"output_form must be one of {OUTPUT_FORMS}"),
-            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto/cpu/cuda"),
-            (self.rounds() >= 0, "num_aug must be >= 0"),
-            (self.top_k >= 1, "top_k must be >= 1"),
-            (0.0 <= self.replace_prob <= 1.0, "replace_prob must be in [0, 1]"),
-            (self.glove_vocab_limit >= 2, "glove_vocab_limit must be >= 2"),
-            (self.masks_per_pass >= 1, "masks_per_pass must be >= 1"),
-            (self.max_length is None or self.max_length >= 8, "max_length must be >= 8"),
-            (self.chunk_rows >= 1, "chunk_rows must be >= 1"),
-            (self.workers >= 0, "workers must be >= 0"),
-            (self.mlm_batch_size >= 1, "mlm_batch_size must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DistilleryError(f"augment config: {message}")

@@ -2,28 +2,39 @@
 (batched over the whole chunk), the rounds are sampled in the workers, and each chunk is written atomically."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pyarrow as pa
 
 from augment.config import AugmentConfig
-from augment.mlm import InputSpec, MaskedLM, Request, build_requests, load_mlm, load_tokenizer, model_identity, \
-    resolve_device, resolve_precision
+from augment.mlm import (
+    InputSpec,
+    MaskedLM,
+    Request,
+    build_requests,
+    load_mlm,
+    load_tokenizer,
+    locate_model,
+    resolve_device,
+    resolve_precision,
+)
 from augment.sampling import CandidateFilter, augment_sentence, row_rng
-from augment.vectors import NeighbourIndex, load_vectors
+from augment.vectors import NeighbourIndex, VectorSource, resolve_vectors
 from augment.words import SentenceWords, WordSplitter
-from pipelines.errors import DistilleryError, VersionExistsError
+from pipelines.config import identity_dict, to_dict
+from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
 from pipelines.resources import minilm_path
-from pipelines.store import Store
+from pipelines.runner import Step, StepPlan, run_step
+from pipelines.store import Store, VersionWriter
 
-STEP = "augment"
+STEP = Step("augment", module=__name__, package="augment")
 TEXT_FIELDS = ("text", "text_pair")
 MLM_NONE_WARNING = ("mlm: none - no masked LM: EVERY eligible word takes its candidates from the word vectors "
                     "(this is not TinyBERT's augmentation; recorded in the data card)")
@@ -161,19 +172,6 @@ class _Models:
     filter: CandidateFilter
 
 
-def _resolved_config(config: AugmentConfig, fields: list[str], compute: str, precision: str,
-                     mlm_identity: dict[str, Any] | None, tokenizer_spec: str | None,
-                     vectors_identity: dict[str, Any]) -> dict[str, Any]:
-    """The full config as recorded (and hashed into the version id): resolved values and model identities."""
-    recorded = dataclasses.asdict(config)
-    recorded.update(num_aug=config.rounds(), fields=list(fields), compute=compute, precision=precision,
-                    mlm_sha256=(mlm_identity or {}).get("sha256"), vectors_sha256=vectors_identity["sha256"])
-    if mlm_identity is None:
-        recorded["tokenizer"] = tokenizer_spec
-        recorded["tokenizer_sha256"] = model_identity(tokenizer_spec).get("sha256")
-    return recorded
-
-
 def _fields(config: AugmentConfig, columns: list[str]) -> list[str]:
     fields = list(config.fields) if config.fields else [f for f in TEXT_FIELDS if f in columns]
     missing = [f for f in fields if f not in columns]
@@ -184,41 +182,67 @@ def _fields(config: AugmentConfig, columns: list[str]) -> list[str]:
 
 
 # ---- the step --------------------------------------------------------------------------------------------
-def augment_version(store: Store, ref: str, config: AugmentConfig, name: str | None = None,
-                    resume: bool = False) -> dict[str, Any]:
-    """Write the augmented version of ``ref``; returns its manifest (the existing one if it is complete)."""
-    config.validate()
+def plan_augment(store: Store, ref: str, config: AugmentConfig) -> StepPlan:
+    """What augmenting ``ref`` would write: models and vectors located and fingerprinted, none loaded yet."""
     vid = store.resolve(ref)
     source = store.manifest(vid)
     fields = _fields(config, [f["name"] for f in source["schema"]])
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     use_mlm = config.mlm.strip().lower() != "none"
-    if not use_mlm:
-        print(f"WARNING {MLM_NONE_WARNING}", file=sys.stderr, flush=True)
     tokenizer_spec = config.mlm if use_mlm else (config.tokenizer or str(minilm_path()))
-    mlm = load_mlm(config.mlm, device, precision) if use_mlm else None
-    tokenizer = mlm.tokenizer if mlm else load_tokenizer(tokenizer_spec)
-    vectors = load_vectors(config.vectors)
-    recorded = _resolved_config(config, fields, device.split(":")[0], precision, mlm.identity if mlm else None,
-                                tokenizer_spec, vectors.identity)
-    try:
-        writer = store.create_version(STEP, recorded, [{"version_id": vid}], name=name, resume=resume)
-    except VersionExistsError as exc:
-        print(f"augment: version {exc.version_id[:12]} already exists (same input, config and code)", file=sys.stderr)
-        if name:
-            store.tag(name, "latest", exc.version_id)
-        return store.manifest(exc.version_id)
+    model = locate_model(tokenizer_spec)
+    vectors = resolve_vectors(config.vectors)
+    resolved = {"num_aug": config.rounds(), "fields": list(fields), "compute": device.split(":")[0],
+                "precision": precision, "mlm_sha256": model.get("sha256") if use_mlm else None,
+                "vectors_sha256": vectors.identity["sha256"]}
+    if not use_mlm:
+        resolved.update(tokenizer=tokenizer_spec, tokenizer_sha256=model.get("sha256"))
+    recorded = {**to_dict(config), **resolved}
+    identity = {**identity_dict(config), **resolved}
+    for key, digest in (("mlm", resolved["mlm_sha256"]), ("vectors", resolved["vectors_sha256"]),
+                        ("tokenizer", resolved.get("tokenizer_sha256"))):
+        if digest:
+            identity.pop(key, None)        # identified by content, wherever the files are
+    setup = _Setup(config, fields, device, precision, tokenizer_spec, model if use_mlm else None, vectors, recorded)
+    return StepPlan(STEP, recorded, identity, [{"version_id": vid}],
+                    lambda writer: _write(store, vid, source["num_rows"], setup, writer))
+
+
+@dataclass
+class _Setup:
+    """The resolved settings of one augmentation run."""
+
+    config: AugmentConfig
+    fields: list[str]
+    device: str
+    precision: str
+    tokenizer_spec: str
+    mlm_identity: dict[str, Any] | None
+    vectors: VectorSource
+    recorded: dict[str, Any]
+
+
+def _write(store: Store, vid: str, total_rows: int, setup: _Setup, writer: VersionWriter) -> dict[str, Any]:
+    """Load the models, augment every chunk not yet committed; returns the manifest's extra."""
+    config = setup.config
+    if setup.mlm_identity is None:
+        print(f"WARNING {MLM_NONE_WARNING}", file=sys.stderr, flush=True)
+        mlm = None
+    else:
+        mlm = load_mlm(config.mlm, setup.device, setup.precision, setup.mlm_identity)
+    tokenizer = mlm.tokenizer if mlm else load_tokenizer(setup.tokenizer_spec)
+    vectors = setup.vectors.load()
     spec = mlm.input_spec(config.input_mode, config.masks_per_pass, config.max_length) if mlm else None
     specials = frozenset(tokenizer.all_special_tokens)
-    models = _Models(mlm, NeighbourIndex(vectors, config.glove_vocab_limit, config.top_k, device),
+    models = _Models(mlm, NeighbourIndex(vectors, config.glove_vocab_limit, config.top_k, setup.device),
                      CandidateFilter(config.drop_punctuation, config.drop_unk, config.drop_self, config.match_case,
                                      specials))
     timing = {"prepare_s": 0.0, "mlm_s": 0.0, "neighbours_s": 0.0, "sampling_s": 0.0, "io_s": 0.0, "wall_s": 0.0}
     start = time.perf_counter()
     executor = _Executor(config.workers, tokenizer, spec)
     try:
-        _run(store, vid, config, fields, models, writer, executor, source["num_rows"], timing)
+        _run(store, vid, config, setup.fields, models, writer, executor, total_rows, timing)
     finally:
         executor.close()
     timing["wall_s"] = time.perf_counter() - start
@@ -226,24 +250,30 @@ def augment_version(store: Store, ref: str, config: AugmentConfig, name: str | N
     for index in writer.committed_chunks():
         for key, value in writer.chunk_record(index)["accounting"].items():
             counts[key] = counts.get(key, 0) + value
-    extra = {
-        "models": {"mlm": mlm.identity if mlm else "none", "tokenizer": tokenizer_spec,
+    return {
+        "models": {"mlm": mlm.identity if mlm else "none", "tokenizer": setup.tokenizer_spec,
                    "vectors": vectors.identity},
-        "options": {k: recorded[k] for k in ("num_aug", "top_k", "replace_prob", "glove_vocab_limit", "input_mode",
-                                             "output_form", "masks_per_pass", "fields", "precision")},
+        "options": {k: setup.recorded[k] for k in ("num_aug", "top_k", "replace_prob", "glove_vocab_limit",
+                                                   "input_mode", "output_form", "masks_per_pass", "fields",
+                                                   "precision")},
         "seed": config.seed,
         "counts": counts,
         "mlm_context": {"max_pieces": spec.max_length if spec else None,
                         "long_texts": "masked-LM context cut to a window of pieces around the masked word"},
-        "warnings": [] if use_mlm else [MLM_NONE_WARNING],
-        "run": {"workers": config.workers, "device": device, "batch_size": config.mlm_batch_size,
+        "warnings": [] if mlm else [MLM_NONE_WARNING],
+        "run": {"workers": config.workers, "device": setup.device, "batch_size": config.mlm_batch_size,
                 "timing_s": {k: round(v, 3) for k, v in timing.items()},
                 "mlm": dict(mlm.stats) if mlm else None, "neighbours": dict(models.index.stats)},
     }
-    return writer.finalize(extra=extra)
 
 
-def _run(store: Store, vid: str, config: AugmentConfig, fields: list[str], models: _Models, writer: Any,
+def augment_version(store: Store, ref: str, config: AugmentConfig, name: str | None = None,
+                    resume: bool = False) -> dict[str, Any]:
+    """Write the augmented version of ``ref``; returns its manifest (the existing one if it is complete)."""
+    return run_step(store, plan_augment(store, ref, config), name, resume).manifest
+
+
+def _run(store: Store, vid: str, config: AugmentConfig, fields: list[str], models: _Models, writer: VersionWriter,
          executor: _Executor, total_rows: int, timing: dict[str, float]) -> None:
     """Process every chunk not yet committed, keeping one chunk of preparation ahead of the models."""
     sample_spec = SampleSpec(config.seed, config.rounds(), config.replace_prob, config.output_form)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from augment.words import SentenceWords
 from pipelines import fingerprint
 from pipelines.errors import DistilleryError
-from augment.words import SentenceWords
 
 MAX_BATCH_TOKENS = 16384
 HARD_MAX_LENGTH = 512
@@ -126,6 +126,15 @@ def model_identity(spec: str) -> dict[str, Any]:
     return identity
 
 
+def locate_model(spec: str) -> dict[str, Any]:
+    """``model_identity`` of a model that can be loaded; offline, a model that is neither a folder nor in the
+    Hugging Face cache is refused here, before any work starts."""
+    identity = model_identity(spec)
+    if identity["path"] is None and _offline():
+        raise _not_available(spec)
+    return identity
+
+
 def load_tokenizer(spec: str) -> Any:
     """A fast BERT-family tokenizer from a hub id or folder (offline-aware)."""
     from transformers import AutoTokenizer
@@ -139,7 +148,7 @@ def load_tokenizer(spec: str) -> Any:
     return tokenizer
 
 
-def _not_available(spec: str, exc: Exception) -> DistilleryError:
+def _not_available(spec: str, exc: Exception | None = None) -> DistilleryError:
     where = "offline and not in the Hugging Face cache" if _offline() else f"could not be loaded ({type(exc).__name__})"
     return DistilleryError(f"masked LM '{spec}' is {where}: pass a local checkpoint folder with --mlm PATH "
                            f"(a BERT-family model with an MLM head), or --mlm none to use word vectors for every word")
@@ -319,8 +328,9 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def load_mlm(spec: str, device: str, precision: str) -> MaskedLM:
-    """Load a masked LM (hub id or folder) for inference; never runs remote code."""
+def load_mlm(spec: str, device: str, precision: str, identity: dict[str, Any] | None = None) -> MaskedLM:
+    """Load a masked LM (hub id or folder) for inference; never runs remote code. ``identity``: its
+    ``model_identity`` when already computed."""
     import torch
     from transformers import AutoModelForMaskedLM
 
@@ -332,4 +342,4 @@ def load_mlm(spec: str, device: str, precision: str) -> MaskedLM:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model = model.to(device=device, dtype=dtype).eval()
     limit = min(HARD_MAX_LENGTH, getattr(model.config, "max_position_embeddings", HARD_MAX_LENGTH))
-    return MaskedLM(model, tokenizer, device, precision, model_identity(spec), limit)
+    return MaskedLM(model, tokenizer, device, precision, identity or model_identity(spec), limit)

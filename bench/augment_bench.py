@@ -28,7 +28,9 @@ from augment import AugmentConfig, augment_version  # noqa: E402
 from augment.mlm import build_requests, load_mlm  # noqa: E402
 from augment.vectors import load_vectors  # noqa: E402
 from augment.words import WordSplitter, is_eligible  # noqa: E402
-from pipelines.resources import SAMPLE_DIR, minilm_path  # noqa: E402
+from distillery.demo import SAMPLE_DIR  # noqa: E402
+from pipelines.fingerprint import version_id  # noqa: E402
+from pipelines.resources import minilm_path  # noqa: E402
 from pipelines.store import Store  # noqa: E402
 
 
@@ -140,8 +142,8 @@ def build_model(folder: Path) -> None:
 
 def run_engine(root: Path, model_dir: Path, rows: list[str], args, **options) -> tuple[float, dict]:
     store = Store(root / f"store-{time.time_ns()}")
-    writer = store.create_version("preprocess", {"bench": True}, [{"kind": "raw", "path": "bench", "sha256": "0" * 64}],
-                                  name="src")
+    config, parents = {"bench": True}, [{"kind": "raw", "path": "bench", "sha256": "0" * 64}]
+    writer = store.create_version(version_id("bench", config, parents, "bench"), "bench", config, parents, name="src")
     writer.write_chunk(0, pa.table({"text": rows, "row_id": pa.array(range(len(rows)), pa.int64())}))
     writer.finalize()
     config = AugmentConfig(mlm=str(model_dir), num_aug=args.num_aug, workers=args.workers,
@@ -235,7 +237,8 @@ def main() -> None:
                                  masks_per_pass=args.masks_per_pass)
             fast_s = fast["extra"]["run"]["timing_s"]["wall_s"]
             agree = agreement(model_dir, rows, args.top_k, args.masks_per_pass)
-            result["masks_per_pass"] = {"k": args.masks_per_pass, "engine_s": fast_s, "speedup_vs_engine": eng_s / fast_s,
+            result["masks_per_pass"] = {"k": args.masks_per_pass, "engine_s": fast_s,
+                                        "speedup_vs_engine": eng_s / fast_s,
                                         "speedup_vs_reference": ref_s / fast_s, **agree}
             print(f"[{mode}] --masks-per-pass {args.masks_per_pass}: {len(rows) / fast_s:.2f} sent/s, "
                   f"{eng_s / fast_s:.2f}x over the exact engine, {ref_s / fast_s:.2f}x over the reference; top-K "

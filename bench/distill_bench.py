@@ -27,8 +27,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import torch
@@ -40,7 +41,9 @@ from distill.matches import MatchSet, default_matches, layer_mapping  # noqa: E4
 from distill.models import load_student, load_teacher  # noqa: E402
 from distill.objective import Objective  # noqa: E402
 from distill.trainer import PREFETCH_BATCHES, to_device  # noqa: E402
-from pipelines.resources import SAMPLE_DIR, minilm_path  # noqa: E402
+from distillery.demo import SAMPLE_DIR  # noqa: E402
+from pipelines.fingerprint import version_id  # noqa: E402
+from pipelines.resources import minilm_path  # noqa: E402
 from pipelines.store import Store  # noqa: E402
 
 
@@ -48,8 +51,9 @@ def sample_version(store: Store, shard_rows: int = 1000) -> str:
     """The bundled train split as a version (text, label, row_id), written directly with the store API."""
     rows = [json.loads(line) for line in (SAMPLE_DIR / "train.jsonl").read_text().splitlines()]
     rows = [{"text": r["text"], "label": r["label"], "row_id": i} for i, r in enumerate(rows)]
-    writer = store.create_version("bench", {"shard_rows": shard_rows}, [{"kind": "raw", "path": "train.jsonl",
-                                                                         "sha256": "0" * 64}], name="bench-train")
+    config, parents = {"shard_rows": shard_rows}, [{"kind": "raw", "path": "train.jsonl", "sha256": "0" * 64}]
+    writer = store.create_version(version_id("bench", config, parents, "bench"), "bench", config, parents,
+                                  name="bench-train")
     for i, start in enumerate(range(0, len(rows), shard_rows)):
         writer.write_chunk(i, pa.Table.from_pylist(rows[start:start + shard_rows]))
     writer.finalize()

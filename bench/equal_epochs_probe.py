@@ -25,9 +25,12 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipelines.ablation import equal_steps, load_experiment, summarise  # noqa: E402
-from pipelines.resources import REPO_ROOT  # noqa: E402
+from distillery.demo import REPO_ROOT  # noqa: E402
+from distillery.recipes.ablation import equal_steps, load_experiment, summarise  # noqa: E402
+from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.store import Store  # noqa: E402
+
+quiet_libraries()
 
 VARIANTS = ("task-aug-epochs", "task-long")
 
@@ -61,9 +64,7 @@ def main(config_path: str, store_root: str, ablation: str, output: str, seeds: s
             cfg = dataclasses.replace(cfgs.task, teacher=str(Path(ablation) / "teacher" / "model"),
                                       student=str(Path(ablation) / f"student-init-seed{seed}"), seed=seed,
                                       eval_ref=f"{prefix}-dev", eval_every=250, **stage_epochs)
-            model = folder / "model"
-            if not (model / "config.json").exists():
-                model = task_distill(store, data, cfg, folder, resume=True)
+            model = task_distill(store, data, cfg, folder, resume=True).path
             scores.append(evaluate(store, test, model)["accuracy"])
         results[variant] = {"data": data, **stage_epochs, "test_accuracy": scores, "summary": summarise(scores)}
         click.echo(f"{variant}: {[round(100 * s, 1) for s in scores]} -> "

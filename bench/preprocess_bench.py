@@ -152,13 +152,13 @@ def main() -> None:
                     results.append(result)
                     print(json.dumps(result), file=sys.stderr, flush=True)
     print(f"\nmachine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at the end\n")
-    print("| corpus | workers | near-dup | input rows | kept | wall s | CPU s parent + workers | rows/s | parent peak MiB "
-          "(processing / with finalize) | worker peak MiB |")
+    print("| corpus | workers | near-dup | input rows | kept | wall s | CPU s parent + workers | rows/s | "
+          "parent peak MiB (processing / with finalize) | worker peak MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['corpus']} | {r['workers']} | {'on' if r['near_dup'] else 'off'} | {r['input_rows']:,} | "
-              f"{r['kept']:,} | {r['seconds']} | {r['parent_cpu_s']} + {r['worker_cpu_s']} | {r['rows_per_s']:,} | {r['parent_peak_processing_mib']} / "
-              f"{r['parent_peak_mib']} | {r['worker_peak_mib'] or '-'} |")
+              f"{r['kept']:,} | {r['seconds']} | {r['parent_cpu_s']} + {r['worker_cpu_s']} | {r['rows_per_s']:,} | "
+              f"{r['parent_peak_processing_mib']} / {r['parent_peak_mib']} | {r['worker_peak_mib'] or '-'} |")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,13 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipelines.ablation import load_experiment, run_experiment  # noqa: E402
-from pipelines.ablation_report import results_table  # noqa: E402
-from pipelines.resources import REPO_ROOT  # noqa: E402
+from distillery.demo import REPO_ROOT  # noqa: E402
+from distillery.recipes.ablation import load_experiment, run_experiment  # noqa: E402
+from distillery.recipes.ablation_report import results_table  # noqa: E402
+from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.store import Store  # noqa: E402
+
+quiet_libraries()
 
 
 @click.command()

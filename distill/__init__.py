@@ -5,22 +5,29 @@ Python API (the CLI `distillery distill ...` calls the same functions)::
     from distill import finetune, general_distill, task_distill, evaluate, cache_teacher_logits
     from distill import FinetuneConfig, DistillConfig, TaskDistillConfig
 
-The functions are imported on first use, so `import distill.cli` (and `--help`) stays fast.
+The functions are imported on first use, so importing the configs (and `--help`) stays fast.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from distill.config import DistillConfig, FinetuneConfig, TaskDistillConfig, TrainConfig
+from distill.config import (
+    CacheLogitsConfig,
+    DistillConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    TaskDistillConfig,
+    TrainConfig,
+)
 
-_API = ("finetune", "general_distill", "task_distill", "evaluate", "cache_teacher_logits")
-__all__ = [*_API, "FinetuneConfig", "DistillConfig", "TaskDistillConfig", "TrainConfig"]
+_API = {"finetune": "distill.api", "general_distill": "distill.api", "task_distill": "distill.api",
+        "evaluate": "distill.api", "cache_teacher_logits": "distill.logits", "TrainedModel": "distill.runs"}
+__all__ = [*_API, "CacheLogitsConfig", "DistillConfig", "EvaluateConfig", "FinetuneConfig", "TaskDistillConfig",
+           "TrainConfig"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        return getattr(importlib.import_module("distill.api"), name)
-    if name == "api":
-        return importlib.import_module("distill.api")
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'distill' has no attribute '{name}'")

@@ -1,29 +1,25 @@
 """Python API: fine-tune a teacher, general and task distillation, evaluation, teacher-logit caching."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distill import models
 from distill.card import write_model_card
-from distill.config import DistillConfig, FinetuneConfig, TaskDistillConfig, TrainConfig, stage_config, to_dict
-from distill.data import IGNORE_LABEL, LOGITS, Collator, ShardStream, make_loader, to_tensors
+from distill.config import DistillConfig, EvaluateConfig, FinetuneConfig, TaskDistillConfig, TrainConfig, stage_config
+from distill.data import IGNORE_LABEL, LOGITS, ShardStream, make_loader
 from distill.matches import Match, MatchSet, default_matches, layer_mapping
 from distill.metrics import classification_metrics, regression_metrics
 from distill.objective import Objective
 from distill.plots import plot_metrics
+from distill.runs import TrainedModel, reuse_or_train, write_scores
 from distill.trainer import Runtime, Trainer, setup_runtime, to_device
-from pipelines.errors import DistilleryError, VersionExistsError
-from pipelines.fingerprint import path_sha256
-from pipelines.progress import progress_bar
+from pipelines.config import identity_dict, to_dict
+from pipelines.errors import DistilleryError
 from pipelines.store import Store
 
 
@@ -97,14 +93,14 @@ def evaluate_model(model: nn.Module, stream: ShardStream, device: torch.device, 
     return {**scores, "rows": int(len(gold_all)), "unknown_labels": unknown}
 
 
-def evaluate(store: Store, ref: str, model_dir: str | Path, batch_size: int = 64, max_seq_length: int = 128,
-             device: str = "auto") -> dict[str, Any]:
+def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConfig | None = None) -> dict[str, Any]:
     """accuracy / macro-F1 / Matthews (classification) or Pearson / Spearman (regression) of a saved model."""
+    config = config or EvaluateConfig()
     model_dir = models.resolve_model(model_dir)
-    runtime = setup_runtime(TrainConfig(device=device, num_workers=0))
+    runtime = setup_runtime(TrainConfig(device=config.device, num_workers=0))
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(runtime.device)
     labels = _model_labels(model.config)
-    cfg = TrainConfig(batch_size=batch_size, max_seq_length=max_seq_length)
+    cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=config.max_seq_length)
     stream = make_stream(store, ref, model_dir, cfg, labels, shuffle=False)
     return {"version_id": store.resolve(ref), **evaluate_model(model, stream, runtime.device)}
 
@@ -117,14 +113,20 @@ def _eval_fn(store: Store, cfg: TrainConfig, tokenizer: str | Path, labels: dict
 
 
 # ---- saving ------------------------------------------------------------------------------------------
-def _data_record(store: Store, role: str, ref: str) -> dict[str, Any]:
-    m = store.manifest(ref)
-    return {"role": role, "version_id": m["version_id"], "name": m["name"], "num_rows": m["num_rows"]}
+def _data_records(store: Store, train_ref: str, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The training (and evaluation) versions of a run, for its model card."""
+    records = []
+    for role, ref in (("train", train_ref), ("eval", cfg.eval_ref)):
+        if ref:
+            m = store.manifest(ref)
+            records.append({"role": role, "version_id": m["version_id"], "name": m["name"],
+                            "num_rows": m["num_rows"]})
+    return records
 
 
 def save_model(model: nn.Module, tokenizer_src: str | Path, out: Path, *, title: str, mode: str,
                teacher: str | None, data: list[dict[str, Any]], scores: dict[str, Any], cfg: TrainConfig) -> Path:
-    """save_pretrained (safetensors) + tokenizer + model card."""
+    """save_pretrained (safetensors) + tokenizer + model card + scores.json."""
     out.mkdir(parents=True, exist_ok=True)
     model.set_attn_implementation("sdpa")
     model.save_pretrained(out)
@@ -132,8 +134,10 @@ def save_model(model: nn.Module, tokenizer_src: str | Path, out: Path, *, title:
     c = model.config
     arch = {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
             "intermediate": c.intermediate_size, "parameters": sum(p.numel() for p in model.parameters())}
-    write_model_card(out, title=title, mode=mode, teacher=teacher, data=data,
-                     scores={k: v for k, v in scores.items() if k != "step"}, config=to_dict(cfg), architecture=arch)
+    scores = {k: v for k, v in scores.items() if k != "step"}
+    write_model_card(out, title=title, mode=mode, teacher=teacher, data=data, scores=scores, config=to_dict(cfg),
+                     architecture=arch)
+    write_scores(out, scores)
     return out
 
 
@@ -143,17 +147,31 @@ def _finish(trainer: Trainer, title: str) -> None:
 
 
 # ---- fine-tuning -------------------------------------------------------------------------------------
+def _run_identity(store: Store, mode: str, cfg: TrainConfig, train_ref: str, **models_used: str) -> dict[str, Any]:
+    """What makes a finished run reusable: its mode, config (runtime options aside), data and models."""
+    return {"mode": mode, "config": identity_dict(cfg), "train_version": store.resolve(train_ref),
+            "eval_version": store.resolve(cfg.eval_ref) if cfg.eval_ref else None, **models_used}
+
+
 def finetune(store: Store, train_ref: str, config: FinetuneConfig, output_dir: str | Path,
-             resume: bool = False) -> Path:
-    """Fine-tune ``config.model`` on a labelled version (hard-label loss); returns the saved model folder."""
-    cfg, output_dir = config, Path(output_dir)
+             resume: bool = False) -> TrainedModel:
+    """Fine-tune ``config.model`` on a labelled version (hard-label loss); a finished run in ``output_dir`` with
+    the same settings is reused."""
+    output_dir = Path(output_dir)
+    source = models.resolve_model(config.model)
+    identity = _run_identity(store, "finetune", config, train_ref, model=source)
+    return reuse_or_train(output_dir, identity, lambda: _finetune(store, train_ref, config, output_dir, source,
+                                                                  resume))
+
+
+def _finetune(store: Store, train_ref: str, cfg: FinetuneConfig, output_dir: Path, source: str,
+              resume: bool) -> Path:
     runtime = setup_runtime(cfg)
     torch.manual_seed(cfg.seed)
     labels = label_kwargs(store, train_ref, cfg)
     if not labels:
         raise DistilleryError(f"version {train_ref} has no 'label' column to fine-tune on")
-    source = models.resolve_model(cfg.model)
-    model = AutoModelForSequenceClassification.from_pretrained(source, **labels)
+    model = models.load_classifier(source, labels)
     objective = Objective(model, MatchSet([Match("labels", "hard")], model.config.hidden_size,
                                           model.config.hidden_size, _is_regression(labels)))
     stream = make_stream(store, train_ref, source, cfg, labels, runtime)
@@ -161,10 +179,9 @@ def finetune(store: Store, train_ref: str, config: FinetuneConfig, output_dir: s
                       "finetune", {"train_version": store.resolve(train_ref), "model": source})
     scores = trainer.run(resume)
     _finish(trainer, "fine-tuning")
-    data = [_data_record(store, "train", train_ref)] + ([_data_record(store, "eval", cfg.eval_ref)]
-                                                        if cfg.eval_ref else [])
     return save_model(model, source, output_dir / "model", title=f"{Path(source).name} fine-tuned",
-                      mode="finetune", teacher=None, data=data, scores=scores, cfg=cfg)
+                      mode="finetune", teacher=None, data=_data_records(store, train_ref, cfg), scores=scores,
+                      cfg=cfg)
 
 
 # ---- distillation ------------------------------------------------------------------------------------------
@@ -186,11 +203,20 @@ def _student_overrides(cfg: DistillConfig) -> dict[str, int]:
 
 def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str,
                  with_head: bool, student_src: str, resume: bool, teacher_needed: bool = True,
-                 model_dir: Path | None = None) -> Path:
-    """One distillation run (general, or one stage of task distillation); returns the saved student."""
+                 model_dir: Path | None = None) -> TrainedModel:
+    """One distillation run (general, or one stage of task distillation), reused when finished."""
+    teacher_src = models.resolve_model(cfg.teacher)
+    identity = _run_identity(store, mode, cfg, train_ref, teacher=teacher_src, student=student_src,
+                             teacher_forward=teacher_needed)
+    return reuse_or_train(output_dir, identity, lambda: _distill(
+        store, train_ref, cfg, output_dir, mode=mode, with_head=with_head, teacher_src=teacher_src,
+        student_src=student_src, resume=resume, teacher_needed=teacher_needed, model_dir=model_dir))
+
+
+def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str, with_head: bool,
+             teacher_src: str, student_src: str, resume: bool, teacher_needed: bool, model_dir: Path | None) -> Path:
     runtime = setup_runtime(cfg)
     torch.manual_seed(cfg.seed)
-    teacher_src = models.resolve_model(cfg.teacher)
     teacher_config = models.load_config(teacher_src)
     if with_head and not any("ForSequenceClassification" in a for a in teacher_config.architectures or []):
         raise DistilleryError(f"teacher {teacher_src} is not a fine-tuned sequence classifier (architectures: "
@@ -201,8 +227,6 @@ def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: P
     if cfg.student_init == "teacher" and student_src in models.PRESETS:
         layers = cfg.student_layers or models.PRESETS[student_src].get("num_hidden_layers", 0)
         init_from = (teacher, layer_mapping(layers, models.num_layers(teacher_config), cfg.mapping, cfg.layer_map))
-    elif cfg.student_init not in ("random", "teacher"):
-        raise DistilleryError(f"student_init must be random or teacher (got '{cfg.student_init}')")
     student = models.load_student(student_src, teacher_config, _student_overrides(cfg), labels, with_head, cfg.seed,
                                   init_from)
     matches = build_matches(cfg, models.num_layers(student), models.num_layers(teacher_config),
@@ -222,38 +246,34 @@ def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: P
                       _eval_fn(store, cfg, tokenizer, labels, runtime), mode, record)
     scores = trainer.run(resume)
     _finish(trainer, mode)
-    data = [_data_record(store, "train", train_ref)] + ([_data_record(store, "eval", cfg.eval_ref)]
-                                                        if cfg.eval_ref else [])
     return save_model(student, tokenizer, model_dir or output_dir / "model", title=f"distilled student ({mode})",
-                      mode=mode, teacher=teacher_src, data=data, scores=scores, cfg=cfg)
+                      mode=mode, teacher=teacher_src, data=_data_records(store, train_ref, cfg), scores=scores,
+                      cfg=cfg)
 
 
 def general_distill(store: Store, train_ref: str, config: DistillConfig, output_dir: str | Path,
-                    resume: bool = False) -> Path:
+                    resume: bool = False) -> TrainedModel:
     """TinyBERT general distillation (embedding, hidden and attention losses) on a plain-text version."""
     return _distill_run(store, train_ref, config, Path(output_dir), mode="general", with_head=False,
                         student_src=config.student, resume=resume)
 
 
 def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output_dir: str | Path,
-                 resume: bool = False) -> Path:
+                 resume: bool = False) -> TrainedModel:
     """TinyBERT task distillation: stage 1 (intermediate layers) then stage 2 (prediction layer).
 
-    ``config.stage`` picks 1, 2 or both; each stage is a run folder (``stage1/``, ``stage2/``) that resumes on
-    its own; the final student is ``output_dir/model``. Stage 2 starts from stage 1's student (or from
+    ``config.stage`` picks 1, 2 or both; each stage is a run folder (``stage1/``, ``stage2/``) that resumes and is
+    reused on its own; the final student is ``output_dir/model``. Stage 2 starts from stage 1's student (or from
     ``config.student`` when run alone without a stage 1 folder) and trains from ``config.logits_ref`` without the
     teacher when that is set.
     """
-    cfg, output_dir = dataclasses.replace(config, stage=str(config.stage)), Path(output_dir)
-    if cfg.stage not in ("1", "2", "both"):
-        raise DistilleryError(f"stage must be 1, 2 or both (got '{cfg.stage}')")
+    cfg, output_dir = config, Path(output_dir)
     stage1_model = output_dir / "stage1" / "model"
-    result = stage1_model
-    if cfg.stage in ("1", "both") and not (resume and (stage1_model / "config.json").exists()):
-        result = _distill_run(store, train_ref, stage_config(cfg, 1), output_dir / "stage1", mode="task-stage1",
-                              with_head=True, student_src=cfg.student, resume=resume)
+    runs = []
+    if cfg.stage in ("1", "both"):
+        runs.append(_distill_run(store, train_ref, stage_config(cfg, 1), output_dir / "stage1", mode="task-stage1",
+                                 with_head=True, student_src=cfg.student, resume=resume))
     if cfg.stage in ("2", "both"):
-        s2 = stage_config(cfg, 2)
         student = str(stage1_model) if (stage1_model / "config.json").exists() else cfg.student
         if student in models.PRESETS:
             raise DistilleryError("stage 2 needs a student: run stage 1 first (same --output) or give --student PATH")
@@ -261,50 +281,7 @@ def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output
         if cfg.logits_ref and LOGITS not in {f["name"] for f in store.manifest(cfg.logits_ref)["schema"]}:
             raise DistilleryError(f"logits_ref {cfg.logits_ref} has no '{LOGITS}' column (make one with "
                                   f"`distillery distill cache-logits`)")
-        result = _distill_run(store, data_ref, s2, output_dir / "stage2", mode="task-stage2", with_head=True,
-                              student_src=student, resume=resume, teacher_needed=not cfg.logits_ref,
-                              model_dir=output_dir / "model")
-    return result
-
-
-# ---- teacher logits ------------------------------------------------------------------------------------
-@torch.no_grad()
-def cache_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, name: str | None = None,
-                         batch_size: int = 64, max_seq_length: int = 128, device: str = "auto") -> dict[str, Any]:
-    """Write a new version = ``ref`` plus a ``teacher_logits`` column (one chunk per input shard; resumable).
-
-    Its lineage: parent ``ref``, step ``teacher-logits``, config naming the teacher and its content hash.
-    """
-    teacher_src = models.resolve_model(teacher_dir)
-    parent = store.manifest(ref)
-    config = {"teacher": teacher_src, "teacher_sha256": path_sha256(teacher_src), "max_seq_length": max_seq_length,
-              "batch_size": batch_size}
-    try:
-        writer = store.create_version("teacher-logits", config, [{"version_id": parent["version_id"]}], name=name,
-                                      resume=True)
-    except VersionExistsError as exc:
-        return store.manifest(exc.version_id)
-    runtime = setup_runtime(TrainConfig(device=device, num_workers=0))
-    teacher = models.load_teacher(teacher_src, True, runtime.device)
-    collate = Collator(teacher_src, max_seq_length)
-    bar = progress_bar(total=parent["num_rows"], desc="teacher logits")
-    for index, path in enumerate(store.shard_paths(ref)):
-        table = pq.read_table(path, memory_map=True)
-        if writer.is_committed(index):
-            bar.update(table.num_rows)
-            continue
-        rows, logits = table.to_pylist(), []
-        for start in range(0, len(rows), batch_size):
-            part = rows[start:start + batch_size]
-            collate.encode(part)
-            batch = to_device(to_tensors(collate(part)), runtime.device)
-            out = teacher(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
-            logits.append(out.float().cpu().numpy())
-            bar.update(min(batch_size, len(rows) - start))
-        values = np.concatenate(logits) if logits else np.zeros((0, teacher.config.num_labels), np.float32)
-        column = pa.array(list(values.astype(np.float32)), type=pa.list_(pa.float32()))
-        writer.write_chunk(index, table.append_column(LOGITS, column),
-                           accounting={"input_rows": table.num_rows, "kept": table.num_rows})
-    bar.close()
-    return writer.finalize(extra={"teacher": teacher_src, "id2label": {str(k): v for k, v in
-                                                                        teacher.config.id2label.items()}})
+        runs.append(_distill_run(store, data_ref, stage_config(cfg, 2), output_dir / "stage2", mode="task-stage2",
+                                 with_head=True, student_src=student, resume=resume,
+                                 teacher_needed=not cfg.logits_ref, model_dir=output_dir / "model"))
+    return TrainedModel(runs[-1].path, runs[-1].scores, up_to_date=all(r.up_to_date for r in runs))

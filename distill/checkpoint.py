@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.atomic import write_bytes_atomic
 from pipelines.errors import DistilleryError
-from pipelines.store import write_bytes_atomic
 
 LATEST = "latest"
 

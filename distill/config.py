@@ -1,91 +1,135 @@
-"""Configuration dataclasses of the distiller (TOML keys == field names, CLI flags override)."""
+"""Configuration dataclasses of the distiller (TOML keys and CLI flags are these fields)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from pipelines.config import ConfigError, Options, option
+
 MINILM = "minilm"  # stands for pipelines.resources.minilm_path() (the bundled all-MiniLM-L6-v2 encoder)
+DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+
+
+def check_device(device: str) -> None:
+    """Refuse a device name that is not auto, cpu, cuda or cuda:N."""
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError("device", f"'{device}' is not auto, cpu, cuda or cuda:N")
 
 
 @dataclass
-class TrainConfig:
-    """What every training run shares: optimisation, data streaming, runtime and checkpointing."""
+class TrainConfig(Options):
+    """What every training run shares: optimisation, data streaming, runtime and checkpointing.
 
-    epochs: float = 1.0                # passes over the training version (fractional allowed)
-    max_steps: int = 0                 # optimizer steps; > 0 overrides epochs
-    batch_size: int = 32               # rows per micro-batch per process
-    grad_accum: int = 1                # micro-batches per optimizer step
-    lr: float = 5e-5                   # peak learning rate (AdamW)
-    weight_decay: float = 0.01         # AdamW weight decay (not on biases / LayerNorm)
-    warmup: float = 0.1                # fraction of the steps (< 1) or a number of steps (>= 1)
-    max_grad_norm: float = 1.0         # 0 disables clipping
-    max_seq_length: int = 128          # tokens per row after truncation
-    seed: int = 42                     # data order, initialisation, dropout
-    shuffle_buffer: int = 10_000       # rows in the bounded shuffle buffer
-    group_batches: int = 50            # length grouping: sort windows of this many batches by length
-    num_workers: int = 1               # DataLoader workers (tokenisation happens there)
-    threads: int = 0                   # torch intra-op threads (0 = the cores / processes on this machine)
-    device: str = "auto"               # auto / cpu / cuda / cuda:N
-    amp: str = "none"                  # none / bf16 / fp16 (fp16 needs CUDA)
-    compile: bool = False              # torch.compile the student
-    checkpoint_every: int = 0          # optimizer steps between checkpoints (0 = only at the end)
-    keep_checkpoints: int = 2          # newest checkpoints kept
-    log_every: int = 10                # steps between metrics lines
-    eval_ref: str = ""                 # version evaluated at the end (and every eval_every steps)
-    eval_every: int = 0                # optimizer steps between evaluations (0 = only at the end)
-    max_nonfinite: int = 10            # stop after this many steps with a non-finite loss
-    labels: list = field(default_factory=list)  # label vocabulary; default: training version's label_counts
-    task: str = "auto"                 # classification / regression / auto (float labels -> regression)
+    Fields marked runtime may change when a run is resumed: they never change what is computed.
+    """
+
+    epochs: float = option(1.0, gt=0, help="Passes over the training version (fractional allowed).")
+    max_steps: int = option(0, ge=0, help="Optimizer steps; > 0 overrides epochs.")
+    batch_size: int = option(32, ge=1, help="Rows per micro-batch per process.")
+    grad_accum: int = option(1, ge=1, help="Micro-batches per optimizer step.")
+    lr: float = option(5e-5, gt=0, help="Peak learning rate (AdamW).")
+    weight_decay: float = option(0.01, ge=0, help="AdamW weight decay (not on biases and LayerNorm).")
+    warmup: float = option(0.1, ge=0, help="Warm-up: a fraction of the steps (< 1) or a number of steps (>= 1).")
+    max_grad_norm: float = option(1.0, ge=0, help="Gradient clipping norm (0 disables clipping).")
+    max_seq_length: int = option(128, ge=8, help="Tokens per row after truncation.")
+    seed: int = option(42, help="Seed of the data order, initialisation and dropout.")
+    shuffle_buffer: int = option(10_000, ge=1, help="Rows in the bounded shuffle buffer.")
+    group_batches: int = option(50, ge=1, help="Length grouping: sort windows of this many batches by length.")
+    num_workers: int = option(1, ge=0, runtime=True, help="DataLoader workers (tokenisation happens there).")
+    threads: int = option(0, ge=0, runtime=True, help="torch intra-op threads (0 = the cores per process).")
+    device: str = option("auto", runtime=True, help=DEVICE_HELP)
+    amp: str = option("none", choices=("none", "bf16", "fp16"), help="Mixed precision (fp16 needs CUDA).")
+    compile: bool = option(False, runtime=True, help="torch.compile the student.")
+    checkpoint_every: int = option(0, ge=0, runtime=True, help="Optimizer steps between checkpoints (0 = only at "
+                                                               "the end).")
+    keep_checkpoints: int = option(2, ge=1, runtime=True, help="Newest checkpoints kept.")
+    log_every: int = option(10, ge=1, runtime=True, help="Steps between metrics lines.")
+    eval_ref: str = option("", runtime=True, help="Version evaluated at the end (and every --eval-every steps).")
+    eval_every: int = option(0, ge=0, runtime=True, help="Optimizer steps between evaluations (0 = at the end).")
+    max_nonfinite: int = option(10, ge=1, runtime=True, help="Stop after this many steps with a non-finite loss.")
+    labels: list[str | int] = option(default_factory=list, help="Label vocabulary (default: the training version's "
+                                                          "labels).")
+    task: str = option("auto", choices=("auto", "classification", "regression"),
+                       help="auto: float labels mean regression.")
+
+    def check(self) -> None:
+        check_device(self.device)
 
 
 @dataclass
 class FinetuneConfig(TrainConfig):
     """Fine-tune a pre-trained encoder on a labelled version (to get a task teacher)."""
 
-    model: str = MINILM                # pre-trained encoder: folder / hub id / minilm (the bundled MiniLM-L6)
+    model: str = option(MINILM, help="Pre-trained encoder: folder, hub id or minilm (the bundled MiniLM-L6).")
 
 
 @dataclass
 class DistillConfig(TrainConfig):
-    """Distil a teacher into a student through a list of matches (TextBrewer style) or the defaults."""
+    """Distil a teacher into a student through a list of matches (TextBrewer style) or the default recipe."""
 
-    teacher: str = MINILM              # folder / hub id / minilm; task modes need a fine-tuned classifier
-    student: str = "tinybert-4"        # a saved model folder / hub id, or tinybert-4 / tinybert-6 / custom
-    student_init: str = "random"       # random / teacher: copy the teacher's embeddings and mapped layers g(m)
-    student_layers: int = 0            # explicit shape (overrides the preset's value when > 0)
-    student_hidden: int = 0            # (hidden size)
-    student_heads: int = 0             # (attention heads)
-    student_intermediate: int = 0      # (feed-forward size)
-    mapping: str = "uniform"           # uniform g(m)=m*N/M / top / bottom / explicit
-    layer_map: list = field(default_factory=list)   # mapping=explicit: teacher layer for student layers 1..M
-    matches: list = field(default_factory=list)     # explicit matches; empty = built from the weights below
-    embedding_weight: float = 1.0      # TinyBERT: embedding MSE through the projection
-    hidden_weight: float = 1.0         # hidden-state MSE through the projection
-    attention_weight: float = 1.0      # raw attention-score MSE
-    prediction_weight: float = 0.0     # soft cross-entropy (MSE for regression) on logits
-    kl_weight: float = 0.0             # DistilBERT: KL(teacher || student) at temperature, x T^2
-    cosine_weight: float = 0.0         # DistilBERT: cosine loss on the last hidden states
-    hard_weight: float = 0.0           # cross-entropy (MSE for regression) with the gold labels
-    temperature: float = 1.0           # softmax temperature of soft_ce / kl
+    teacher: str = option(MINILM, help="Teacher: folder, hub id or minilm; task modes need a fine-tuned "
+                                       "classifier.")
+    student: str = option("tinybert-4", help="Student: a saved model (folder / hub id) or a preset: tinybert-4, "
+                                             "tinybert-6, custom.")
+    student_init: str = option("random", choices=("random", "teacher"),
+                               help="teacher: copy the teacher's embeddings and mapped layers g(m).")
+    student_layers: int = option(0, ge=0, help="Student layers (overrides the preset when > 0).")
+    student_hidden: int = option(0, ge=0, help="Student hidden size (overrides the preset when > 0).")
+    student_heads: int = option(0, ge=0, help="Student attention heads (overrides the preset when > 0).")
+    student_intermediate: int = option(0, ge=0, help="Student feed-forward size (overrides the preset when > 0).")
+    mapping: str = option("uniform", choices=("uniform", "top", "bottom", "explicit"),
+                          help="Layer mapping: uniform g(m) = m*N/M, top, bottom or explicit (--layer-map).")
+    layer_map: list[int] = option(default_factory=list, help="mapping=explicit: the teacher layer of each "
+                                                             "student layer 1..M.")
+    matches: list[dict[str, Any]] = option(default_factory=list, cli=False,
+                                           help="Explicit matches (TOML); empty = built from the weights.")
+    embedding_weight: float = option(1.0, ge=0, help="TinyBERT: embedding MSE through the projection.")
+    hidden_weight: float = option(1.0, ge=0, help="Hidden-state MSE through the projection.")
+    attention_weight: float = option(1.0, ge=0, help="Raw attention-score MSE.")
+    prediction_weight: float = option(0.0, ge=0, help="Soft cross-entropy (MSE for regression) on logits.")
+    kl_weight: float = option(0.0, ge=0, help="DistilBERT: KL(teacher || student) at temperature, x T^2.")
+    cosine_weight: float = option(0.0, ge=0, help="DistilBERT: cosine loss on the last hidden states.")
+    hard_weight: float = option(0.0, ge=0, help="Cross-entropy (MSE for regression) with the gold labels.")
+    temperature: float = option(1.0, gt=0, help="Softmax temperature of soft cross-entropy and KL.")
 
 
 @dataclass
 class TaskDistillConfig(DistillConfig):
     """TinyBERT task distillation: stage 1 intermediate layers, then stage 2 prediction layer."""
 
-    stage: str = "both"                # 1 / 2 / both
-    stage1_epochs: float = 10.0        # stage 1 (intermediate layers) epochs
-    stage1_lr: float = 5e-5            # stage 1 learning rate
-    stage2_epochs: float = 3.0         # stage 2 (prediction layer) epochs
-    stage2_lr: float = 3e-5            # stage 2 learning rate
-    logits_ref: str = ""               # stage 2 from a teacher-logits version (no teacher forward)
-    prediction_weight: float = 1.0     # stage 2: soft cross-entropy (MSE for regression) on logits
+    stage: str = option("both", choices=("1", "2", "both"), runtime=True, help="Stages to run.")
+    stage1_epochs: float = option(10.0, gt=0, help="Stage 1 (intermediate layers) epochs.")
+    stage1_lr: float = option(5e-5, gt=0, help="Stage 1 learning rate.")
+    stage2_epochs: float = option(3.0, gt=0, help="Stage 2 (prediction layer) epochs.")
+    stage2_lr: float = option(3e-5, gt=0, help="Stage 2 learning rate.")
+    logits_ref: str = option("", help="Stage 2 from a teacher-logits version (no teacher forward).")
+    prediction_weight: float = option(1.0, ge=0, help="Stage 2: soft cross-entropy (MSE for regression) on "
+                                                      "logits.")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, JSON-able dict of a config."""
-    return dataclasses.asdict(cfg)
+@dataclass
+class EvaluateConfig(Options):
+    """Scoring a saved classifier on a version."""
+
+    batch_size: int = option(64, ge=1, runtime=True, help="Rows per batch.")
+    max_seq_length: int = option(128, ge=8, help="Tokens per row after truncation.")
+    device: str = option("auto", runtime=True, help=DEVICE_HELP)
+
+    def check(self) -> None:
+        check_device(self.device)
+
+
+@dataclass
+class CacheLogitsConfig(Options):
+    """Writing a teacher's logits into a new version."""
+
+    batch_size: int = option(64, ge=1, help="Rows per teacher forward pass.")
+    max_seq_length: int = option(128, ge=8, help="Tokens per row after truncation.")
+    device: str = option("auto", runtime=True, help=DEVICE_HELP)
+
+    def check(self) -> None:
+        check_device(self.device)
 
 
 PREDICTION_FEATURES = ("logits", "labels")

@@ -31,9 +31,10 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq

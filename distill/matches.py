@@ -44,7 +44,7 @@ class Match:
         return f"{self.feature}_{self.loss}"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Match":
+    def from_dict(cls, data: dict[str, Any]) -> Match:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -7,17 +7,20 @@ eager one) that, when a capture list is attached to a self-attention module, app
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import AttentionInterface, AutoConfig, AutoModel, AutoModelForSequenceClassification, BertConfig
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from pipelines.errors import DistilleryError
 from distill.config import MINILM
+from pipelines.errors import DistilleryError
+from pipelines.progress import say
+from pipelines.resources import minilm_path
 
 RAW_ATTENTION = "distill_raw"
 PRESETS = {
@@ -50,8 +53,6 @@ AttentionMaskInterface.register(RAW_ATTENTION, eager_mask)
 def resolve_model(name: str | Path) -> str:
     """A model reference: the MiniLM shortcut, a local folder or a hub id."""
     if str(name) == MINILM:
-        from pipelines.resources import minilm_path
-
         return str(minilm_path())
     return str(name)
 
@@ -103,6 +104,23 @@ def forward_features(model: nn.Module, batch: dict[str, torch.Tensor], hidden: b
 
 def load_config(path: str | Path) -> Any:
     return AutoConfig.from_pretrained(resolve_model(path))
+
+
+def load_classifier(path: str | Path, labels: dict[str, Any]) -> nn.Module:
+    """A sequence classifier from a pre-trained encoder; weights the checkpoint lacks (a new classifier head) are
+    said in one line of ours instead of the library's load report."""
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **labels)
+    except OSError as exc:
+        raise DistilleryError(f"cannot load model '{path}': {exc}") from None
+    missing = list(info.get("missing_keys", []))
+    head = [k for k in missing if k.startswith("classifier.")]
+    if head:
+        say(f"{Path(path).name}: classifier initialised for {model.config.num_labels} labels")
+    if len(missing) > len(head):
+        say(f"{Path(path).name}: {len(missing) - len(head)} weight(s) not in the checkpoint were initialised "
+            f"randomly (e.g. {sorted(set(missing) - set(head))[0]})")
+    return model
 
 
 def load_teacher(path: str | Path, with_head: bool, device: torch.device) -> nn.Module:

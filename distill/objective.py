@@ -27,7 +27,7 @@ class Objective(nn.Module):
     def teacher(self) -> nn.Module | None:
         return self._teacher[0]
 
-    def to(self, *args, **kwargs) -> "Objective":
+    def to(self, *args, **kwargs) -> Objective:
         if self.teacher is not None:
             self._teacher[0] = self.teacher.to(*args, **kwargs)
         return super().to(*args, **kwargs)

@@ -11,24 +11,23 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from distill import checkpoint
-from distill.config import TrainConfig, to_dict
+from distill.config import TrainConfig
 from distill.data import EpochLoaders, ShardStream
+from pipelines.atomic import write_bytes_atomic
+from pipelines.config import runtime_fields, to_dict
 from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
-from pipelines.store import write_bytes_atomic
 
-# settings that may change between a run and its resumption (they do not change what is computed)
-RUNTIME_FIELDS = frozenset({"device", "num_workers", "threads", "compile", "checkpoint_every", "keep_checkpoints",
-                            "log_every", "eval_every", "eval_ref", "max_nonfinite", "stage"})
 PREFETCH_BATCHES = 32   # open the next epoch's loader when this many batches of the current one are left
 EvalFn = Callable[[nn.Module], dict[str, Any]]
 
@@ -173,7 +172,7 @@ class Trainer:
         if latest is not None:
             state = checkpoint.load(latest)
             changed = {k: (v, getattr(self.cfg, k, None)) for k, v in state["config"].items()
-                       if k not in RUNTIME_FIELDS and v != getattr(self.cfg, k, None)}
+                       if k not in runtime_fields(self.cfg) and v != getattr(self.cfg, k, None)}
             if changed or state.get("record", self.record) != self.record:
                 raise DistilleryError(f"cannot resume {self.output_dir}: the run was started with other settings "
                                       f"({changed or 'data / models differ'}); use the same config or a new --output")

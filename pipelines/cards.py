@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -12,8 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-if TYPE_CHECKING:
-    from pipelines.store import Store
+from pipelines.atomic import write_bytes_atomic
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
 TEXT_COLUMNS = ("text", "text_pair")
@@ -109,8 +109,8 @@ def _licence(manifest: dict[str, Any]) -> dict[str, Any]:
                 "notice": "Set the licence of the raw input with the step's `licence` option."})
 
 
-def render_card(manifest: dict[str, Any], store: "Store | None" = None) -> str:
-    """Render the data card of a version from its manifest."""
+def render_card(manifest: dict[str, Any], ancestry: list[dict[str, Any]] | None = None) -> str:
+    """Render the data card of a version from its manifest and its ancestors (``Store.ancestry``)."""
     stats = manifest["stats"]
     licence = _licence(manifest)
     front = {
@@ -127,8 +127,8 @@ def render_card(manifest: dict[str, Any], store: "Store | None" = None) -> str:
     }
     if "label_counts" in stats:
         front["task_categories"] = ["text-classification"]
-    if store is not None:
-        lineage = store_lineage_lines(store, manifest)
+    if ancestry is not None:
+        lineage = lineage_lines(manifest, ancestry)
     else:
         lineage = [f"- parents: {json.dumps(manifest['parents'])}"]
     accounting = manifest["accounting"]
@@ -170,27 +170,21 @@ def render_card(manifest: dict[str, Any], store: "Store | None" = None) -> str:
     return string.Template(TEMPLATE.read_text()).substitute(values)
 
 
-def store_lineage_lines(store: "Store", manifest: dict[str, Any]) -> list[str]:
-    """Markdown list of the version's ancestry, down to the raw inputs."""
+def lineage_lines(manifest: dict[str, Any], ancestry: list[dict[str, Any]]) -> list[str]:
+    """Markdown list of the version and its ancestry, down to the raw inputs."""
     lines = [f"- `{manifest['version_id'][:12]}` {manifest['step']} ({manifest['num_rows']} rows) - this version"]
-    for parent in manifest["parents"]:
-        if "version_id" in parent and store.is_complete(parent["version_id"]):
-            for entry in store.lineage(parent["version_id"]):
-                indent = "  " * (entry["depth"] + 1)
-                if "raw" in entry:
-                    lines.append(f"{indent}- raw input `{entry['raw']}` sha256 `{entry['sha256'][:16]}`")
-                else:
-                    lines.append(f"{indent}- `{entry['version_id'][:12]}` {entry['step']} "
-                                 f"({entry.get('num_rows', '?')} rows) name={entry.get('name')}")
-        elif "version_id" in parent:
-            lines.append(f"  - `{parent['version_id'][:12]}` (not in this store)")
+    for entry in ancestry:
+        indent = "  " * entry["depth"]
+        if "raw" in entry:
+            lines.append(f"{indent}- raw input `{entry['raw']}` sha256 `{str(entry['sha256'])[:16]}`")
+        elif entry["step"] == "missing":
+            lines.append(f"{indent}- `{entry['version_id'][:12]}` (not in this store)")
         else:
-            lines.append(f"  - raw input `{parent.get('path')}` sha256 `{str(parent.get('sha256'))[:16]}`")
+            lines.append(f"{indent}- `{entry['version_id'][:12]}` {entry['step']} "
+                         f"({entry.get('num_rows', '?')} rows) name={entry.get('name')}")
     return lines
 
 
-def write_card(path: Path, manifest: dict[str, Any], store: "Store | None" = None) -> None:
+def write_card(path: Path, manifest: dict[str, Any], ancestry: list[dict[str, Any]] | None = None) -> None:
     """Render and atomically write a version's data card."""
-    from pipelines.store import write_bytes_atomic
-
-    write_bytes_atomic(path, render_card(manifest, store).encode())
+    write_bytes_atomic(path, render_card(manifest, ancestry).encode())

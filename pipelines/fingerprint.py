@@ -1,17 +1,19 @@
-"""Content hashes: files, code version and content-addressed version ids."""
+"""Content hashes: files, folders, a step's code, and content-addressed version ids."""
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 _CHUNK = 1 << 20
-_PACKAGES = ("pipelines", "augment", "distill")
 _LIBRARIES = ("distillery", "pyarrow", "datasets", "torch", "transformers", "tokenizers", "gensim", "numpy",
               "multiprocess", "click", "datasketch")
+SOURCE_ROOT = Path(__file__).resolve().parent.parent      # the folder holding the top-level packages
 
 
 def file_sha256(path: str | Path) -> str:
@@ -43,21 +45,82 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """The package version plus a hash of the source of its three packages.
+# ---- the code of a step ----------------------------------------------------------------------------------
+def module_file(module: str, root: Path = SOURCE_ROOT) -> Path | None:
+    """The source file of ``module`` below ``root`` (a module file or a package's ``__init__.py``)."""
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
 
-    Any change of code that could change what a step writes gives new version ids.
+
+def imported_modules(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every module an AST imports, at any depth (inside functions too); ``from X import Y`` also gives
+    ``X.Y``, which is a module when Y is one. Relative imports are resolved against ``module``."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = module.split(".")
+                keep = len(parts) - node.level + (1 if is_package else 0)
+                base = ".".join(parts[:keep] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    return names
+
+
+def normalised_source(path: Path) -> str:
+    """A module's code without comments, docstrings or formatting (as ``ast.unparse`` writes it)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def step_modules(entry: str, package: str, root: Path = SOURCE_ROOT) -> list[str]:
+    """The modules of ``package`` that module ``entry`` runs: itself and what it imports from ``package``,
+    transitively (with the ``__init__`` of every package on the way)."""
+    seen: set[str] = set()
+    todo = [entry]
+    while todo:
+        name = todo.pop()
+        if name in seen or not (name == package or name.startswith(package + ".")):
+            continue
+        path = module_file(name, root)
+        if path is None:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        todo += sorted(imported_modules(tree, name, path.name == "__init__.py"))
+    return sorted(seen)
+
+
+@functools.cache
+def code_fingerprint(entry: str, package: str, root: Path = SOURCE_ROOT) -> str:
+    """sha256 over the normalised code of the modules of ``package`` that ``entry`` runs.
+
+    Comments, docstrings and formatting do not count; code outside ``package`` (the foundation, the CLI,
+    recipes, other steps) does not either.
     """
-    root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for package in _PACKAGES:
-        for source in sorted((root / package).rglob("*.py")):
-            digest.update(source.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(source.read_bytes())
-    return f"{library_version('distillery')}+{digest.hexdigest()[:12]}"
+    for name in step_modules(entry, package, root):
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256(normalised_source(module_file(name, root)).encode()).digest())
+    return digest.hexdigest()
 
 
+# ---- versions --------------------------------------------------------------------------------------------
 def library_version(name: str) -> str:
     """Installed version of a distribution, or 'not-installed'."""
     try:
@@ -71,27 +134,11 @@ def library_versions(names: Iterable[str] = _LIBRARIES) -> dict[str, str]:
     return {name: library_version(name) for name in names}
 
 
-RUNTIME_KEYS = frozenset({"workers", "num_workers", "device", "progress", "resume", "debug", "mlm_batch_size"})
-
-
-def without_runtime_keys(config: Any, runtime_keys: frozenset[str] = RUNTIME_KEYS) -> Any:
-    """Drop keys (at any depth) that change how a step runs but never what it writes."""
-    if isinstance(config, dict):
-        return {k: without_runtime_keys(v, runtime_keys) for k, v in config.items() if k not in runtime_keys}
-    if isinstance(config, (list, tuple)):
-        return [without_runtime_keys(v, runtime_keys) for v in config]
-    return config
-
-
-def version_id(step: str, config: dict[str, Any], parents: list[dict[str, Any]],
-               runtime_keys: frozenset[str] = RUNTIME_KEYS) -> str:
-    """Content-addressed id: sha256 over the parents' fingerprints, step, config and code version.
-
-    Runtime-only keys (worker count, device, ...) are left out: they never change the bytes written.
-    """
-    config = without_runtime_keys(config, runtime_keys)
+def version_id(step: str, config: dict[str, Any], parents: list[dict[str, Any]], code: str) -> str:
+    """Content-addressed id: sha256 over the parents' fingerprints, the step, its config (without runtime-only
+    options) and its code fingerprint (with the step's output format number)."""
     parent_keys = [p.get("version_id") or p.get("sha256") for p in parents]
     if any(key is None for key in parent_keys):
         raise ValueError("every parent needs a version_id or a sha256")
-    payload = {"parents": parent_keys, "step": step, "config": config, "code": code_version()}
+    payload = {"parents": parent_keys, "step": step, "config": config, "code": code}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()

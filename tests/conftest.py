@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import torch
 
-from pipelines.store import Store
+from pipelines.fingerprint import version_id
+from pipelines.resources import glove_6b_50d_files
+from pipelines.store import Store, VersionWriter
 
 os.environ.setdefault("DISTILLERY_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,11 +24,18 @@ def store(tmp_path) -> Store:
     return Store(tmp_path / "store")
 
 
+def new_writer(store: Store, step: str, config: dict, parents: list[dict], name: str | None = None,
+               resume: bool = False) -> VersionWriter:
+    """A writer for the version a test step (code "test") makes from ``parents`` with ``config``."""
+    vid = version_id(step, config, parents, "test")
+    return store.create_version(vid, step, config, parents, name=name, resume=resume, code_version="test")
+
+
 def write_version(store: Store, rows: list[dict], step: str = "preprocess", config: dict | None = None,
                   name: str | None = None, chunk_rows: int = 2, parents: list[dict] | None = None) -> dict:
     """Write ``rows`` as a version (``chunk_rows`` rows per shard) and return its manifest."""
-    writer = store.create_version(step, config or {"chunk_rows": chunk_rows},
-                                  parents or [{"kind": "raw", "path": "memory", "sha256": "0" * 64}], name=name)
+    writer = new_writer(store, step, config or {"chunk_rows": chunk_rows},
+                        parents or [{"kind": "raw", "path": "memory", "sha256": "0" * 64}], name=name)
     for index, start in enumerate(range(0, len(rows), chunk_rows)):
         part = rows[start:start + chunk_rows]
         writer.write_chunk(index, pa.Table.from_pylist(part), accounting={"input_rows": len(part), "kept": len(part)})
@@ -39,8 +51,7 @@ def build_tiny_bert(folder, *, layers: int = 2, hidden: int = 32, heads: int = 2
                     with_mlm_head: bool = True, seed: int = 0, num_labels: int | None = None):
     """Save a tiny random-weight BERT (real bert-base-uncased vocabulary and tokenizer) to ``folder``."""
     import torch
-    from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification,
-                              BertModel)
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 
     from pipelines.resources import minilm_path
 
@@ -71,3 +82,32 @@ def tiny_bert_factory(tmp_path_factory):
     def make(**kwargs):
         return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), **kwargs)
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and many threads crawl on a busy shared machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def glove_txt(tmp_path_factory):
+    """The first 20,000 words of the real GloVe 6B 50d as a GloVe .txt file (read through gensim)."""
+    folder = tmp_path_factory.mktemp("glove")
+    previous = os.environ.get("DISTILLERY_CACHE")
+    os.environ["DISTILLERY_CACHE"] = str(folder / "cache")
+    vocab, matrix = glove_6b_50d_files()
+    words = pq.read_table(vocab).column("index").to_pylist()[:20_000]
+    vectors = np.load(matrix, mmap_mode="r")[:20_000]
+    path = folder / "glove.slice.50d.txt"
+    with open(path, "w", encoding="utf-8") as fh:
+        for word, row in zip(words, vectors):
+            fh.write(word + " " + " ".join(f"{x:.6f}" for x in row.tolist()) + "\n")
+    yield path
+    if previous is None:
+        os.environ.pop("DISTILLERY_CACHE", None)
+    else:
+        os.environ["DISTILLERY_CACHE"] = previous

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from pipelines.ablation import VARIANTS, load_experiment, run_experiment
-from pipelines.resources import REPO_ROOT
+from distillery.demo import REPO_ROOT
+from distillery.recipes.ablation import VARIANTS, load_experiment, run_experiment
 
 
 def test_quick_ablation_runs_every_student_and_writes_the_report(store, tmp_path):

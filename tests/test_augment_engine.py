@@ -14,13 +14,15 @@ import pytest
 from click.testing import CliRunner
 
 from augment import AugmentConfig, augment_version
-from pipelines.cli import cli
+from distillery.cli.main import cli
+from distillery.demo import SAMPLE_DIR
 from pipelines.errors import DistilleryError
-from pipelines.resources import SAMPLE_DIR
 from pipelines.store import Store
-from test_augment_units import glove_txt, one_torch_thread  # noqa: F401 - shared fixtures
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sample_rows(n: int) -> list[dict]:
@@ -155,8 +157,13 @@ def test_mlm_none_uses_vectors_and_is_recorded(store, make_version, glove_txt):
                                       "--mlm", "none", "--vectors", str(glove_txt), "--num-aug", "3",
                                       "--glove-vocab-limit", "20000", "--workers", "0"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "WARNING mlm: none" in result.output
+    assert "WARNING mlm: none" in result.output and "augment: written" in result.stdout
     manifest = store.manifest("none-aug")
+    again = CliRunner().invoke(cli, ["--store", str(store.root), "augment", "src", "--name", "none-aug2",
+                                     "--mlm", "none", "--vectors", str(glove_txt), "--num-aug", "3",
+                                     "--glove-vocab-limit", "20000", "--workers", "2"], catch_exceptions=False)
+    assert again.exit_code == 0 and again.stdout.startswith("augment: up to date"), again.output
+    assert store.resolve("none-aug2") == manifest["version_id"]
     counts = manifest["extra"]["counts"]
     assert manifest["extra"]["models"]["mlm"] == "none" and manifest["extra"]["warnings"]
     assert counts["mlm_words"] == 0 and counts["vector_words"] == counts["eligible_words"] > 0

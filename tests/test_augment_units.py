@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,41 +13,10 @@ from augment.mlm import build_requests, load_mlm, load_tokenizer
 from augment.sampling import CandidateFilter, augment_sentence, row_rng
 from augment.vectors import NeighbourIndex, WordVectors, load_vectors
 from augment.words import STOP_WORDS, WordSplitter, apply_case, is_eligible
+from distillery.demo import SAMPLE_DIR
 from pipelines.errors import DistilleryError
-from pipelines.resources import SAMPLE_DIR
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread (and many threads crawl on a busy shared machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def glove_txt(tmp_path_factory):
-    """The first 20,000 words of the real GloVe 6B 50d as a GloVe .txt file (read through gensim)."""
-    import pyarrow.parquet as pq
-
-    from pipelines.resources import glove_6b_50d_files
-
-    folder = tmp_path_factory.mktemp("glove")
-    previous = os.environ.get("DISTILLERY_CACHE")
-    os.environ["DISTILLERY_CACHE"] = str(folder / "cache")
-    vocab, matrix = glove_6b_50d_files()
-    words = pq.read_table(vocab).column("index").to_pylist()[:20_000]
-    vectors = np.load(matrix, mmap_mode="r")[:20_000]
-    path = folder / "glove.slice.50d.txt"
-    with open(path, "w", encoding="utf-8") as fh:
-        for word, row in zip(words, vectors):
-            fh.write(word + " " + " ".join(f"{x:.6f}" for x in row.tolist()) + "\n")
-    yield path
-    if previous is None:
-        os.environ.pop("DISTILLERY_CACHE", None)
-    else:
-        os.environ["DISTILLERY_CACHE"] = previous
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +180,9 @@ def test_task_presets_and_validation():
     assert AugmentConfig(task="SST-2").rounds() == 20 and AugmentConfig(task="mnli").rounds() == 10
     assert AugmentConfig(task="cola", num_aug=3).rounds() == 3 and AugmentConfig().rounds() == 30
     with pytest.raises(DistilleryError):
-        AugmentConfig(task="imdb").validate()
+        AugmentConfig(task="imdb")
     with pytest.raises(DistilleryError):
-        AugmentConfig(replace_prob=1.5).validate()
+        AugmentConfig(replace_prob=1.5)
 
 
 @pytest.mark.parametrize("kind", ["word2vec.bin", "keyedvectors.kv", "cache-folder"])

@@ -9,8 +9,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import cli
-from pipelines.config import load_config
+from distillery.cli.main import cli
+from pipelines.config import Options, load_config, option
 from pipelines.errors import DistilleryError
 
 ROWS = [{"text": f"row {i}", "label": str(i % 2), "row_id": i} for i in range(5)]
@@ -42,7 +42,7 @@ def test_errors_are_one_line_with_exit_code(store, make_version):
     manifest = make_version(store, ROWS)
     shard = store.shard_paths(manifest["version_id"])[0]
     shard.write_bytes(shard.read_bytes()[:-1] + b"X")
-    base = [sys.executable, "-m", "pipelines", "--store", str(store.root)]
+    base = [sys.executable, "-m", "distillery", "--store", str(store.root)]
     proc = subprocess.run([*base, "versions", "verify"], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "CORRUPT" in proc.stdout and proc.stderr.strip() == "error: 1 version(s) failed verification"
@@ -53,15 +53,17 @@ def test_errors_are_one_line_with_exit_code(store, make_version):
 
 
 @dataclasses.dataclass
-class Inner:
-    size: int = 1
-    names: tuple[str, ...] = ()
+class Inner(Options):
+    size: int = option(1, ge=1, help="a size")
+    names: tuple[str, ...] = option((), help="names")
+    mode: str = option("a", choices=("a", "b"), help="a mode")
 
 
 @dataclasses.dataclass
-class Outer:
-    seed: int = 0
-    inner: Inner = dataclasses.field(default_factory=Inner)
+class Outer(Options):
+    seed: int = option(0, help="a seed")
+    rate: float = option(0.5, gt=0, lt=1, help="a rate")
+    inner: Inner = option(default_factory=Inner, help="inner")
 
 
 def test_config_file_and_overrides(tmp_path):
@@ -70,5 +72,26 @@ def test_config_file_and_overrides(tmp_path):
     cfg = load_config(Outer, path, {"inner.size": 9, "seed": None})
     assert cfg == Outer(seed=3, inner=Inner(size=9, names=("a", "b")))
     path.write_text("sede = 3\n")
-    with pytest.raises(DistilleryError, match="unknown config key.*sede"):
+    with pytest.raises(DistilleryError, match="sede.*unknown key"):
         load_config(Outer, path)
+
+
+@pytest.mark.parametrize("toml, key, problem", [
+    ('seed = "many"', "seed", "expected int, got str"),
+    ("seed = true", "seed", "expected int, got bool"),
+    ("rate = 1.5", "rate", "must be < 1"),
+    ('rate = "x"', "rate", "expected float"),
+    ("[inner]\nsize = 0", "inner.size", "must be >= 1"),
+    ("[inner]\nsize = 2.5", "inner.size", "expected int, got float"),
+    ('[inner]\nmode = "c"', "inner.mode", "not one of a, b"),
+    ("[inner]\nnames = [1]", "inner.names[0]", "expected str"),
+    ('inner = "x"', "inner", "expected a table"),
+])
+def test_config_values_are_checked_with_one_line_naming_the_key(tmp_path, toml, key, problem):
+    path = tmp_path / "c.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(DistilleryError) as info:
+        load_config(Outer, path)
+    message = str(info.value)
+    assert "\n" not in message and f"'{key}'" in message and problem in message and str(path) in message
+

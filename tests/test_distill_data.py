@@ -12,6 +12,7 @@ WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".spl
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     from conftest import write_version
+
     from pipelines.store import Store
 
     store = Store(tmp_path_factory.mktemp("store"))

@@ -3,8 +3,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from distill.models import (PRESETS, capture_scores, enable_raw_attention, forward_features, load_student,
-                            student_config)
+from distill.models import PRESETS, capture_scores, enable_raw_attention, forward_features, load_student, student_config
 from pipelines.errors import DistilleryError
 
 

@@ -80,8 +80,25 @@ def test_resume_after_crash_gives_identical_losses(data, teacher, tmp_path, monk
         distill.general_distill(data, "train", cfg, tmp_path / "cut")
     resumed = distill.general_distill(data, "train", cfg, tmp_path / "cut", resume=True)
     assert losses_of(tmp_path / "cut") == expected
-    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    a, b = load_file(full.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_run_is_reused_and_other_settings_refused(data, teacher, tmp_path):
+    from distillery.cli.main import cli
+
+    args = ["--store", str(data.root), "distill", "general", "train", "--output", str(tmp_path / "run"),
+            "--teacher", teacher, "--student", "custom", "--student-layers", "1", "--student-hidden", "16",
+            "--student-heads", "2", "--student-intermediate", "32", "--max-steps", "2", "--num-workers", "0"]
+    first = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert first.exit_code == 0 and first.stdout.startswith("general: trained"), first.output
+    weights = tmp_path / "run" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = CliRunner().invoke(cli, [*args, "--num-workers", "1", "--log-every", "5"], catch_exceptions=False)
+    assert again.exit_code == 0 and again.stdout.startswith("general: up to date"), again.output
+    assert weights.stat().st_mtime_ns == stamp
+    other = CliRunner().invoke(cli, [*args, "--lr", "1e-3"])
+    assert other.exit_code != 0 and "other settings (config.lr)" in str(other.exception)
 
 
 def test_resume_refuses_other_settings(data, teacher, tmp_path, monkeypatch):
@@ -97,7 +114,7 @@ def test_resume_after_sigkill_of_the_cli(data, teacher, tmp_path):
              "--student-heads", "2", "--student-intermediate", "32", "--max-steps", "40", "--batch-size", "4",
              "--grad-accum", "2", "--lr", "1e-3", "--log-every", "1", "--checkpoint-every", "3",
              "--num-workers", "0", "--warmup", "2"]
-    cmd = [sys.executable, "-m", "pipelines", "--store", str(data.root), "distill", "general", "train", *flags,
+    cmd = [sys.executable, "-m", "distillery", "--store", str(data.root), "distill", "general", "train", *flags,
            "--output", str(tmp_path / "killed")]
     env = {**os.environ, "DISTILLERY_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
@@ -127,7 +144,7 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(data, teacher, tm
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in records if "loss" not in r]
     assert [r["nonfinite"] for r in skipped] == [1, 2] and records[-1]["nonfinite"] == 2
-    weights = load_file(model / "model.safetensors")
+    weights = load_file(model.path / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values())
 
     monkeypatch.setattr(losses, "hidden_mse", lambda s, t: real(s, t) * float("nan"))
@@ -138,7 +155,7 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(data, teacher, tm
 def test_task_distillation_saves_a_student_hf_loads_identically(data, teacher, tmp_path):
     cfg = TaskDistillConfig(teacher=teacher, **STUDENT, stage1_epochs=1, stage2_epochs=1, batch_size=8,
                             eval_ref="dev", num_workers=0, log_every=1, temperature=2.0)
-    model_dir = distill.task_distill(data, "train", cfg, tmp_path / "run")
+    model_dir = distill.task_distill(data, "train", cfg, tmp_path / "run").path
     assert model_dir == tmp_path / "run" / "model"
     for stage in ("stage1", "stage2"):
         for name in ("metrics.jsonl", "config.json", "loss.png"):
@@ -167,7 +184,13 @@ def test_task_distillation_saves_a_student_hf_loads_identically(data, teacher, t
 
 
 def test_cached_logits_version_trains_stage2_without_teacher(data, teacher, tmp_path, monkeypatch):
-    manifest = distill.cache_teacher_logits(data, "train", teacher, name="train-logits")
+    from distillery.cli.main import cli
+
+    args = ["--store", str(data.root), "distill", "cache-logits", "train", teacher, "--name", "train-logits"]
+    first, again = (CliRunner().invoke(cli, args, catch_exceptions=False) for _ in range(2))
+    assert first.exit_code == 0 and first.stdout.startswith("teacher-logits: written"), first.output
+    assert again.exit_code == 0 and again.stdout.startswith("teacher-logits: up to date"), again.output
+    manifest = data.manifest("train-logits")
     assert manifest["step"] == "teacher-logits" and manifest["num_rows"] == 42
     assert manifest["parents"] == [{"version_id": data.resolve("train")}]
     assert distill.cache_teacher_logits(data, "train", teacher)["version_id"] == manifest["version_id"]
@@ -182,21 +205,22 @@ def test_cached_logits_version_trains_stage2_without_teacher(data, teacher, tmp_
     student = distill.task_distill(data, "train", TaskDistillConfig(teacher=teacher, **STUDENT, stage="1",
                                                                     stage1_epochs=1, batch_size=8, num_workers=0),
                                    tmp_path / "run")
-    live = distill.task_distill(data, "train", TaskDistillConfig(teacher=teacher, student=str(student), stage="2",
+    live = distill.task_distill(data, "train", TaskDistillConfig(teacher=teacher, student=str(student.path), stage="2",
                                                                  stage2_epochs=1, batch_size=8, num_workers=0,
                                                                  log_every=1), tmp_path / "live")
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher must not be loaded")
     monkeypatch.setattr(distill.api.models, "load_teacher", no_teacher)
-    cached = distill.task_distill(data, "train", TaskDistillConfig(teacher=teacher, student=str(student), stage="2",
-                                                                   stage2_epochs=1, batch_size=8, num_workers=0,
-                                                                   log_every=1, logits_ref="train-logits"),
+    cached = distill.task_distill(data, "train", TaskDistillConfig(teacher=teacher, student=str(student.path),
+                                                                   stage="2", stage2_epochs=1, batch_size=8,
+                                                                   num_workers=0, log_every=1,
+                                                                   logits_ref="train-logits"),
                                   tmp_path / "cached")
     a, b = losses_of(tmp_path / "live" / "stage2"), losses_of(tmp_path / "cached" / "stage2")
     assert [s for s, *_ in a] == [s for s, *_ in b] and len(a) == 6
     assert [x[1] for x in a] == pytest.approx([x[1] for x in b], rel=1e-4)
-    assert live.name == cached.name == "model"
+    assert live.path.name == cached.path.name == "model"
 
 
 def test_finetune_then_evaluate_maps_labels_by_name(store, make_version, tiny_bert_factory, tmp_path):
@@ -206,7 +230,7 @@ def test_finetune_then_evaluate_maps_labels_by_name(store, make_version, tiny_be
     make_version(store, [{"text": "cherry", "label": "c"}, {"text": "apple", "label": "a"},
                          {"text": "kiwi", "label": "k"}], name="e", chunk_rows=8, config={"e": 1})
     model_dir = distill.finetune(store, "t", FinetuneConfig(model=base, epochs=2, batch_size=4, lr=1e-3,
-                                                            num_workers=0), tmp_path / "ft")
+                                                            num_workers=0), tmp_path / "ft").path
     config = AutoConfig.from_pretrained(model_dir)
     assert config.label2id == {"a": 0, "b": 1, "c": 2}
     scores = distill.evaluate(store, "e", model_dir)
@@ -226,7 +250,7 @@ def test_metrics_against_hand_computed_values():
 
 
 def test_cli_with_toml_config_and_overrides(data, teacher, tmp_path):
-    from pipelines.cli import cli
+    from distillery.cli.main import cli
 
     toml = tmp_path / "task.toml"
     toml.write_text(f'teacher = "{teacher}"\nstudent = "custom"\nstudent_layers = 1\nstudent_hidden = 16\n'
@@ -240,13 +264,13 @@ def test_cli_with_toml_config_and_overrides(data, teacher, tmp_path):
     result = runner.invoke(cli, ["--store", str(data.root), "distill", "task", "train", "--config", str(toml),
                                  "--output", str(out), "--batch-size", "16", "--eval-ref", "dev"])
     assert result.exit_code == 0, result.output
-    assert "saved model" in result.output and "accuracy" in result.output
+    assert "task: trained" in result.output and "model:" in result.output and "accuracy" in result.output
     recorded = json.loads((out / "stage1" / "config.json").read_text())
     assert recorded["config"]["batch_size"] == 16 and recorded["steps"] == 3     # 42 rows / 16
     assert [m["loss"] for m in recorded["matches"]] == ["cosine"]
     assert set(losses_of(out / "stage2")[0][2]) == {"logits_kl"}
     result = runner.invoke(cli, ["--store", str(data.root), "distill", "evaluate", "dev", str(out / "model")])
-    assert result.exit_code == 0 and json.loads(result.output)["rows"] == 12
+    assert result.exit_code == 0 and json.loads(result.stdout)["rows"] == 12, result.output
 
 
 def test_regression_finetune_and_evaluate(store, make_version, tiny_bert_factory, tmp_path):
@@ -254,7 +278,7 @@ def test_regression_finetune_and_evaluate(store, make_version, tiny_bert_factory
     rows_ = [{"text": " ".join(["good"] * k + ["bad"] * (4 - k)), "label": float(k)} for k in range(5)] * 4
     make_version(store, rows_, name="r", chunk_rows=10)
     model_dir = distill.finetune(store, "r", FinetuneConfig(model=base, epochs=1, batch_size=5, num_workers=0),
-                                 tmp_path / "ft")
+                                 tmp_path / "ft").path
     config = AutoConfig.from_pretrained(model_dir)
     assert config.num_labels == 1 and config.problem_type == "regression"
     scores = distill.evaluate(store, "r", model_dir)
@@ -265,7 +289,7 @@ def test_task_distillation_needs_a_fine_tuned_teacher(data, tiny_bert_factory, t
     encoder = str(tiny_bert_factory(layers=2, hidden=16, heads=2, with_mlm_head=False))
     with pytest.raises(DistilleryError, match="not a fine-tuned sequence classifier"):
         distill.task_distill(data, "train", TaskDistillConfig(teacher=encoder, **STUDENT), tmp_path / "run")
-    with pytest.raises(DistilleryError, match="stage must be"):
+    with pytest.raises(DistilleryError, match="'stage'.*not one of 1, 2, both"):
         distill.task_distill(data, "train", TaskDistillConfig(teacher=encoder, stage="3"), tmp_path / "run")
 
 
@@ -273,7 +297,7 @@ def test_student_initialised_from_teacher_layers(data, teacher, tmp_path):
     cfg = TaskDistillConfig(teacher=teacher, student="custom", student_layers=2, student_init="teacher", stage="1",
                             stage1_epochs=1, max_steps=1, lr=1e-12, stage1_lr=1e-12, batch_size=8, num_workers=0)
     student = AutoModelForSequenceClassification.from_pretrained(distill.task_distill(data, "train", cfg,
-                                                                                      tmp_path / "run"))
+                                                                                      tmp_path / "run").path)
     reference = AutoModelForSequenceClassification.from_pretrained(teacher)
     assert student.config.hidden_size == reference.config.hidden_size == 32
     s, t = student.state_dict(), reference.state_dict()
@@ -288,7 +312,7 @@ def test_student_initialised_from_teacher_layers(data, teacher, tmp_path):
 def test_ddp_with_two_cpu_processes(data, teacher, tmp_path):
     """torchrun, gloo backend: ranks read disjoint batches; rank 1 has one batch fewer (11 batches) and pads its
     last step with a zero-weight pass; only rank 0 writes."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pipelines",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "distillery",
            "--store", str(data.root), "distill", "general", "train", "--output", str(tmp_path / "ddp"),
            "--teacher", teacher, "--student", "custom", "--student-layers", "2", "--student-hidden", "16",
            "--student-heads", "2", "--student-intermediate", "32", "--epochs", "1", "--batch-size", "4",

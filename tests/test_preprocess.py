@@ -14,12 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import cli
+from distillery.cli.main import cli
+from distillery.demo import SAMPLE_DIR
 from pipelines.config import load_config
-from pipelines.errors import DistilleryError, VersionExistsError
-from pipelines.preprocess import (CleanConfig, DedupConfig, FilterConfig, InputConfig, PreprocessConfig,
-                                  preprocess)
-from pipelines.resources import SAMPLE_DIR
+from pipelines.errors import DistilleryError
+from pipelines.preprocess import CleanConfig, DedupConfig, FilterConfig, InputConfig, PreprocessConfig, preprocess
 from pipelines.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,18 +199,23 @@ def test_output_identical_for_1_and_2_workers(tmp_path, nasty):
     assert dropped["exact_dup"] >= 1700 and dropped["exact_dup"] + dropped["near_dup"] >= 1801
 
 
-def test_immutability_and_cli_message(store, tmp_path):
+def test_a_rerun_is_up_to_date_and_moves_the_name(store, tmp_path):
     path = SAMPLE_DIR / "dev.jsonl"
     config = PreprocessConfig(input=InputConfig(label_column="label"))
     first = preprocess(store, [path], config, name="dev")
-    with pytest.raises(VersionExistsError, match="already exists.*it is at"):
-        preprocess(store, [path], PreprocessConfig(input=InputConfig(label_column="label"), workers=2))
-    result = subprocess.run([sys.executable, "-m", "pipelines", "--store", str(store.root), "preprocess", str(path),
-                             "--label-column", "label"], capture_output=True, text=True,
-                            env={**os.environ, "DISTILLERY_PROGRESS": "0"})
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "already exists" in lines[0] and first["version_id"] in lines[0]
+    manifest_file = store.version_path(first["version_id"]) / "manifest.json"
+    stamp = manifest_file.stat().st_mtime_ns
+    again = preprocess(store, [path], PreprocessConfig(input=InputConfig(label_column="label"), workers=2),
+                       name="dev-again")
+    assert again == first and store.resolve("dev-again") == first["version_id"]
+    cmd = [sys.executable, "-m", "distillery", "--store", str(store.root), "preprocess", str(path),
+           "--label-column", "label", "--name", "dev3"]
+    for _ in range(2):
+        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DISTILLERY_PROGRESS": "0"})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("preprocess: up to date") and first["version_id"][:12] in result.stdout
+    assert store.resolve("dev3") == first["version_id"] and manifest_file.stat().st_mtime_ns == stamp
+    assert store.version_ids(include_partial=True) == [first["version_id"]]
 
 
 def test_cli_config_file_flags_and_summary(store, tmp_path):
@@ -267,7 +271,7 @@ def test_crash_and_resume_is_byte_identical(tmp_path):
     args = [str(corpus), "--label-column", "label", "--chunk-rows", "3000", "--near-dup"]
     env = {**os.environ, "DISTILLERY_PROGRESS": "0"}
     killed_store = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipelines", "--store", str(killed_store), "preprocess", *args]
+    cmd = [sys.executable, "-m", "distillery", "--store", str(killed_store), "preprocess", *args]
     proc = subprocess.Popen([*cmd, "--workers", "2"], env=env, cwd=REPO, start_new_session=True)
     deadline = time.time() + 120
     while not list(killed_store.glob("versions/*/chunks/*.json")) and time.time() < deadline:
@@ -302,7 +306,7 @@ def test_dedup_state_matches_a_plain_sequential_reference():
     kept row; identical hashes have identical keys (same text)."""
     import numpy as np
 
-    from pipelines.dedup import DedupState
+    from pipelines.preprocess.dedup import DedupState
 
     rng = np.random.default_rng(0)
     key_of = rng.integers(0, 20_000, (5000, 3)).astype(np.uint64)

@@ -6,6 +6,7 @@ import json
 import pyarrow as pa
 import pytest
 import yaml
+from conftest import new_writer
 
 from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
 from pipelines.store import diff_manifests
@@ -35,13 +36,16 @@ def test_same_step_same_input_same_id_and_bytes(tmp_path, make_version):
     assert c["version_id"] != a["version_id"]
 
 
-def test_runtime_keys_do_not_change_the_id(store):
+def test_version_id_depends_on_parents_config_and_code():
     from pipelines.fingerprint import version_id
 
     parents = [{"kind": "raw", "sha256": "1"}]
-    assert version_id("s", {"a": 1, "workers": 1}, parents) == version_id("s", {"a": 1, "workers": 4}, parents)
-    assert version_id("s", {"a": 1}, parents) != version_id("s", {"a": 2}, parents)
-    assert version_id("s", {"a": 1}, parents) != version_id("s", {"a": 1}, [{"version_id": "x"}])
+    base = version_id("s", {"a": 1}, parents, "code")
+    assert base == version_id("s", {"a": 1}, parents, "code")
+    assert base != version_id("s", {"a": 2}, parents, "code")
+    assert base != version_id("s", {"a": 1}, [{"version_id": "x"}], "code")
+    assert base != version_id("s", {"a": 1}, parents, "other code")
+    assert base != version_id("t", {"a": 1}, parents, "code")
 
 
 def test_complete_versions_are_immutable(store, make_version):
@@ -52,14 +56,14 @@ def test_complete_versions_are_immutable(store, make_version):
 
 def test_partial_version_is_invisible_and_resumable(store):
     parents = [{"kind": "raw", "path": "m", "sha256": "2"}]
-    writer = store.create_version("preprocess", {"x": 1}, parents, name="half")
+    writer = new_writer(store, "preprocess", {"x": 1}, parents, name="half")
     writer.write_chunk(0, pa.Table.from_pylist(ROWS[:2]), accounting={"input_rows": 2})
     assert store.version_ids() == []
     with pytest.raises(VersionNotFoundError):
         store.resolve("half")
     with pytest.raises(DistilleryError, match="--resume"):
-        store.create_version("preprocess", {"x": 1}, parents)
-    resumed = store.create_version("preprocess", {"x": 1}, parents, name="half", resume=True)
+        new_writer(store, "preprocess", {"x": 1}, parents)
+    resumed = new_writer(store, "preprocess", {"x": 1}, parents, name="half", resume=True)
     assert resumed.is_committed(0) and not resumed.is_committed(1)
     resumed.write_chunk(1, pa.Table.from_pylist(ROWS[2:]), accounting={"input_rows": 5})
     manifest = resumed.finalize()
@@ -69,7 +73,7 @@ def test_partial_version_is_invisible_and_resumable(store):
 
 def test_leftover_tmp_files_do_not_count_as_chunks(store):
     parents = [{"kind": "raw", "path": "m", "sha256": "3"}]
-    writer = store.create_version("preprocess", {}, parents)
+    writer = new_writer(store, "preprocess", {}, parents)
     (writer.path / "data" / "shard-00000.parquet.tmp").write_bytes(b"half written")
     assert not writer.is_committed(0)
     writer.write_chunk(0, pa.Table.from_pylist(ROWS))
@@ -77,7 +81,7 @@ def test_leftover_tmp_files_do_not_count_as_chunks(store):
 
 
 def test_finalize_refuses_gaps_and_schema_drift(store):
-    writer = store.create_version("preprocess", {}, [{"kind": "raw", "sha256": "4"}])
+    writer = new_writer(store, "preprocess", {}, [{"kind": "raw", "sha256": "4"}])
     writer.write_chunk(1, pa.Table.from_pylist(ROWS[:1]))
     with pytest.raises(DistilleryError, match="contiguous"):
         writer.finalize()
@@ -114,7 +118,7 @@ def test_tags_prefixes_lineage_and_diff(store, make_version):
 def test_gc_removes_partial_and_unreferenced(store, make_version):
     keep = make_version(store, ROWS, name="keep")
     orphan = make_version(store, ROWS[:2], config={"other": 1})
-    store.create_version("preprocess", {"p": 1}, [{"kind": "raw", "sha256": "5"}]).write_chunk(
+    new_writer(store, "preprocess", {"p": 1}, [{"kind": "raw", "sha256": "5"}]).write_chunk(
         0, pa.Table.from_pylist(ROWS))
     assert len(store.gc(dry_run=True)) == 1
     removed = store.gc(unreferenced=True)

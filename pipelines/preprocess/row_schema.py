@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 
 from pipelines.errors import DistilleryError
-from pipelines.text_clean import fix_surrogates
+from pipelines.preprocess.text_clean import fix_surrogates
 
 LABEL_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64()}
 REJECTS_SCHEMA = pa.schema([("origin_file", pa.string()), ("origin_row", pa.int64()),

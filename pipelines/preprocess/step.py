@@ -12,109 +12,47 @@ from __future__ import annotations
 import json
 import pickle
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import config_to_dict
-from pipelines.dedup import DedupState, MinHasher, text_hash
-from pipelines.errors import DistilleryError, VersionExistsError
+from pipelines.config import identity_dict, to_dict
+from pipelines.errors import DistilleryError
+from pipelines.preprocess.config import LENGTH_FILTERS, DedupConfig, PreprocessConfig
+from pipelines.preprocess.dedup import DedupState, MinHasher, text_hash
+from pipelines.preprocess.readers import (
+    BAD,
+    LINE,
+    ROW,
+    InputSource,
+    arrow_schema,
+    iter_records,
+    open_source,
+    raw_text,
+    sample_rows,
+)
+from pipelines.preprocess.row_schema import (
+    REJECTS_SCHEMA,
+    InputColumns,
+    OutputSchema,
+    build_column,
+    coerce_extra,
+    coerce_label,
+    derive_schema,
+    describe_input,
+)
+from pipelines.preprocess.text_clean import Cleaner, count_tokens, split_sentences
 from pipelines.progress import progress_bar
-from pipelines.readers import (BAD, FORMATS, LINE, ROW, InputSource, arrow_schema, iter_records, open_source,
-                               raw_text, sample_rows)
-from pipelines.row_schema import (REJECTS_SCHEMA, InputColumns, OutputSchema, build_column, coerce_extra,
-                                  coerce_label, derive_schema, describe_input)
+from pipelines.runner import Step, StepPlan, run_step
 from pipelines.store import Store, VersionWriter
-from pipelines.text_clean import NORMALIZATIONS, Cleaner, count_tokens, split_sentences
 
-STEP = "preprocess"
+STEP = Step("preprocess", module=__name__, package="pipelines.preprocess")
 Chunk = tuple[list[int], list[int], list[int], list[Any]]     # columns: input index, origin row, kind, payload
-LENGTH_FILTERS = ("min_chars", "max_chars", "min_tokens", "max_tokens")
-
-
-@dataclass
-class InputConfig:
-    """How inputs are read and which columns hold what."""
-
-    format: str = "auto"                  # auto (from the extension) | txt | jsonl | csv | tsv | parquet | hf
-    text_column: str = "text"
-    text_pair_column: str | None = None   # set for sentence-pair data
-    label_column: str | None = None       # set for labelled data (the label keeps its type)
-    extra_columns: list[str] | None = None  # None: keep every other column; a list: keep only these
-    csv_header: bool = True               # CSV/TSV: first line names the columns (else "0", "1", ...)
-    csv_quoting: str = "auto"             # auto (tsv: none, as GLUE; csv: minimal) | none | minimal
-    hf_split: str = "train"               # split of a Hugging Face DatasetDict / data-files folder
-    decode_errors: str = "replace"        # undecodable bytes: replace (U+FFFD, counted) | reject
-    max_row_bytes: int = 1_000_000        # longer rows are rejected (row_too_long) without being loaded
-    schema_sample_rows: int = 1000        # rows per input read up front to derive the output schema
-
-
-@dataclass
-class CleanConfig:
-    """Text clean-up (see pipelines.text_clean for the exact rules)."""
-
-    normalize: str = "nfc"                # nfc | nfkc | none
-    control_chars: bool = True            # delete control characters (NUL included), BOM, zero-width space
-    whitespace: bool = True               # collapse whitespace runs to one space and strip
-    lowercase: bool = False
-    split_sentences_over: int = 0         # split texts longer than this many characters into sentences (0: off)
-
-
-@dataclass
-class FilterConfig:
-    """Length filters per text field (0 = no limit); tokens are words and punctuation marks."""
-
-    min_chars: int = 0
-    max_chars: int = 0
-    min_tokens: int = 0
-    max_tokens: int = 0
-
-
-@dataclass
-class DedupConfig:
-    """Exact (64-bit hash of the final text and pair) and near-duplicate (MinHash-LSH) removal."""
-
-    exact: bool = True
-    near: bool = False
-    near_threshold: float = 0.8           # estimated Jaccard similarity of character n-gram sets
-    num_perm: int = 64
-    ngram: int = 5
-    seed: int = 0
-
-
-@dataclass
-class PreprocessConfig:
-    """Everything `distillery preprocess` does; TOML keys are these fields (sections for the nested ones)."""
-
-    input: InputConfig = field(default_factory=InputConfig)
-    clean: CleanConfig = field(default_factory=CleanConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    licence: dict[str, str] = field(default_factory=dict)   # recorded in the manifest's extra.licence
-    chunk_rows: int = 20_000
-    workers: int = 1                      # runtime only: never changes the version id or the bytes
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.input.format in FORMATS, f"input.format must be one of {', '.join(FORMATS)}"),
-            (self.input.csv_quoting in ("auto", "none", "minimal"), "input.csv_quoting must be auto, none or minimal"),
-            (self.input.decode_errors in ("replace", "reject"), "input.decode_errors must be replace or reject"),
-            (self.input.max_row_bytes > 0, "input.max_row_bytes must be positive"),
-            (self.input.schema_sample_rows > 0, "input.schema_sample_rows must be positive"),
-            (self.clean.normalize in NORMALIZATIONS, f"clean.normalize must be one of {', '.join(NORMALIZATIONS)}"),
-            (min(getattr(self.filter, f) for f in LENGTH_FILTERS) >= 0, "length filters must be >= 0"),
-            (0.0 < self.dedup.near_threshold < 1.0, "dedup.near_threshold must be in (0, 1)"),
-            (self.dedup.num_perm >= 2 and self.dedup.ngram >= 1, "dedup.num_perm >= 2 and dedup.ngram >= 1"),
-            (self.chunk_rows > 0, "chunk_rows must be positive"),
-            (self.workers >= 1, "workers must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DistilleryError(f"invalid preprocess config: {message}")
 
 
 @dataclass
@@ -150,7 +88,8 @@ class ChunkProcessor:
                                               config.dedup.ngram, config.dedup.seed) if config.dedup.near else None
         self.filters = [(name, getattr(config.filter, name)) for name in LENGTH_FILTERS if getattr(config.filter, name)]
         cols = config.input
-        self.known_keys = {cols.text_column, cols.text_pair_column, cols.label_column, *(s for s, _, _ in schema.extras)}
+        self.known_keys = {cols.text_column, cols.text_pair_column, cols.label_column,
+                           *(s for s, _, _ in schema.extras)}
 
     def run(self, task: tuple[str, int, Any]) -> ChunkResult:
         kind, index, payload = task
@@ -426,23 +365,22 @@ def _commit(writer: VersionWriter, result: ChunkResult, state: DedupState | None
     return table.num_rows
 
 
-def preprocess(store: Store, inputs: list[str | Path], config: PreprocessConfig, name: str | None = None,
-               resume: bool = False) -> dict[str, Any]:
-    """Read, clean, filter and de-duplicate ``inputs`` into a new version; returns its manifest.
-
-    Raises VersionExistsError when the same inputs, config and code already made a complete version.
-    """
+def plan_preprocess(inputs: list[str | Path], config: PreprocessConfig) -> StepPlan:
+    """What ``preprocess`` would write for ``inputs``: inputs checked and fingerprinted, the schema derived."""
     if not inputs:
         raise DistilleryError("preprocess needs at least one input")
     sources = [open_source(p, config.input.format, config.input.hf_split) for p in inputs]
     cfg = config.input
     schema = derive_schema([_describe(s, config) for s in sources], cfg.text_column, cfg.text_pair_column,
                            cfg.label_column, cfg.extra_columns)
-    try:
-        writer = store.create_version(STEP, config_to_dict(config), [s.parent() for s in sources], name=name,
-                                      resume=resume)
-    except VersionExistsError as exc:
-        raise VersionExistsError(f"{exc}; it is at {store.version_path(exc.version_id)}", exc.version_id) from None
+    return StepPlan(STEP, to_dict(config), identity_dict(config), [s.parent() for s in sources],
+                    lambda writer: _write(writer, sources, schema, config))
+
+
+def _write(writer: VersionWriter, sources: list[InputSource], schema: OutputSchema,
+           config: PreprocessConfig) -> dict[str, Any]:
+    """Process and commit every chunk not yet committed (rebuilding the de-duplication state from committed
+    chunks); returns the manifest's extra."""
     dedup = config.dedup.exact or config.dedup.near
     processor = ChunkProcessor(config, schema, sources)
     state = DedupState(processor.hasher.bands if processor.hasher else 0)
@@ -463,4 +401,11 @@ def preprocess(store: Store, inputs: list[str | Path], config: PreprocessConfig,
         extra["licence"] = dict(config.licence)
     if processor.hasher:
         extra["near_dup_lsh"] = {"bands": processor.hasher.bands, "rows_per_band": processor.hasher.rows_per_band}
-    return writer.finalize(extra)
+    return extra
+
+
+def preprocess(store: Store, inputs: list[str | Path], config: PreprocessConfig, name: str | None = None,
+               resume: bool = False) -> dict[str, Any]:
+    """Read, clean, filter and de-duplicate ``inputs`` into a version; returns its manifest (the existing one
+    when the same inputs, config and code already made it)."""
+    return run_step(store, plan_preprocess(inputs, config), name, resume).manifest

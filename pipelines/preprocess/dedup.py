@@ -49,7 +49,7 @@ class MinHasher:
     seed: int = 0
 
     @classmethod
-    def for_threshold(cls, threshold: float, num_perm: int, ngram: int, seed: int = 0) -> "MinHasher":
+    def for_threshold(cls, threshold: float, num_perm: int, ngram: int, seed: int = 0) -> MinHasher:
         """Bands / rows per band minimising false positives + negatives at ``threshold`` (datasketch)."""
         from datasketch.lsh import _optimal_param
 

@@ -1,23 +1,25 @@
-"""The `distillery` command line: one click group, lazily loading each step's commands."""
+"""The `distillery` command line: one click group (versions and export here, each step's commands loaded lazily)."""
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
-from typing import Any
 
 import click
 
+from distillery.cli.shared import current_store
+from distillery.present import describe_version, echo_json
 from pipelines.errors import DistilleryError
+from pipelines.export import export_version
+from pipelines.progress import quiet_libraries
 from pipelines.store import Store, diff_manifests
 
 # subcommand name -> "module:attribute"; loaded on first use so `--help` stays fast.
 LAZY_COMMANDS = {
-    "preprocess": "pipelines.preprocess_cli:preprocess_command",
-    "augment": "augment.cli:augment_command",
-    "distill": "distill.cli:distill_group",
-    "demo": "pipelines.demo:demo_command",
+    "preprocess": "distillery.cli.preprocess:preprocess_command",
+    "augment": "distillery.cli.augment:augment_command",
+    "distill": "distillery.cli.distill:distill_group",
+    "demo": "distillery.demo:demo_command",
 }
 
 
@@ -42,7 +44,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "store_root", envvar="DISTILLERY_STORE", default="distillery_store", show_default=True,
               type=click.Path(file_okay=False), help="Dataset store folder (env DISTILLERY_STORE).")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors (env DISTILLERY_DEBUG=1).")
 @click.pass_context
 def cli(ctx: click.Context, store_root: str, debug: bool) -> None:
     """distillery: versioned, sharded, augmented text datasets and BERT distillation from them."""
@@ -51,28 +53,9 @@ def cli(ctx: click.Context, store_root: str, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-def _store() -> Store:
+def currentcurrent_store() -> Store:
+    """The store of the running command (``--store``)."""
     return click.get_current_context().obj["store"]
-
-
-def echo_json(data: Any) -> None:
-    """Print data as indented JSON."""
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def describe_version(manifest: dict[str, Any], store: Store) -> str:
-    """A few lines saying where a version is and what it holds."""
-    vid = manifest["version_id"]
-    acc = manifest["accounting"]
-    columns = ", ".join(f["name"] for f in manifest["schema"])
-    lines = [f"version {vid[:12]}  step={manifest['step']}  name={manifest['name']}",
-             f"  path:    {store.version_path(vid)}",
-             f"  rows:    {manifest['num_rows']} in {len(manifest['shards'])} shard(s); columns: {columns}"]
-    if acc:
-        lines.append(f"  account: {json.dumps(acc, sort_keys=True)}")
-    if "label_counts" in manifest["stats"]:
-        lines.append(f"  labels:  {manifest['stats']['num_labels']} distinct")
-    return "\n".join(lines)
 
 
 @cli.group()
@@ -84,7 +67,7 @@ def versions() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def versions_list(as_json: bool) -> None:
     """List complete versions (and interrupted ones) with their names."""
-    store = _store()
+    store = current_store()
     names: dict[str, list[str]] = {}
     for ref, vid in store.refs().items():
         names.setdefault(vid, []).append(ref)
@@ -109,7 +92,7 @@ def versions_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
 def versions_show(ref: str, as_json: bool) -> None:
     """Show a version and its lineage back to the raw input."""
-    store = _store()
+    store = current_store()
     manifest = store.manifest(ref)
     if as_json:
         echo_json(manifest)
@@ -130,7 +113,7 @@ def versions_show(ref: str, as_json: bool) -> None:
 @click.argument("ref_b")
 def versions_diff(ref_a: str, ref_b: str) -> None:
     """Compare two versions: config, schema, rows, accounting, data."""
-    store = _store()
+    store = current_store()
     echo_json(diff_manifests(store.manifest(ref_a), store.manifest(ref_b)))
 
 
@@ -138,7 +121,7 @@ def versions_diff(ref_a: str, ref_b: str) -> None:
 @click.argument("refs", nargs=-1)
 def versions_verify(refs: tuple[str, ...]) -> None:
     """Re-hash every shard of the given versions (all when none given); exit 1 on corruption."""
-    store = _store()
+    store = current_store()
     bad = 0
     for ref in refs or store.version_ids():
         problems = store.verify(ref)
@@ -159,7 +142,7 @@ def versions_verify(refs: tuple[str, ...]) -> None:
 def versions_tag(name_tag: str, ref: str) -> None:
     """Point NAME@TAG (or NAME, meaning NAME@latest) at version REF."""
     name, _, tag = name_tag.partition("@")
-    vid = _store().tag(name, tag or "latest", ref)
+    vid = current_store().tag(name, tag or "latest", ref)
     click.echo(f"{name}@{tag or 'latest'} -> {vid[:12]}")
 
 
@@ -168,7 +151,7 @@ def versions_tag(name_tag: str, ref: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
 def versions_gc(unreferenced: bool, dry_run: bool) -> None:
     """Delete interrupted writes (and, if asked, unreferenced versions)."""
-    doomed = _store().gc(unreferenced=unreferenced, dry_run=dry_run)
+    doomed = current_store().gc(unreferenced=unreferenced, dry_run=dry_run)
     for vid in doomed:
         click.echo(f"{'would delete' if dry_run else 'deleted'} {vid[:12]}")
     click.echo(f"{len(doomed)} version folder(s) {'to delete' if dry_run else 'deleted'}")
@@ -181,15 +164,14 @@ def versions_gc(unreferenced: bool, dry_run: bool) -> None:
               help="jsonl / csv file, or a Hugging Face `save_to_disk` folder.")
 def export(ref: str, destination: str, fmt: str) -> None:
     """Export a version to JSONL, CSV or a Hugging Face `save_to_disk` folder."""
-    from pipelines.export import export_version
-
-    path = export_version(_store(), ref, destination, fmt)
+    path = export_version(current_store(), ref, destination, fmt)
     click.echo(f"wrote {path}")
 
 
 def main() -> None:
     """Entry point: run the CLI, turning user errors into one-line messages and exit code 1."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("DISTILLERY_DEBUG") == "1"
+    quiet_libraries()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -1,0 +1,4 @@
+"""`python -m distillery` runs the distillery command line."""
+from distillery.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The click command line: `distillery.cli.main:main` is the entry point."""

@@ -1,0 +1,76 @@
+"""`distillery distill ...`: finetune, general, task, evaluate, cache-logits.
+
+Every command takes ``--config FILE.toml`` (keys = fields of its config dataclass, or its table in a pipeline
+file) and one flag per field that overrides the file.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from distill.config import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, TaskDistillConfig
+from distillery.cli.options import build_config, config_options
+from distillery.cli.shared import current_store, name_option, resume_option
+from distillery.present import echo_json, report_step, report_trained
+from pipelines.runner import run_step
+
+output_option = click.option("--output", "output", required=True, type=click.Path(file_okay=False),
+                             help="Run folder (checkpoints/, metrics.jsonl, config.json, loss.png, model/).")
+
+
+@click.group("distill")
+def distill_group() -> None:
+    """Fine-tune teachers and distil them into small students, streaming dataset versions."""
+
+
+def _training_command(name: str, cls: type, train: str, doc: str) -> click.Command:
+    """A training command: TRAIN_REF, --output, --resume and the flags of ``cls``; calls ``distill.api.<train>``."""
+    @click.argument("train_ref")
+    @output_option
+    @resume_option
+    @config_options(cls)
+    def command(train_ref: str, output: str, resume: bool, config_path: str | None, **flags: Any) -> None:
+        from distill import api
+
+        cfg = build_config(cls, name, config_path, flags)
+        report_trained(getattr(api, train)(current_store(), train_ref, cfg, output, resume=resume), name)
+
+    return distill_group.command(name, help=doc)(command)
+
+
+_training_command("finetune", FinetuneConfig, "finetune",
+                  "Fine-tune a pre-trained encoder (--model) on the labelled version TRAIN_REF (gives a task teacher).")
+_training_command("general", DistillConfig, "general_distill",
+                  "General distillation (embedding, hidden, attention losses) on the text version TRAIN_REF.")
+_training_command("task", TaskDistillConfig, "task_distill",
+                  "Task distillation on TRAIN_REF (usually augmented): stage 1 intermediate layers, stage 2 prediction "
+                  "layer.")
+
+
+@distill_group.command("evaluate")
+@click.argument("ref")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@config_options(EvaluateConfig)
+def evaluate_command(ref: str, model_dir: str, config_path: str | None, **flags: Any) -> None:
+    """Score the saved classifier MODEL_DIR on version REF (labels mapped by name); prints JSON."""
+    from distill.api import evaluate
+
+    cfg = build_config(EvaluateConfig, "evaluate", config_path, flags)
+    echo_json(evaluate(current_store(), ref, model_dir, cfg))
+
+
+@distill_group.command("cache-logits")
+@click.argument("ref")
+@click.argument("teacher_dir", type=click.Path(exists=True, file_okay=False))
+@name_option
+@resume_option
+@config_options(CacheLogitsConfig)
+def cache_logits_command(ref: str, teacher_dir: str, name: str | None, resume: bool, config_path: str | None,
+                         **flags: Any) -> None:
+    """Write a new version: REF plus the teacher's logits (for `task --stage 2 --logits-ref`)."""
+    from distill.logits import plan_teacher_logits
+
+    cfg = build_config(CacheLogitsConfig, "cache_logits", config_path, flags)
+    store = current_store()
+    report_step(run_step(store, plan_teacher_logits(store, ref, teacher_dir, cfg), name, resume), store)

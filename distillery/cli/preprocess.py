@@ -1,0 +1,26 @@
+"""`distillery preprocess`: raw files -> a new dataset version."""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from distillery.cli.options import build_config, config_options
+from distillery.cli.shared import current_store, name_option, resume_option
+from distillery.present import report_step
+from pipelines.preprocess import PreprocessConfig, plan_preprocess
+from pipelines.runner import run_step
+
+
+@click.command("preprocess")
+@click.argument("inputs", nargs=-1, required=True)
+@name_option
+@resume_option
+@config_options(PreprocessConfig)
+def preprocess_command(inputs: tuple[str, ...], name: str | None, resume: bool, config_path: str | None,
+                       **flags: Any) -> None:
+    """Read INPUT files (txt, jsonl, csv, tsv, parquet, Hugging Face dataset folders; .gz/.zst too), clean,
+    filter and de-duplicate them into a new dataset version."""
+    config = build_config(PreprocessConfig, "preprocess", config_path, flags)
+    store = current_store()
+    report_step(run_step(store, plan_preprocess(list(inputs), config), name, resume), store)

@@ -1,0 +1,60 @@
+"""What the commands print: a version in a few lines, a step's outcome, a training run's outcome."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from distill.runs import TrainedModel
+from pipelines.runner import StepResult
+from pipelines.store import Store
+
+
+def echo_json(data: Any) -> None:
+    """Print data as indented JSON."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def describe_version(manifest: dict[str, Any], store: Store) -> str:
+    """A few lines saying where a version is, what it holds and which names point at it."""
+    vid = manifest["version_id"]
+    acc = manifest["accounting"]
+    columns = ", ".join(f["name"] for f in manifest["schema"])
+    names = " ".join(ref for ref, target in store.refs().items() if target == vid) or "-"
+    lines = [f"version {vid[:12]}  step={manifest['step']}  names={names}",
+             f"  path:    {store.version_path(vid)}",
+             f"  rows:    {manifest['num_rows']} in {len(manifest['shards'])} shard(s); columns: {columns}"]
+    if acc:
+        lines.append(f"  account: {json.dumps(acc, sort_keys=True)}")
+    if "label_counts" in manifest["stats"]:
+        lines.append(f"  labels:  {manifest['stats']['num_labels']} distinct")
+    return "\n".join(lines)
+
+
+def report_step(result: StepResult, store: Store) -> None:
+    """The same summary for every step: status, the version, its rejects and warnings."""
+    manifest = result.manifest
+    if result.up_to_date:
+        status = "up to date (this version was already complete; nothing written)"
+    else:
+        status = "written" + (" (resumed)" if result.resumed else "")
+    click.echo(f"{manifest['step']}: {status}")
+    click.echo(describe_version(manifest, store))
+    rejected = sum(manifest["accounting"].get("rejected", {}).values())
+    if rejected:
+        click.echo(f"  rejects: {rejected} row(s) with origin and reason in {len(manifest['rejects'])} rejects "
+                   f"shard(s)")
+    for warning in manifest["extra"].get("warnings", []):
+        click.secho(f"WARNING {warning}", fg="yellow", err=True)
+
+
+def report_trained(model: TrainedModel, what: str) -> None:
+    """The same summary for every training run: status, the model folder, its scores."""
+    status = "up to date (the run folder already holds this finished run)" if model.up_to_date else "trained"
+    click.echo(f"{what}: {status}")
+    click.echo(f"  model:   {model.path}")
+    scores = {k: v for k, v in model.scores.items() if k not in ("version_id",)}
+    if scores:
+        click.echo("  scores:  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in scores.items()))

@@ -1,0 +1,1 @@
+"""Experiments built from the steps (the TinyBERT ablation)."""

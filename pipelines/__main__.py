@@ -1,4 +1,0 @@
-"""`python -m pipelines` runs the distillery CLI."""
-from pipelines.cli import main
-
-main()

@@ -1,0 +1,78 @@
+"""Configuration of `distillery preprocess` (TOML keys and CLI flags are these fields)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.config import Options, option
+from pipelines.preprocess.readers import FORMATS
+from pipelines.preprocess.text_clean import NORMALIZATIONS
+
+LENGTH_FILTERS = ("min_chars", "max_chars", "min_tokens", "max_tokens")
+
+
+@dataclass
+class InputConfig(Options):
+    """How inputs are read and which columns hold what."""
+
+    format: str = option("auto", choices=FORMATS, help="Input format; auto = from the file extension.")
+    text_column: str = option("text", help="Column holding the text.")
+    text_pair_column: str | None = option(None, help="Column holding the second sentence of a pair.")
+    label_column: str | None = option(None, help="Column holding the label (kept with its type).")
+    extra_columns: list[str] | None = option(None, help="Other columns to keep (default: all of them).")
+    csv_header: bool = option(True, help="CSV/TSV: the first line names the columns (else 0, 1, ...).")
+    csv_quoting: str = option("auto", choices=("auto", "none", "minimal"),
+                              help="CSV/TSV quoting; auto = none for tsv (as GLUE), minimal for csv.")
+    hf_split: str = option("train", help="Split of a Hugging Face DatasetDict or data-files folder.")
+    decode_errors: str = option("replace", choices=("replace", "reject"),
+                                help="Undecodable bytes: replace with U+FFFD (counted) or reject the row.")
+    max_row_bytes: int = option(1_000_000, gt=0, help="Longer rows are rejected (row_too_long) unread.")
+    schema_sample_rows: int = option(1000, gt=0, help="Rows per input read first to derive the output schema.")
+
+
+@dataclass
+class CleanConfig(Options):
+    """Text clean-up (see pipelines.preprocess.text_clean for the exact rules)."""
+
+    normalize: str = option("nfc", choices=NORMALIZATIONS, help="Unicode normalisation.")
+    control_chars: bool = option(True, help="Delete control characters (NUL too), BOM and zero-width spaces.")
+    whitespace: bool = option(True, help="Collapse whitespace runs to one space and strip.")
+    lowercase: bool = option(False, help="Lower-case the text.")
+    split_sentences_over: int = option(0, ge=0, help="Split texts longer than N characters into sentences "
+                                                     "(0: off).")
+
+
+@dataclass
+class FilterConfig(Options):
+    """Length filters per text field (0 = no limit); tokens are words and punctuation marks."""
+
+    min_chars: int = option(0, ge=0, help="Drop texts shorter than N characters.")
+    max_chars: int = option(0, ge=0, help="Drop texts longer than N characters (0: no limit).")
+    min_tokens: int = option(0, ge=0, help="Drop texts with fewer than N word/punctuation tokens.")
+    max_tokens: int = option(0, ge=0, help="Drop texts with more than N tokens (0: no limit).")
+
+
+@dataclass
+class DedupConfig(Options):
+    """Exact (64-bit hash of the final text and pair) and near-duplicate (MinHash-LSH) removal."""
+
+    exact: bool = option(True, flag="dedup", help="Exact de-duplication.")
+    near: bool = option(False, flag="near-dup", help="MinHash-LSH near-duplicate removal.")
+    near_threshold: float = option(0.8, gt=0.0, lt=1.0, flag="near-dup-threshold", implies={"near": True},
+                                   help="Jaccard threshold of character n-gram sets (implies --near-dup).")
+    num_perm: int = option(64, ge=2, help="MinHash permutations.")
+    ngram: int = option(5, ge=1, help="Character n-gram size of the MinHash sets.")
+    seed: int = option(0, help="Seed of the MinHash permutations.")
+
+
+@dataclass
+class PreprocessConfig(Options):
+    """Everything `distillery preprocess` does; TOML keys are these fields (sections for the nested ones)."""
+
+    input: InputConfig = option(default_factory=InputConfig, help="How inputs are read.")
+    clean: CleanConfig = option(default_factory=CleanConfig, help="Text clean-up.")
+    filter: FilterConfig = option(default_factory=FilterConfig, help="Length filters.")
+    dedup: DedupConfig = option(default_factory=DedupConfig, help="De-duplication.")
+    licence: dict[str, str] = option(default_factory=dict, cli=False,
+                                     help="Licence of the input, recorded in the manifest and the data card.")
+    chunk_rows: int = option(20_000, gt=0, help="Input rows per chunk / shard.")
+    workers: int = option(1, ge=1, runtime=True, help="Worker processes (never changes the output).")
