@@ -34,7 +34,7 @@ from pipelines.resources import minilm_path
 from pipelines.runner import Step, StepPlan, run_step
 from pipelines.store import Store, VersionWriter
 
-STEP = Step("augment", module=__name__, package="augment")
+STEP = Step("augment", module=__name__, package="augment", format=2)   # 2: aug_mlm_words / aug_vector_words
 TEXT_FIELDS = ("text", "text_pair")
 MLM_NONE_WARNING = ("mlm: none - no masked LM: EVERY eligible word takes its candidates from the word vectors "
                     "(this is not TinyBERT's augmentation; recorded in the data card)")
@@ -57,6 +57,14 @@ class Prepared:
     requests: list[tuple[int, Request]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+@dataclass
+class Copies:
+    """The augmented texts of one unit and, per text, the words it changed with MLM and with vector candidates."""
+
+    texts: list[str]
+    sources: list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -95,15 +103,18 @@ def _prepare_part(rows: list[tuple[int, str, str | None]]) -> Prepared:
 
 
 def _sample_part(units: list[Unit], candidates: list[list[list[str]]], row_ids: list[int],
-                 spec: SampleSpec) -> tuple[list[list[str]], dict[str, int], float]:
-    """The augmented texts of each unit (worker side)."""
+                 spec: SampleSpec) -> tuple[list[Copies], dict[str, int], float]:
+    """The augmented texts of each unit with the words each changed per candidate source (worker side)."""
     start = time.perf_counter()
-    copies, counts = [], {"replacements": 0, "duplicates_dropped": 0}
+    copies, counts = [], {"replacements": 0, "mlm_replacements": 0, "duplicates_dropped": 0}
     for unit, cands in zip(units, candidates):
         rng = row_rng(spec.seed, row_ids[unit.row], unit.field)
-        texts, c = augment_sentence(unit.sentence, cands, spec.rounds, spec.p, rng, spec.output_form)
-        copies.append(texts)
+        mlm_words = set(unit.mlm_words)
+        texts, c = augment_sentence(unit.sentence, cands, spec.rounds, spec.p, rng, spec.output_form,
+                                    [i in mlm_words for i in unit.sentence.eligible])
+        copies.append(Copies(texts, c.sources))
         counts["replacements"] += c.replacements
+        counts["mlm_replacements"] += sum(mlm for mlm, _ in c.sources)
         counts["duplicates_dropped"] += c.duplicates_dropped
     return copies, counts, time.perf_counter() - start
 
@@ -384,26 +395,29 @@ def _row_ids(table: pa.Table, base: int) -> list[int]:
     return list(range(base, base + table.num_rows))
 
 
-def _output_table(table: pa.Table, fields: list[str], units: list[Unit], copies: list[list[str]],
+def _output_table(table: pa.Table, fields: list[str], units: list[Unit], copies: list[Copies],
                   row_ids: list[int], offset: int) -> pa.Table:
-    """Originals (aug_copy 0) each followed by its copies, field by field; labels and extra columns carried."""
-    by_row: dict[int, list[tuple[str, list[str]]]] = {}
-    for unit, texts in zip(units, copies):
-        by_row.setdefault(unit.row, []).append((unit.field, texts))
+    """Originals (aug_copy 0) each followed by its copies, field by field; labels and extra columns carried;
+    ``aug_mlm_words`` / ``aug_vector_words``: the words a copy changed with each candidate source."""
+    by_row: dict[int, list[tuple[str, Copies]]] = {}
+    for unit, made in zip(units, copies):
+        by_row.setdefault(unit.row, []).append((unit.field, made))
     originals = {f: table.column(f).to_pylist() for f in fields}
-    take, aug_field, aug_copy = [], [], []
+    take, aug_field, aug_copy, sources = [], [], [], []
     values: dict[str, list[str | None]] = {f: [] for f in fields}
     for r in range(table.num_rows):
         take.append(r)
         aug_field.append(None)
         aug_copy.append(0)
+        sources.append((0, 0))
         for f in fields:
             values[f].append(originals[f][r])
-        for name, texts in by_row.get(r, []):
-            for c, text in enumerate(texts, 1):
+        for name, made in by_row.get(r, []):
+            for c, (text, source) in enumerate(zip(made.texts, made.sources), 1):
                 take.append(r)
                 aug_field.append(name)
                 aug_copy.append(c)
+                sources.append(source)
                 for f in fields:
                     values[f].append(text if f == name else originals[f][r])
     out = table.take(pa.array(take, pa.int64()))
@@ -418,4 +432,6 @@ def _output_table(table: pa.Table, fields: list[str], units: list[Unit], copies:
     return (out.append_column("source_row_id", pa.array([row_ids[r] for r in take], pa.int64()))
             .append_column("aug_field", pa.array(aug_field, pa.string()))
             .append_column("aug_copy", pa.array(aug_copy, pa.int32()))
+            .append_column("aug_mlm_words", pa.array([s[0] for s in sources], pa.int32()))
+            .append_column("aug_vector_words", pa.array([s[1] for s in sources], pa.int32()))
             .append_column("row_id", pa.array(range(offset, offset + n), pa.int64())))

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,22 +44,26 @@ def row_rng(seed: int, row_id: int, field: str) -> np.random.Generator:
 
 @dataclass
 class SampleCounts:
-    """What the rounds of one sentence did."""
+    """What the rounds of one sentence did; ``sources``: per kept copy, how many words it changed with masked-LM
+    candidates and how many with word-vector candidates."""
 
     replacements: int = 0
     duplicates_dropped: int = 0
+    sources: list[tuple[int, int]] = field(default_factory=list)
 
 
 def augment_sentence(sentence: SentenceWords, candidates: list[list[str]], rounds: int, p: float,
-                     rng: np.random.Generator, output_form: str = "surface") -> tuple[list[str], SampleCounts]:
+                     rng: np.random.Generator, output_form: str = "surface",
+                     from_mlm: Sequence[bool] = ()) -> tuple[list[str], SampleCounts]:
     """The unique augmented texts (original excluded) of ``rounds`` rounds.
 
-    ``candidates[j]`` belongs to word ``sentence.eligible[j]``. Each round draws, for each eligible word in
-    order, a candidate uniformly and a replacement coin (probability ``p``), as the reference does.
-    ``surface`` splices the (case-matched) candidates into the original text; ``reference`` joins the
-    lower-cased basic tokens with spaces.
+    ``candidates[j]`` belongs to word ``sentence.eligible[j]`` (from the masked LM when ``from_mlm[j]``). Each
+    round draws, for each eligible word in order, a candidate uniformly and a replacement coin (probability
+    ``p``), as the reference does. ``surface`` splices the (case-matched) candidates into the original text;
+    ``reference`` joins the lower-cased basic tokens with spaces.
     """
     counts = SampleCounts()
+    mlm_slots = {slot for slot, mlm in zip(sentence.eligible, from_mlm) if mlm}
     slots = sentence.eligible
     if rounds <= 0:
         return [], counts
@@ -77,24 +81,28 @@ def augment_sentence(sentence: SentenceWords, candidates: list[list[str]], round
             continue
         seen.add(text)
         copies.append(text)
-        counts.replacements += changed
+        counts.replacements += len(changed)
+        by_mlm = len(mlm_slots.intersection(changed))
+        counts.sources.append((by_mlm, len(changed) - by_mlm))
     return copies, counts
 
 
-def _render(sentence: SentenceWords, chosen: dict[int, str], output_form: str) -> tuple[str, int]:
-    """The text of one round and how many words it really changed."""
-    changed = 0
+def _render(sentence: SentenceWords, chosen: dict[int, str], output_form: str) -> tuple[str, list[int]]:
+    """The text of one round and the words it really changed."""
+    changed = []
     if output_form == "reference":
         words = list(sentence.words)
         for index, candidate in chosen.items():
-            changed += candidate != words[index]
+            if candidate != words[index]:
+                changed.append(index)
             words[index] = candidate
         return " ".join(words), changed
     parts, cursor, text = [], 0, sentence.text
     for index in sorted(chosen):
         start, end = sentence.spans[index]
         new = apply_case(chosen[index], text[start:end])
-        changed += new != text[start:end]
+        if new != text[start:end]:
+            changed.append(index)
         parts += [text[cursor:start], new]
         cursor = end
     parts.append(text[cursor:])

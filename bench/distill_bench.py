@@ -37,8 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill.data import EpochLoaders, ShardStream  # noqa: E402
-from distill.matches import MatchSet, default_matches, layer_mapping  # noqa: E402
-from distill.models import load_student, load_teacher  # noqa: E402
+from distill.matches import MatchSet, default_matches  # noqa: E402
+from distill.models import layer_mapping, load_student, load_teacher  # noqa: E402
 from distill.objective import Objective  # noqa: E402
 from distill.trainer import PREFETCH_BATCHES, to_device  # noqa: E402
 from distillery.demo import SAMPLE_DIR  # noqa: E402
@@ -62,7 +62,7 @@ def sample_version(store: Store, shard_rows: int = 1000) -> str:
 
 def build_objective(teacher_path: Path, device: torch.device, seed: int = 0) -> Objective:
     teacher = load_teacher(teacher_path, with_head=False, device=device)
-    student = load_student("tinybert-4", teacher.config, {}, {}, with_head=False, seed=seed)
+    student = load_student("tinybert-4", teacher.config, {}, {}, head="none", seed=seed)
     mapping = layer_mapping(4, teacher.config.num_hidden_layers)
     matches = MatchSet(default_matches(mapping, embedding=1, hidden=1, attention=1), 312, teacher.config.hidden_size)
     return Objective(student, matches, teacher).to(device)

@@ -17,14 +17,16 @@ from distill.config import (
     DistillConfig,
     EvaluateConfig,
     FinetuneConfig,
+    MLMConfig,
     TaskDistillConfig,
     TrainConfig,
 )
 
 _API = {"finetune": "distill.api", "general_distill": "distill.api", "task_distill": "distill.api",
-        "evaluate": "distill.api", "cache_teacher_logits": "distill.logits", "TrainedModel": "distill.runs"}
-__all__ = [*_API, "CacheLogitsConfig", "DistillConfig", "EvaluateConfig", "FinetuneConfig", "TaskDistillConfig",
-           "TrainConfig"]
+        "evaluate": "distill.api", "cache_teacher_logits": "distill.logits", "train_mlm": "distill.mlm",
+        "TrainedModel": "distill.runs"}
+__all__ = [*_API, "CacheLogitsConfig", "DistillConfig", "EvaluateConfig", "FinetuneConfig", "MLMConfig",
+           "TaskDistillConfig", "TrainConfig"]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,19 +6,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from distill import models
-from distill.card import write_model_card
 from distill.config import DistillConfig, EvaluateConfig, FinetuneConfig, TaskDistillConfig, TrainConfig, stage_config
 from distill.data import IGNORE_LABEL, LOGITS, ShardStream, make_loader
-from distill.matches import Match, MatchSet, default_matches, layer_mapping
+from distill.matches import Match, MatchSet, default_matches
 from distill.metrics import classification_metrics, regression_metrics
+from distill.mlm import distil_masked_lm
 from distill.objective import Objective
-from distill.plots import plot_metrics
-from distill.runs import TrainedModel, reuse_or_train, write_scores
+from distill.runs import TrainedModel, data_records, finish_run, reuse_or_train, run_identity, save_model
 from distill.trainer import Runtime, Trainer, setup_runtime, to_device
-from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
 from pipelines.store import Store
 
@@ -113,53 +111,13 @@ def _eval_fn(store: Store, cfg: TrainConfig, tokenizer: str | Path, labels: dict
 
 
 # ---- saving ------------------------------------------------------------------------------------------
-def _data_records(store: Store, train_ref: str, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The training (and evaluation) versions of a run, for its model card."""
-    records = []
-    for role, ref in (("train", train_ref), ("eval", cfg.eval_ref)):
-        if ref:
-            m = store.manifest(ref)
-            records.append({"role": role, "version_id": m["version_id"], "name": m["name"],
-                            "num_rows": m["num_rows"]})
-    return records
-
-
-def save_model(model: nn.Module, tokenizer_src: str | Path, out: Path, *, title: str, mode: str,
-               teacher: str | None, data: list[dict[str, Any]], scores: dict[str, Any], cfg: TrainConfig) -> Path:
-    """save_pretrained (safetensors) + tokenizer + model card + scores.json."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.set_attn_implementation("sdpa")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(out)
-    c = model.config
-    arch = {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
-            "intermediate": c.intermediate_size, "parameters": sum(p.numel() for p in model.parameters())}
-    scores = {k: v for k, v in scores.items() if k != "step"}
-    write_model_card(out, title=title, mode=mode, teacher=teacher, data=data, scores=scores, config=to_dict(cfg),
-                     architecture=arch)
-    write_scores(out, scores)
-    return out
-
-
-def _finish(trainer: Trainer, title: str) -> None:
-    if trainer.runtime.is_main:
-        plot_metrics(trainer.metrics_path, trainer.output_dir / "loss.png", title)
-
-
-# ---- fine-tuning -------------------------------------------------------------------------------------
-def _run_identity(store: Store, mode: str, cfg: TrainConfig, train_ref: str, **models_used: str) -> dict[str, Any]:
-    """What makes a finished run reusable: its mode, config (runtime options aside), data and models."""
-    return {"mode": mode, "config": identity_dict(cfg), "train_version": store.resolve(train_ref),
-            "eval_version": store.resolve(cfg.eval_ref) if cfg.eval_ref else None, **models_used}
-
-
 def finetune(store: Store, train_ref: str, config: FinetuneConfig, output_dir: str | Path,
              resume: bool = False) -> TrainedModel:
     """Fine-tune ``config.model`` on a labelled version (hard-label loss); a finished run in ``output_dir`` with
     the same settings is reused."""
     output_dir = Path(output_dir)
     source = models.resolve_model(config.model)
-    identity = _run_identity(store, "finetune", config, train_ref, model=source)
+    identity = run_identity(store, "finetune", config, train_ref, model=source)
     return reuse_or_train(output_dir, identity, lambda: _finetune(store, train_ref, config, output_dir, source,
                                                                   resume))
 
@@ -178,9 +136,9 @@ def _finetune(store: Store, train_ref: str, cfg: FinetuneConfig, output_dir: Pat
     trainer = Trainer(objective, stream, cfg, output_dir, runtime, _eval_fn(store, cfg, source, labels, runtime),
                       "finetune", {"train_version": store.resolve(train_ref), "model": source})
     scores = trainer.run(resume)
-    _finish(trainer, "fine-tuning")
+    finish_run(trainer, "fine-tuning")
     return save_model(model, source, output_dir / "model", title=f"{Path(source).name} fine-tuned",
-                      mode="finetune", teacher=None, data=_data_records(store, train_ref, cfg), scores=scores,
+                      mode="finetune", teacher=None, data=data_records(store, train_ref, cfg), scores=scores,
                       cfg=cfg)
 
 
@@ -189,16 +147,11 @@ def build_matches(cfg: DistillConfig, student_layers: int, teacher_layers: int, 
     """Explicit matches from the config, or the recipe its weights describe."""
     if cfg.matches:
         return [Match.from_dict(dict(m)) for m in cfg.matches]
-    mapping = layer_mapping(student_layers, teacher_layers, cfg.mapping, cfg.layer_map)
+    mapping = models.layer_mapping(student_layers, teacher_layers, cfg.mapping, cfg.layer_map)
     return default_matches(mapping, embedding=cfg.embedding_weight, hidden=cfg.hidden_weight,
                            attention=cfg.attention_weight, prediction=cfg.prediction_weight, kl=cfg.kl_weight,
                            cosine=cfg.cosine_weight, hard=cfg.hard_weight, temperature=cfg.temperature,
                            regression=regression)
-
-
-def _student_overrides(cfg: DistillConfig) -> dict[str, int]:
-    return {"num_hidden_layers": cfg.student_layers, "hidden_size": cfg.student_hidden,
-            "num_attention_heads": cfg.student_heads, "intermediate_size": cfg.student_intermediate}
 
 
 def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str,
@@ -206,7 +159,7 @@ def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: P
                  model_dir: Path | None = None) -> TrainedModel:
     """One distillation run (general, or one stage of task distillation), reused when finished."""
     teacher_src = models.resolve_model(cfg.teacher)
-    identity = _run_identity(store, mode, cfg, train_ref, teacher=teacher_src, student=student_src,
+    identity = run_identity(store, mode, cfg, train_ref, teacher=teacher_src, student=student_src,
                              teacher_forward=teacher_needed)
     return reuse_or_train(output_dir, identity, lambda: _distill(
         store, train_ref, cfg, output_dir, mode=mode, with_head=with_head, teacher_src=teacher_src,
@@ -223,12 +176,8 @@ def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path,
                               f"{teacher_config.architectures}); make one with `distillery distill finetune`")
     labels = _model_labels(teacher_config) if with_head else {}
     teacher = models.load_teacher(teacher_src, with_head, runtime.device) if teacher_needed else None
-    init_from = None
-    if cfg.student_init == "teacher" and student_src in models.PRESETS:
-        layers = cfg.student_layers or models.PRESETS[student_src].get("num_hidden_layers", 0)
-        init_from = (teacher, layer_mapping(layers, models.num_layers(teacher_config), cfg.mapping, cfg.layer_map))
-    student = models.load_student(student_src, teacher_config, _student_overrides(cfg), labels, with_head, cfg.seed,
-                                  init_from)
+    student = models.build_student(cfg, student_src, teacher, teacher_config, labels,
+                                   "classifier" if with_head else "none")
     matches = build_matches(cfg, models.num_layers(student), models.num_layers(teacher_config),
                             _is_regression(labels))
     if not with_head and any(m.feature in ("logits", "labels") for m in matches):
@@ -245,15 +194,18 @@ def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path,
     trainer = Trainer(objective, stream, cfg, output_dir, runtime,
                       _eval_fn(store, cfg, tokenizer, labels, runtime), mode, record)
     scores = trainer.run(resume)
-    _finish(trainer, mode)
+    finish_run(trainer, mode)
     return save_model(student, tokenizer, model_dir or output_dir / "model", title=f"distilled student ({mode})",
-                      mode=mode, teacher=teacher_src, data=_data_records(store, train_ref, cfg), scores=scores,
+                      mode=mode, teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores,
                       cfg=cfg)
 
 
 def general_distill(store: Store, train_ref: str, config: DistillConfig, output_dir: str | Path,
                     resume: bool = False) -> TrainedModel:
-    """TinyBERT general distillation (embedding, hidden and attention losses) on a plain-text version."""
+    """General distillation on a plain-text version: TinyBERT's (embedding, hidden and attention losses), or with
+    ``objective = "distilbert"`` DistilBERT's triple loss from a masked-LM teacher (``distill.mlm``)."""
+    if config.objective == "distilbert":
+        return distil_masked_lm(store, train_ref, config, output_dir, resume)
     return _distill_run(store, train_ref, config, Path(output_dir), mode="general", with_head=False,
                         student_src=config.student, resume=resume)
 

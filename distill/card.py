@@ -8,15 +8,17 @@ from typing import Any
 import yaml
 
 
-def write_model_card(model_dir: Path, *, title: str, mode: str, teacher: str | None, data: list[dict[str, Any]],
+def write_model_card(model_dir: Path, *, title: str, mode: str, pipeline_tag: str, teacher: str | None,
+                     data: list[dict[str, Any]],
                      scores: dict[str, Any], config: dict[str, Any], architecture: dict[str, Any]) -> Path:
     """README.md naming the teacher, the data versions (id and name) and the scores."""
-    front = {"library_name": "transformers", "pipeline_tag": "text-classification",
+    front = {"library_name": "transformers", "pipeline_tag": pipeline_tag,
              "tags": ["distillery", "distillation" if teacher else "fine-tuned", "bert"]}
     if teacher:
         front["base_model"] = teacher
+    command, _, stage = mode.partition("-stage")
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", "",
-             f"Made by `distillery distill {mode}`.", ""]
+             f"Made by `distillery distill {command}`{f' (stage {stage})' if stage else ''}.", ""]
     if teacher:
         lines += [f"- **teacher**: `{teacher}`"]
     lines += [f"- **architecture**: {', '.join(f'{k}={v}' for k, v in architecture.items())}", "",

@@ -92,6 +92,12 @@ class DistillConfig(TrainConfig):
     cosine_weight: float = option(0.0, ge=0, help="DistilBERT: cosine loss on the last hidden states.")
     hard_weight: float = option(0.0, ge=0, help="Cross-entropy (MSE for regression) with the gold labels.")
     temperature: float = option(1.0, gt=0, help="Softmax temperature of soft cross-entropy and KL.")
+    objective: str = option("tinybert", choices=("tinybert", "distilbert"),
+                            help="General distillation: tinybert (the weights above) or distilbert (a masked-LM "
+                                 "teacher: KL on its MLM logits at the masked pieces x T^2 with --kl-weight, the "
+                                 "student's own MLM loss with --hard-weight, cosine on the last hidden states with "
+                                 "--cosine-weight; DistilBERT used 5, 2, 1 and T=2).")
+    mask_prob: float = option(0.15, gt=0, lt=1, help="distilbert: share of pieces masked (80/10/10).")
 
 
 @dataclass
@@ -106,6 +112,26 @@ class TaskDistillConfig(DistillConfig):
     logits_ref: str = option("", help="Stage 2 from a teacher-logits version (no teacher forward).")
     prediction_weight: float = option(1.0, ge=0, help="Stage 2: soft cross-entropy (MSE for regression) on "
                                                       "logits.")
+
+    def check(self) -> None:
+        super().check()
+        if self.objective != "tinybert":
+            raise ConfigError("objective", "task distillation uses the tinybert objective")
+
+
+@dataclass
+class MLMConfig(TrainConfig):
+    """Masked-LM training (domain-adaptive pre-training) of an encoder on a text version."""
+
+    model: str = option(MINILM, help="Encoder: folder, hub id or minilm; a masked-LM head tied to its input "
+                                     "embeddings is added when it has none.")
+    lr: float = option(3e-4, gt=0, help="Peak learning rate (AdamW).")
+    mask_prob: float = option(0.15, gt=0, lt=1, help="Share of pieces (or words) chosen per sentence; of those "
+                                                     "80% become [MASK], 10% a random piece, 10% stay.")
+    whole_word: bool = option(False, help="Choose whole words (all their pieces) instead of pieces.")
+    train_layers: int = option(0, ge=0, help="Train only the top N encoder layers and the head (0: all; the "
+                                             "embeddings, tied to the decoder, train only with 0).")
+    eval_rows: int = option(2000, ge=1, help="Held-out rows of --eval-ref scored at each evaluation.")
 
 
 @dataclass

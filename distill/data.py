@@ -99,8 +99,9 @@ class Collator:
         for row, ids, types in zip(rows, enc["input_ids"], enc["token_type_ids"]):
             row["input_ids"], row["token_type_ids"] = ids, types
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """Pad encoded rows to the longest one: a dict of NumPy arrays (see ``to_tensors``)."""
+    def __call__(self, rows: Sequence[dict[str, Any]], epoch: int = 0) -> dict[str, np.ndarray]:
+        """Pad encoded rows to the longest one: a dict of NumPy arrays (see ``to_tensors``). ``epoch`` is for
+        collators whose output changes with it (masking)."""
         width = max(len(r["input_ids"]) for r in rows)
         input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
         token_type_ids = np.zeros((len(rows), width), dtype=np.int64)
@@ -136,7 +137,7 @@ class ShardStream(IterableDataset):
     def __init__(self, shards: Sequence[str | Path], tokenizer: str | Path, *, batch_size: int,
                  max_seq_length: int = 128, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
                  group_batches: int = 50, label2id: dict[str, int] | None = None, regression: bool = False,
-                 rank: int = 0, world_size: int = 1, num_rows: int | None = None):
+                 rank: int = 0, world_size: int = 1, num_rows: int | None = None, collator: Collator | None = None):
         super().__init__()
         if batch_size < 1:
             raise DistilleryError(f"batch_size must be >= 1 (got {batch_size})")
@@ -148,7 +149,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = max(1, shuffle_buffer)
         self.group_batches = max(1, group_batches)
         self.rank, self.world_size = rank, world_size
-        self.collate = Collator(tokenizer, max_seq_length, label2id, regression)
+        self.collate = collator or Collator(tokenizer, max_seq_length, label2id, regression)
         self.num_rows = num_rows if num_rows is not None else sum(pq.ParquetFile(s).metadata.num_rows
                                                                   for s in self.shards)
         self.state = StreamState(seed=seed)
@@ -242,7 +243,7 @@ class ShardStream(IterableDataset):
             if k < position or k % self.world_size != self.rank:
                 continue
             if (k // self.world_size - first_local) % workers == worker:
-                batch = self.collate(rows)
+                batch = self.collate(rows, epoch)
                 # inside a worker, NumPy arrays travel to the main process far cheaper than tensors (which
                 # go through one shared-memory file each); make_loader turns them into tensors there
                 yield batch if info else to_tensors(batch)

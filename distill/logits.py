@@ -11,7 +11,7 @@ import torch
 
 from distill import models
 from distill.config import CacheLogitsConfig, TrainConfig
-from distill.data import LOGITS, Collator, to_tensors
+from distill.data import LABEL, LOGITS, Collator, to_tensors
 from distill.trainer import setup_runtime, to_device
 from pipelines.config import identity_dict, to_dict
 from pipelines.fingerprint import path_sha256
@@ -20,6 +20,7 @@ from pipelines.runner import Step, StepPlan, run_step
 from pipelines.store import Store, VersionWriter
 
 STEP = Step("teacher-logits", module=__name__, package="distill")
+AUG_COPY, SOURCE_ROW, AUG_MLM, AUG_VECTORS = "aug_copy", "source_row_id", "aug_mlm_words", "aug_vector_words"
 
 
 def plan_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, config: CacheLogitsConfig) -> StepPlan:
@@ -55,10 +56,61 @@ def _write(store: Store, parent: dict[str, Any], teacher_src: str, config: Cache
             bar.update(len(part))
         values = np.concatenate(logits) if logits else np.zeros((0, teacher.config.num_labels), np.float32)
         column = pa.array(list(values.astype(np.float32)), type=pa.list_(pa.float32()))
-        writer.write_chunk(index, table.append_column(LOGITS, column),
-                           accounting={"input_rows": table.num_rows, "kept": table.num_rows})
+        accounting = {"input_rows": table.num_rows, "kept": table.num_rows}
+        if AUG_COPY in table.column_names:
+            accounting["agreement"] = agreement_counts(table, values.argmax(-1), teacher.config.label2id)
+        writer.write_chunk(index, table.append_column(LOGITS, column), accounting=accounting)
     bar.close()
-    return {"teacher": teacher_src, "id2label": {str(k): v for k, v in teacher.config.id2label.items()}}
+    extra: dict[str, Any] = {"teacher": teacher_src,
+                             "id2label": {str(k): v for k, v in teacher.config.id2label.items()}}
+    records = [writer.chunk_record(i)["accounting"].get("agreement") for i in writer.committed_chunks()]
+    if any(records):
+        extra["agreement"] = agreement_summary([r for r in records if r])
+    return extra
+
+
+def agreement_counts(table: pa.Table, predicted: np.ndarray, label2id: dict[str, int]) -> dict[str, Any]:
+    """How often the teacher predicts, on an augmented copy, the label it predicts on the copy's original: over
+    all copies and per candidate source (copies that changed words with masked-LM candidates only, with
+    word-vector candidates only, or both); and its accuracy against the gold label on originals and copies."""
+    copy = np.asarray(table.column(AUG_COPY).to_numpy(zero_copy_only=False))
+    source = np.asarray(table.column(SOURCE_ROW).to_numpy(zero_copy_only=False))
+    original_of = {int(s): int(p) for s, p, c in zip(source, predicted, copy) if c == 0}
+    same = np.array([original_of.get(int(s), -1) == int(p) for s, p in zip(source, predicted)])
+    copies = copy > 0
+    groups = {"all": copies}
+    if {AUG_MLM, AUG_VECTORS} <= set(table.column_names):
+        mlm = np.asarray(table.column(AUG_MLM).to_numpy(zero_copy_only=False)) > 0
+        vectors = np.asarray(table.column(AUG_VECTORS).to_numpy(zero_copy_only=False)) > 0
+        groups.update(mlm_only=copies & mlm & ~vectors, vectors_only=copies & vectors & ~mlm,
+                      mixed=copies & mlm & vectors)
+    counts: dict[str, Any] = {name: {"copies": int(mask.sum()), "same_label": int((same & mask).sum())}
+                              for name, mask in groups.items()}
+    if LABEL in table.column_names:
+        gold = np.array([label2id.get(str(v), -1) for v in table.column(LABEL).to_pylist()])
+        right = gold == predicted
+        counts["gold"] = {"originals": int((~copies).sum()), "originals_right": int((right & ~copies).sum()),
+                          "copies": int(copies.sum()), "copies_right": int((right & copies).sum())}
+    return counts
+
+
+def agreement_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chunks' agreement counts added up, with the shares."""
+    total: dict[str, dict[str, int]] = {}
+    for record in records:
+        for group, counts in record.items():
+            for key, value in counts.items():
+                total.setdefault(group, {})[key] = total.get(group, {}).get(key, 0) + value
+    summary: dict[str, Any] = {}
+    for group, counts in total.items():
+        if group == "gold":
+            summary["teacher_accuracy"] = {
+                "originals": counts["originals_right"] / max(1, counts["originals"]),
+                "copies": counts["copies_right"] / max(1, counts["copies"])}
+        else:
+            summary[group] = {**counts, "share": round(counts["same_label"] / counts["copies"], 4)
+                              if counts["copies"] else None}
+    return summary
 
 
 def cache_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, config: CacheLogitsConfig | None = None,

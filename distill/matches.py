@@ -61,35 +61,6 @@ class Match:
         return asdict(self)
 
 
-def layer_mapping(student_layers: int, teacher_layers: int, strategy: str = "uniform",
-                  explicit: list[int] | None = None) -> list[int]:
-    """Teacher layer g(m) for each student layer m = 1..M (1-based; 0 would be the embeddings).
-
-    uniform: g(m) = m * N / M (rounded down); top: the last M teacher layers; bottom: the first M;
-    explicit: the given list.
-    """
-    m, n = student_layers, teacher_layers
-    if strategy == "uniform":
-        mapping = [k * n // m for k in range(1, m + 1)]
-    elif strategy == "top":
-        mapping = [n - m + k for k in range(1, m + 1)]
-    elif strategy == "bottom":
-        mapping = list(range(1, m + 1))
-    elif strategy == "explicit":
-        mapping = [int(x) for x in (explicit or [])]
-        if len(mapping) != m:
-            raise DistilleryError(f"explicit layer_map needs {m} teacher layers (one per student layer), "
-                                  f"got {mapping}")
-    else:
-        raise DistilleryError(f"unknown layer mapping '{strategy}' (uniform / top / bottom / explicit)")
-    if m > n and strategy != "explicit":
-        raise DistilleryError(f"student has more layers ({m}) than the teacher ({n}); use an explicit layer_map")
-    bad = [t for t in mapping if not 1 <= t <= n]
-    if bad:
-        raise DistilleryError(f"teacher layers {bad} outside 1..{n}")
-    return mapping
-
-
 def default_matches(mapping: list[int], *, embedding: float = 0.0, hidden: float = 0.0, attention: float = 0.0,
                     prediction: float = 0.0, kl: float = 0.0, cosine: float = 0.0, hard: float = 0.0,
                     temperature: float = 1.0, regression: bool = False) -> list[Match]:

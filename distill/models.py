@@ -14,10 +14,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, AutoConfig, AutoModel, AutoModelForSequenceClassification, BertConfig
+from transformers import (
+    AttentionInterface,
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+)
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from distill.config import MINILM
+from distill.config import MINILM, DistillConfig
 from pipelines.errors import DistilleryError
 from pipelines.progress import say
 from pipelines.resources import minilm_path
@@ -116,10 +123,31 @@ def load_classifier(path: str | Path, labels: dict[str, Any]) -> nn.Module:
     missing = list(info.get("missing_keys", []))
     head = [k for k in missing if k.startswith("classifier.")]
     if head:
-        say(f"{Path(path).name}: classifier initialised for {model.config.num_labels} labels")
+        say(f"{_display(path)}: classifier initialised for {model.config.num_labels} labels")
     if len(missing) > len(head):
-        say(f"{Path(path).name}: {len(missing) - len(head)} weight(s) not in the checkpoint were initialised "
+        say(f"{_display(path)}: {len(missing) - len(head)} weight(s) not in the checkpoint were initialised "
             f"randomly (e.g. {sorted(set(missing) - set(head))[0]})")
+    return model
+
+
+def _display(path: str | Path) -> str:
+    """A short readable name of a model folder (its last two path parts)."""
+    return "/".join(Path(path).parts[-2:])
+
+
+def load_masked_lm(path: str | Path) -> nn.Module:
+    """A masked LM to train: the checkpoint's own head, or a new one whose decoder is tied to the input
+    embeddings (said in one line)."""
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, tie_word_embeddings=True)
+    except (OSError, ValueError) as exc:
+        raise DistilleryError(f"cannot load '{path}' as a masked LM: {exc}") from None
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        raise DistilleryError(f"'{path}': the masked-LM decoder is not tied to the input embeddings")
+    missing = list(info.get("missing_keys", []))
+    if missing:
+        say(f"{_display(path)}: masked-LM head initialised ({len(missing)} tensors), decoder tied to the input "
+            f"embeddings")
     return model
 
 
@@ -156,13 +184,30 @@ def student_config(teacher_config: Any, preset: str, overrides: dict[str, int], 
 WIDTH_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size")
 
 
+def student_shape(cfg: DistillConfig) -> dict[str, int]:
+    """The student shape a distillation config asks for (0: the preset's)."""
+    return {"num_hidden_layers": cfg.student_layers, "hidden_size": cfg.student_hidden,
+            "num_attention_heads": cfg.student_heads, "intermediate_size": cfg.student_intermediate}
+
+
+def build_student(cfg: DistillConfig, student: str, teacher: nn.Module | None, teacher_config: Any,
+                  labels: dict[str, Any], head: str) -> nn.Module:
+    """The student of a distillation run (``head``: classifier, none or mlm), initialised from the teacher's
+    embeddings and mapped layers when ``cfg.student_init`` is teacher and the student is a preset."""
+    init_from = None
+    if cfg.student_init == "teacher" and student in PRESETS:
+        layers = cfg.student_layers or PRESETS[student].get("num_hidden_layers", 0)
+        init_from = (teacher, layer_mapping(layers, num_layers(teacher_config), cfg.mapping, cfg.layer_map))
+    return load_student(student, teacher_config, student_shape(cfg), labels, head, cfg.seed, init_from)
+
+
 def load_student(student: str, teacher_config: Any, overrides: dict[str, int], labels: dict[str, Any],
-                 with_head: bool, seed: int, init_from: tuple[nn.Module, list[int]] | None = None) -> nn.Module:
+                 head: str, seed: int, init_from: tuple[nn.Module, list[int]] | None = None) -> nn.Module:
     """A student from a saved model (path / hub id) or from a preset: randomly initialised, or, with
     ``init_from=(teacher, mapping)``, of the teacher's width with its embeddings and layers g(m) copied
     (DistilBERT-style initialisation; the preset then only gives the number of layers, and an explicit
     ``intermediate_size`` below the teacher's keeps each copied layer's most important feed-forward neurons)."""
-    cls = AutoModelForSequenceClassification if with_head else AutoModel
+    cls = {"classifier": AutoModelForSequenceClassification, "none": AutoModel, "mlm": AutoModelForMaskedLM}[head]
     if student in PRESETS:
         if init_from is not None:
             overrides = {**overrides, **teacher_width(teacher_config, overrides)}
@@ -215,7 +260,8 @@ def copy_layer(target: nn.Module, source: nn.Module) -> None:
 
 
 def copy_teacher_layers(student: nn.Module, teacher: nn.Module, mapping: list[int]) -> None:
-    """Copy embeddings, layer g(m) -> student layer m, the pooler and (same labels) the classifier."""
+    """Copy embeddings, layer g(m) -> student layer m, the pooler, the masked-LM head and (same labels) the
+    classifier."""
     if len(mapping) != num_layers(student):
         raise DistilleryError(f"layer map {mapping} does not fit a {num_layers(student)}-layer student")
     s, t = student.base_model, teacher.base_model
@@ -227,6 +273,37 @@ def copy_teacher_layers(student: nn.Module, teacher: nn.Module, mapping: list[in
     head_s, head_t = getattr(student, "classifier", None), getattr(teacher, "classifier", None)
     if head_s is not None and head_t is not None and head_s.weight.shape == head_t.weight.shape:
         head_s.load_state_dict(head_t.state_dict())
+    if getattr(student, "cls", None) is not None and getattr(teacher, "cls", None) is not None:
+        student.cls.load_state_dict(teacher.cls.state_dict())      # its decoder is tied to the copied embeddings
+
+
+def layer_mapping(student_layers: int, teacher_layers: int, strategy: str = "uniform",
+                  explicit: list[int] | None = None) -> list[int]:
+    """Teacher layer g(m) for each student layer m = 1..M (1-based; 0 would be the embeddings).
+
+    uniform: g(m) = m * N / M (rounded down); top: the last M teacher layers; bottom: the first M;
+    explicit: the given list.
+    """
+    m, n = student_layers, teacher_layers
+    if strategy == "uniform":
+        mapping = [k * n // m for k in range(1, m + 1)]
+    elif strategy == "top":
+        mapping = [n - m + k for k in range(1, m + 1)]
+    elif strategy == "bottom":
+        mapping = list(range(1, m + 1))
+    elif strategy == "explicit":
+        mapping = [int(x) for x in (explicit or [])]
+        if len(mapping) != m:
+            raise DistilleryError(f"explicit layer_map needs {m} teacher layers (one per student layer), "
+                                  f"got {mapping}")
+    else:
+        raise DistilleryError(f"unknown layer mapping '{strategy}' (uniform / top / bottom / explicit)")
+    if m > n and strategy != "explicit":
+        raise DistilleryError(f"student has more layers ({m}) than the teacher ({n}); use an explicit layer_map")
+    bad = [t for t in mapping if not 1 <= t <= n]
+    if bad:
+        raise DistilleryError(f"teacher layers {bad} outside 1..{n}")
+    return mapping
 
 
 def num_layers(model_or_config: Any) -> int:

@@ -1,4 +1,5 @@
-"""Run folders: a finished run is recorded last (``finished.json``) and reused, never trained twice.
+"""Run folders: a finished run is recorded last (``finished.json``) and reused, never trained twice; saving a
+run's model with its card and scores.
 
 A run folder holds ``config.json``, ``metrics.jsonl``, ``loss.png``, ``checkpoints/`` and the saved model, whose
 ``scores.json`` (beside its model card) holds the last evaluation. ``finished.json`` names the model and the
@@ -13,9 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+from transformers import AutoTokenizer
+
+from distill.card import write_model_card
+from distill.config import TrainConfig
+from distill.plots import plot_metrics
+from distill.trainer import Trainer
 from pipelines.atomic import write_json_atomic
+from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
 from pipelines.fingerprint import canonical_json
+from pipelines.store import Store
 
 FINISHED = "finished.json"
 SCORES = "scores.json"
@@ -67,3 +77,45 @@ def reuse_or_train(run_dir: Path, identity: dict[str, Any], train: Callable[[], 
     model = train()
     write_json_atomic(marker, {"run": identity, "model": Path(os.path.relpath(model, run_dir)).as_posix()})
     return TrainedModel(model, read_scores(model))
+
+
+def data_records(store: Store, train_ref: str, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The training (and evaluation) versions of a run, for its model card."""
+    records = []
+    for role, ref in (("train", train_ref), ("eval", cfg.eval_ref)):
+        if ref:
+            m = store.manifest(ref)
+            records.append({"role": role, "version_id": m["version_id"], "name": m["name"],
+                            "num_rows": m["num_rows"]})
+    return records
+
+
+def save_model(model: nn.Module, tokenizer_src: str | Path, out: Path, *, title: str, mode: str,
+               teacher: str | None, data: list[dict[str, Any]], scores: dict[str, Any], cfg: TrainConfig) -> Path:
+    """save_pretrained (safetensors) + tokenizer + model card + scores.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.set_attn_implementation("sdpa")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(out)
+    c = model.config
+    arch = {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
+            "intermediate": c.intermediate_size, "parameters": sum(p.numel() for p in model.parameters())}
+    scores = {k: v for k, v in scores.items() if k != "step"}
+    tag = "fill-mask" if type(model).__name__.endswith("ForMaskedLM") else "text-classification"
+    write_model_card(out, title=title, mode=mode, pipeline_tag=tag, teacher=teacher, data=data, scores=scores,
+                     config=to_dict(cfg), architecture=arch)
+    write_scores(out, scores)
+    return out
+
+
+def finish_run(trainer: Trainer, title: str) -> None:
+    """The run's loss plot (main process)."""
+    if trainer.runtime.is_main:
+        plot_metrics(trainer.metrics_path, trainer.output_dir / "loss.png", title)
+
+
+# ---- fine-tuning -------------------------------------------------------------------------------------
+def run_identity(store: Store, mode: str, cfg: TrainConfig, train_ref: str, **models_used: str) -> dict[str, Any]:
+    """What makes a finished run reusable: its mode, config (runtime options aside), data and models."""
+    return {"mode": mode, "config": identity_dict(cfg), "train_version": store.resolve(train_ref),
+            "eval_version": store.resolve(cfg.eval_ref) if cfg.eval_ref else None, **models_used}

@@ -49,6 +49,19 @@ def report_step(result: StepResult, store: Store) -> None:
         click.secho(f"WARNING {warning}", fg="yellow", err=True)
 
 
+def report_agreement(agreement: dict[str, Any]) -> None:
+    """The teacher's label agreement between copies and their originals, per candidate source."""
+    click.echo("agreement (teacher's label on a copy = its label on the original):")
+    for group in ("all", "mlm_only", "vectors_only", "mixed"):
+        if group in agreement and agreement[group]["copies"]:
+            counts = agreement[group]
+            click.echo(f"  {group:<13} {100 * counts['share']:5.1f}%  of {counts['copies']} copies")
+    accuracy = agreement.get("teacher_accuracy")
+    if accuracy:
+        click.echo(f"  teacher accuracy on the gold labels: originals {100 * accuracy['originals']:.1f}%, "
+                   f"copies {100 * accuracy['copies']:.1f}%")
+
+
 def report_trained(model: TrainedModel, what: str) -> None:
     """The same summary for every training run: status, the model folder, its scores."""
     status = "up to date (the run folder already holds this finished run)" if model.up_to_date else "trained"

@@ -1,30 +1,46 @@
-"""Smoke test of the TinyBERT ablation recipe (`bench/quality_bench.py --quick`): every stage runs end to end."""
+"""Smoke test of the TinyBERT ablation recipe (`bench/quality_bench.py --quick`): every stage runs end to end,
+under both schedules, and the recipe reads a non-default dataset."""
 from __future__ import annotations
 
 import json
 
-from distillery.demo import REPO_ROOT
-from distillery.recipes.ablation import VARIANTS, load_experiment, run_experiment
+from distillery.demo import REPO_ROOT, SAMPLE_DIR
+from distillery.recipes.ablation import MLM_VARIANT, VARIANTS, load_experiment, run_experiment
+
+QUICK = REPO_ROOT / "configs" / "ablation_quick.toml"
 
 
 def test_quick_ablation_runs_every_student_and_writes_the_report(store, tmp_path):
-    cfgs = load_experiment(REPO_ROOT / "configs" / "ablation_quick.toml")
+    cfgs = load_experiment(QUICK)
     out = tmp_path / "ablation"
     results = run_experiment(store, cfgs, out)
 
-    assert list(results["table"]) == ["teacher", *VARIANTS]
-    teacher = results["table"]["teacher"]
-    for name, row in results["table"].items():
-        assert 0.0 <= row["accuracy"]["mean"] <= 1.0 and row["accuracy"]["n"] == 1
-        assert row["latency_ms_batch1"] > 0 and row["latency_ms_batch32"] > 0
-        if name != "teacher":
-            assert row["non_embedding_parameters"] < teacher["non_embedding_parameters"]
-    assert {r["rows"] for k, r in results["data"].items() if k != "unlabelled"} == {4000, 1000}
-    assert results["augmentation"]["rows"] > 4000          # originals plus augmented copies
-    assert json.loads((out / "results.json").read_text())["table"].keys() == results["table"].keys()
+    assert list(results["schedules"]) == ["equal-steps", "equal-epochs"]
+    for part in results["schedules"].values():
+        table = part["table"]
+        assert set(table) == {"teacher", *VARIANTS, MLM_VARIANT}
+        teacher = table["teacher"]
+        for name, row in table.items():
+            assert 0.0 <= row["accuracy"]["mean"] <= 1.0 and row["accuracy"]["n"] == 1
+            assert row["latency_ms_batch1"] > 0 and row["latency_ms_batch32"] > 0
+            if name != "teacher":
+                assert row["non_embedding_parameters"] < teacher["non_embedding_parameters"]
+    steps, epochs = (results["schedules"][s]["table"] for s in ("equal-steps", "equal-epochs"))
+    assert steps["task"]["runs"] == epochs["task"]["runs"]            # the original split: one run, both schedules
+    assert steps["task-aug"]["runs"] != epochs["task-aug"]["runs"]
+    aug_steps = json.loads((out / "task-aug-epochs-seed1" / "stage1" / "config.json").read_text())["steps"]
+    assert aug_steps > json.loads((out / "task-seed1" / "stage1" / "config.json").read_text())["steps"]
+    assert {r["rows"] for k, r in results["data"].items() if k != "unlabelled"} == {1000}
+    assert {"recall_at_1", "recall_at_15", "perplexity"} <= set(results["mlm"]["scores"])
+    vectors, mlm = results["augmentation"]["task-aug"], results["augmentation"][MLM_VARIANT]
+    assert vectors["rows"] > 1000 and mlm["counts"]["mlm_replacements"] > 0 == vectors["counts"]["mlm_replacements"]
+    assert 0 <= mlm["agreement"]["mlm_only"]["share"] <= 1 and vectors["agreement"]["vectors_only"]["copies"] > 0
+    assert json.loads((out / "results.json").read_text())["schedules"].keys() == results["schedules"].keys()
     card = (out / "README.md").read_text()
-    assert card.startswith("---\n") and "| general+task-aug |" in card
-    assert (out / "stage_losses.png").stat().st_size > 0 and (out / "dev_accuracy.png").stat().st_size > 0
+    assert card.startswith("---\n") and "| general+task-aug |" in card and "## Results: equal-epochs" in card
+    assert "## The domain masked LM" in card and "mlm_only" not in card and "MLM only" in card
+    assert all((out / f"{kind}-{s}.png").stat().st_size > 0 for kind in ("stage_losses", "dev_accuracy")
+               for s in ("equal-steps", "equal-epochs"))
 
     # Finished stages are reused: a second run trains nothing.
     models = sorted(out.glob("*/model/model.safetensors"))
@@ -33,7 +49,49 @@ def test_quick_ablation_runs_every_student_and_writes_the_report(store, tmp_path
     assert [m.stat().st_mtime_ns for m in sorted(out.glob("*/model/model.safetensors"))] == stamps
     assert again["wall_clock_seconds"] == results["wall_clock_seconds"]      # reused steps keep their times
     stages = results["wall_clock_seconds"]["stages"]
-    assert stages["preprocess"]["runs"] == 4 and stages["direct"]["runs"] == 1
-    assert {"teacher", "augment", "general", "task", "task-aug", "general+task-aug"} <= stages.keys()
-    assert all(v["seconds"] > 0 for k, v in stages.items() if k != "preprocess")
-    assert again["table"]["task-aug"]["accuracy"] == results["table"]["task-aug"]["accuracy"]
+    assert stages["preprocess"]["runs"] == 5 and stages["direct"]["runs"] == 1
+    assert {"teacher", "mlm", "augment", "augment-mlm", "agreement", "general", "task", "task-aug",
+            "task-aug-epochs", "general+task-aug"} <= stages.keys()
+    assert again["schedules"]["equal-epochs"]["table"]["task-aug"]["accuracy"] == \
+        results["schedules"]["equal-epochs"]["table"]["task-aug"]["accuracy"]
+
+
+def other_dataset(tmp_path):
+    """A labelled dataset in CSV files with other column names, plus unlabelled text, and a config for it."""
+    rows = [json.loads(line) for line in (SAMPLE_DIR / "train.jsonl").read_text().splitlines()][:300]
+    paths = {}
+    for split, part in (("train", rows[:200]), ("dev", rows[200:250]), ("test", rows[250:])):
+        paths[split] = tmp_path / f"{split}.csv"
+        paths[split].write_text("gloss,sense\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in part))
+    paths["unlabelled"] = tmp_path / "more.txt"
+    paths["unlabelled"].write_text("".join(r["text"] + "\n" for r in rows[:100]))
+    toml = tmp_path / "mine.toml"
+    toml.write_text(QUICK.read_text().replace('label_column = "label"',
+                                              'label_column = "sense"\ntext_column = "gloss"'))
+    return paths, toml
+
+
+def test_the_recipe_runs_on_other_labelled_files(store, tmp_path):
+    paths, toml = other_dataset(tmp_path)
+    cfgs = load_experiment(toml, {**{k: str(v) for k, v in paths.items()}, "name_prefix": "mine", "mlm": "none",
+                                  "compute": ("equal-steps",)})
+    results = run_experiment(store, cfgs, tmp_path / "out")
+    assert {k: v["rows"] for k, v in results["data"].items()} == {"train": 200, "dev": 50, "test": 50,
+                                                                   "unlabelled": 100}
+    table = results["schedules"]["equal-steps"]["table"]
+    assert table["task"]["accuracy"]["n"] == 1 and MLM_VARIANT not in table and results["mlm"] is None
+
+
+def test_the_recipe_takes_versions_as_its_data(store, tmp_path):
+    from distillery.recipes.ablation import Clock, Experiment, prepare_data
+    from pipelines.preprocess import PreprocessConfig, preprocess
+
+    paths, toml = other_dataset(tmp_path)
+    cfgs = load_experiment(toml)
+    refs = {split: preprocess(store, [path], cfgs.preprocess if split != "unlabelled" else PreprocessConfig(),
+                              name=f"mine-{split}")["version_id"] for split, path in paths.items()}
+    cfgs = load_experiment(toml, {"train": "mine-train", "dev": refs["dev"][:16], "test": "mine-test@latest",
+                                  "unlabelled": "mine-unlabelled"})
+    x = Experiment(store, cfgs, tmp_path / "out", Clock(tmp_path / "clock.json"))
+    prepare_data(x)
+    assert x.names == refs

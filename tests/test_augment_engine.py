@@ -60,6 +60,12 @@ def test_output_layout_and_record(store, make_version, tiny_mlm_dir, glove_txt):
     assert counts["eligible_words"] == counts["mlm_words"] + counts["vector_words"] > 0
     assert counts["mlm_words"] > 0 and counts["vector_words"] > 0 and counts["replacements"] > 0
     assert counts["output_rows"] == len(table) and manifest["accounting"]["input_rows"] == 40
+    # per copy, the words changed with each candidate source; originals changed none
+    assert all(r["aug_mlm_words"] == r["aug_vector_words"] == 0 for r in originals)
+    copies = [r for r in table if r["aug_copy"] > 0]
+    assert all(r["aug_mlm_words"] + r["aug_vector_words"] >= 1 for r in copies)
+    assert sum(r["aug_mlm_words"] for r in copies) == counts["mlm_replacements"] > 0
+    assert sum(r["aug_mlm_words"] + r["aug_vector_words"] for r in copies) == counts["replacements"]
     assert manifest["config"]["num_aug"] == 6 and manifest["config"]["mlm_sha256"]
     assert manifest["extra"]["models"]["mlm"]["weights"] and manifest["extra"]["models"]["vectors"]["sha256"]
     assert "mlm_batch_size" not in json.dumps(manifest["extra"]["options"])
@@ -167,6 +173,8 @@ def test_mlm_none_uses_vectors_and_is_recorded(store, make_version, glove_txt):
     counts = manifest["extra"]["counts"]
     assert manifest["extra"]["models"]["mlm"] == "none" and manifest["extra"]["warnings"]
     assert counts["mlm_words"] == 0 and counts["vector_words"] == counts["eligible_words"] > 0
+    assert counts["mlm_replacements"] == 0
+    assert sum(store.read_table("none-aug").column("aug_mlm_words").to_pylist()) == 0
     assert manifest["config"]["tokenizer_sha256"]
 
 
@@ -217,3 +225,40 @@ def test_cli_reads_the_augment_table_of_a_config_file(store, make_version, tiny_
     recorded = store.manifest("cli-aug")["config"]
     assert recorded["num_aug"] == 4 and recorded["input_mode"] == "single" and recorded["output_form"] == "reference"
     assert "cli-aug" in result.output or store.resolve("cli-aug") in result.output
+
+
+def test_agreement_of_the_teacher_on_copies_per_candidate_source(store, make_version, tiny_mlm_dir, glove_txt,
+                                                                  tiny_bert_factory):
+    import numpy as np
+
+    rows = sample_rows(30)
+    labels = sorted({r["label"] for r in rows})
+    teacher = tiny_bert_factory(layers=1, hidden=16, heads=2, num_labels=len(labels))
+    from transformers import AutoConfig
+
+    config_ = AutoConfig.from_pretrained(teacher)
+    config_.id2label, config_.label2id = dict(enumerate(labels)), {v: i for i, v in enumerate(labels)}
+    config_.save_pretrained(teacher)
+    make_version(store, rows, name="src", chunk_rows=10)
+    augment_version(store, "src", config(tiny_mlm_dir, glove_txt, num_aug=4), name="aug")
+    result = CliRunner().invoke(cli, ["--store", str(store.root), "distill", "agreement", "aug", str(teacher),
+                                      "--name", "aug-logits"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "teacher-logits: written" in result.stdout and "mlm_only" in result.stdout
+    table = store.read_table("aug-logits").to_pylist()
+    predicted = {i: int(np.argmax(r["teacher_logits"])) for i, r in enumerate(table)}
+    original = {r["source_row_id"]: predicted[i] for i, r in enumerate(table) if r["aug_copy"] == 0}
+    copies = [(r, predicted[i]) for i, r in enumerate(table) if r["aug_copy"] > 0]
+    agreement = store.manifest("aug-logits")["extra"]["agreement"]
+    for group, keep in (("all", lambda r: True), ("mlm_only", lambda r: r["aug_vector_words"] == 0),
+                        ("vectors_only", lambda r: r["aug_mlm_words"] == 0),
+                        ("mixed", lambda r: r["aug_mlm_words"] and r["aug_vector_words"])):
+        chosen = [(r, p) for r, p in copies if keep(r)]
+        same = sum(p == original[r["source_row_id"]] for r, p in chosen)
+        assert agreement[group]["copies"] == len(chosen) and agreement[group]["same_label"] == same
+    assert agreement["mlm_only"]["copies"] > 0
+    assert sum(agreement[g]["copies"] for g in ("mlm_only", "vectors_only", "mixed")) == agreement["all"]["copies"]
+    right = [predicted[i] == labels.index(r["label"]) for i, r in enumerate(table) if r["aug_copy"] == 0]
+    assert agreement["teacher_accuracy"]["originals"] == pytest.approx(sum(right) / len(right))
+    not_augmented = CliRunner().invoke(cli, ["--store", str(store.root), "distill", "agreement", "src", str(teacher)])
+    assert not_augmented.exit_code == 1 and "not an augmented version" in str(not_augmented.exception)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from distill import losses
-from distill.matches import Match, MatchSet, default_matches, layer_mapping
-from distill.models import Features
+from distill.matches import Match, MatchSet, default_matches
+from distill.models import Features, layer_mapping
 from pipelines.errors import DistilleryError
 
 

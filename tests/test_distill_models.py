@@ -63,13 +63,13 @@ def test_student_presets_and_custom_shapes(tiny_bert_factory):
     with pytest.raises(DistilleryError, match="multiple"):
         student_config(teacher, "tinybert-4", {"hidden_size": 100}, {})
     shape = {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
-    a = load_student("custom", teacher, shape, {"num_labels": 3}, True, seed=5)
-    b = load_student("custom", teacher, shape, {"num_labels": 3}, True, seed=5)
+    a = load_student("custom", teacher, shape, {"num_labels": 3}, "classifier", seed=5)
+    b = load_student("custom", teacher, shape, {"num_labels": 3}, "classifier", seed=5)
     assert a.config.num_labels == 3
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)       # seeded initialisation
     with pytest.raises(DistilleryError, match="cannot load student"):
-        load_student("/nonexistent/student", teacher, {}, {}, False, 0)
+        load_student("/nonexistent/student", teacher, {}, {}, "none", 0)
 
 
 def test_teacher_initialised_student_with_a_narrower_feed_forward(tiny_bert_factory):
@@ -77,7 +77,7 @@ def test_teacher_initialised_student_with_a_narrower_feed_forward(tiny_bert_fact
     t_layer = teacher.encoder.layer[3]
     width = t_layer.intermediate.dense.out_features
     student = load_student("custom", teacher.config, {"num_hidden_layers": 2, "intermediate_size": width // 2}, {},
-                           False, seed=0, init_from=(teacher, [2, 4]))
+                           "none", seed=0, init_from=(teacher, [2, 4]))
     assert (student.config.hidden_size, student.config.intermediate_size) == (32, width // 2)
     s_layer = student.encoder.layer[1]
     importance = t_layer.intermediate.dense.weight.norm(dim=1) * t_layer.output.dense.weight.norm(dim=0)
@@ -87,11 +87,11 @@ def test_teacher_initialised_student_with_a_narrower_feed_forward(tiny_bert_fact
     torch.testing.assert_close(s_layer.output.dense.weight, t_layer.output.dense.weight[:, keep])
     torch.testing.assert_close(s_layer.attention.self.query.weight, t_layer.attention.self.query.weight)
     # keeping every neuron reproduces the teacher's layer exactly
-    full = load_student("custom", teacher.config, {"num_hidden_layers": 2}, {}, False, 0, init_from=(teacher, [2, 4]))
+    full = load_student("custom", teacher.config, {"num_hidden_layers": 2}, {}, "none", 0, init_from=(teacher, [2, 4]))
     torch.testing.assert_close(full.encoder.layer[1].output.dense.weight, t_layer.output.dense.weight)
     with pytest.raises(DistilleryError, match="keeps its hidden_size"):
-        load_student("custom", teacher.config, {"num_hidden_layers": 2, "hidden_size": 16}, {}, False, 0,
+        load_student("custom", teacher.config, {"num_hidden_layers": 2, "hidden_size": 16}, {}, "none", 0,
                      init_from=(teacher, [2, 4]))
     with pytest.raises(DistilleryError, match="only intermediate_size may be smaller"):
-        load_student("custom", teacher.config, {"num_hidden_layers": 2, "intermediate_size": 2 * width}, {}, False, 0,
+        load_student("custom", teacher.config, {"num_hidden_layers": 2, "intermediate_size": 2 * width}, {}, "none", 0,
                      init_from=(teacher, [2, 4]))

@@ -5,14 +5,23 @@ file) and one flag per field that overrides the file.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
-from distill.config import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, TaskDistillConfig
+from distill.config import (
+    CacheLogitsConfig,
+    DistillConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    MLMConfig,
+    TaskDistillConfig,
+)
 from distillery.cli.options import build_config, config_options
 from distillery.cli.shared import current_store, name_option, resume_option
-from distillery.present import echo_json, report_step, report_trained
+from distillery.present import echo_json, report_agreement, report_step, report_trained
+from pipelines.errors import DistilleryError
 from pipelines.runner import run_step
 
 output_option = click.option("--output", "output", required=True, type=click.Path(file_okay=False),
@@ -25,27 +34,31 @@ def distill_group() -> None:
 
 
 def _training_command(name: str, cls: type, train: str, doc: str) -> click.Command:
-    """A training command: TRAIN_REF, --output, --resume and the flags of ``cls``; calls ``distill.api.<train>``."""
+    """A training command: TRAIN_REF, --output, --resume and the flags of ``cls``; calls ``train``
+    ("module:function", imported when the command runs so that --help stays fast)."""
     @click.argument("train_ref")
     @output_option
     @resume_option
     @config_options(cls)
     def command(train_ref: str, output: str, resume: bool, config_path: str | None, **flags: Any) -> None:
-        from distill import api
-
+        module, function = train.split(":")
         cfg = build_config(cls, name, config_path, flags)
-        report_trained(getattr(api, train)(current_store(), train_ref, cfg, output, resume=resume), name)
+        run = getattr(importlib.import_module(module), function)
+        report_trained(run(current_store(), train_ref, cfg, output, resume=resume), name)
 
     return distill_group.command(name, help=doc)(command)
 
 
-_training_command("finetune", FinetuneConfig, "finetune",
+_training_command("finetune", FinetuneConfig, "distill.api:finetune",
                   "Fine-tune a pre-trained encoder (--model) on the labelled version TRAIN_REF (gives a task teacher).")
-_training_command("general", DistillConfig, "general_distill",
+_training_command("general", DistillConfig, "distill.api:general_distill",
                   "General distillation (embedding, hidden, attention losses) on the text version TRAIN_REF.")
-_training_command("task", TaskDistillConfig, "task_distill",
+_training_command("task", TaskDistillConfig, "distill.api:task_distill",
                   "Task distillation on TRAIN_REF (usually augmented): stage 1 intermediate layers, stage 2 prediction "
                   "layer.")
+_training_command("mlm", MLMConfig, "distillery.compose:train_augmentation_mlm",
+                  "Masked-LM training of an encoder (--model) on the text version TRAIN_REF, for `augment --mlm`: "
+                  "evaluations on --eval-ref report perplexity and the augmentation's candidate recall.")
 
 
 @distill_group.command("evaluate")
@@ -74,3 +87,24 @@ def cache_logits_command(ref: str, teacher_dir: str, name: str | None, resume: b
     cfg = build_config(CacheLogitsConfig, "cache_logits", config_path, flags)
     store = current_store()
     report_step(run_step(store, plan_teacher_logits(store, ref, teacher_dir, cfg), name, resume), store)
+
+
+@distill_group.command("agreement")
+@click.argument("ref")
+@click.argument("teacher_dir", type=click.Path(exists=True, file_okay=False))
+@name_option
+@resume_option
+@config_options(CacheLogitsConfig)
+def agreement_command(ref: str, teacher_dir: str, name: str | None, resume: bool, config_path: str | None,
+                      **flags: Any) -> None:
+    """How often the teacher TEACHER_DIR predicts, on the augmented copies of REF, the label it predicts on their
+    originals, per candidate source. Writes (or reuses) REF's teacher-logits version, whose card records it."""
+    from distill.logits import plan_teacher_logits
+
+    cfg = build_config(CacheLogitsConfig, "cache_logits", config_path, flags)
+    store = current_store()
+    if "aug_copy" not in {f["name"] for f in store.manifest(ref)["schema"]}:
+        raise DistilleryError(f"{ref} is not an augmented version (no aug_copy column)")
+    result = run_step(store, plan_teacher_logits(store, ref, teacher_dir, cfg), name, resume)
+    report_step(result, store)
+    report_agreement(result.manifest["extra"]["agreement"])

@@ -1,16 +1,21 @@
-"""The TinyBERT ablation recipe on real data: teacher, then students with and without augmentation.
+"""The TinyBERT ablation recipe on any labelled data: teacher, then students with and without augmentation.
 
-Students (same shape for every row, several seeds each):
+Students (same shape for every row, several seeds each, one initial student per seed):
 
 1. ``direct``: fine-tuned on the labels, no teacher;
 2. ``task``: task-distilled (stage 1 intermediate layers, stage 2 prediction layer) on the original split;
-3. ``task-aug``: task-distilled on the augmented split;
+3. ``task-aug``: task-distilled on the split augmented with word-vector candidates only;
 4. ``general+task-aug``: general distillation on the unlabelled text first, then as 3;
-5. ``task-aug-mlm`` (only when ``mlm`` names a masked LM): as 3 with the full MLM + GloVe augmentation.
+5. ``task-aug-mlm``: as 3 on the split augmented TinyBERT's way: masked-LM candidates for one-piece words (from
+   the domain masked LM the recipe trains on the unlabelled text and the training split, never dev or test, or
+   ``mlm`` given as a model), word-vector candidates for the rest.
 
-Everything goes through the same runner and training API the CLI uses, so the run folders hold the usual
-metrics, plots and model cards. Finished steps are reused, so an interrupted experiment continues where it
-stopped. The experiment is a list of named stages (``STAGES``), each a function of the ``Experiment`` state.
+Each runs under the compute schedules asked for: ``equal-steps`` (every student the same optimizer steps) and
+``equal-epochs`` (TinyBERT's setting: every student as many epochs per stage as ``task`` has on the original
+split, so augmented students take more steps). The data (train, dev, test, unlabelled) are files of any format
+``preprocess`` reads or version refs; the bundled WordNet sample is the default. Everything goes through the
+same runner and training API as the CLI; finished work is reused, so an interrupted experiment continues where
+it stopped. The experiment is a list of named stages (``STAGES``), each a function of the ``Experiment`` state.
 """
 from __future__ import annotations
 
@@ -28,22 +33,25 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from augment import AugmentConfig, plan_augment
-from distill import DistillConfig, FinetuneConfig, TaskDistillConfig
+from distill import CacheLogitsConfig, DistillConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
 from distill.api import evaluate, finetune, general_distill, task_distill
-from distill.matches import layer_mapping
+from distill.logits import plan_teacher_logits
+from distill.models import layer_mapping, load_student, load_teacher, num_layers, resolve_model
 from distill.models import load_config as load_model_config
-from distill.models import load_student, load_teacher, num_layers, resolve_model
+from distill.runs import TrainedModel
+from distillery.compose import train_augmentation_mlm
 from distillery.demo import SAMPLE_DIR, WORDNET_LICENCE
 from distillery.recipes.ablation_report import write_report
-from pipelines.config import Options, load_config, option, to_dict
+from pipelines.config import ConfigError, Options, load_config, option, to_dict
 from pipelines.preprocess import PreprocessConfig, plan_preprocess
 from pipelines.runner import run_step
 from pipelines.store import Store
 
 VARIANTS = ("direct", "task", "task-aug", "general+task-aug")
 MLM_VARIANT = "task-aug-mlm"
-SECTIONS = ("preprocess", "augment", "teacher", "direct", "general", "task")
+SECTIONS = ("preprocess", "augment", "mlm", "teacher", "direct", "general", "task")
 SPLITS = ("train", "dev", "test", "unlabelled")
+SCHEDULES = ("equal-steps", "equal-epochs")
 T = TypeVar("T")
 
 
@@ -59,13 +67,28 @@ class ExperimentConfig(Options):
     student_init: str = option("random", choices=("random", "teacher"),
                                help="teacher: every student starts from the pre-trained encoder's embeddings and "
                                     "layers g(m) (one initial student per seed, shared).")
-    mlm: str = option("none", help="A masked LM (hub id / path) adds variant 5; none skips it.")
+    train: str = option(str(SAMPLE_DIR / "train.jsonl"), help="Labelled training data: a file or folder preprocess "
+                                                                "reads, or a version ref.")
+    dev: str = option(str(SAMPLE_DIR / "dev.jsonl"), help="Labelled dev data (evaluation during training).")
+    test: str = option(str(SAMPLE_DIR / "test.jsonl"), help="Labelled test data (the reported scores).")
+    unlabelled: str = option(str(SAMPLE_DIR / "unlabelled.txt"), help="Unlabelled text (general distillation and "
+                                                                       "the domain masked LM).")
+    mlm: str = option("domain", help="Variant 5's masked LM: domain (trained here, [mlm] section), a model folder / "
+                                     "hub id, or none (no variant 5).")
+    compute: tuple[str, ...] = option(("equal-steps",), help="Schedules: equal-steps and / or equal-epochs.")
     name_prefix: str = option("ablation", help="Dataset names: <prefix>-train, <prefix>-train-aug, ...")
     latency_sentences: int = option(256, ge=1, help="Test sentences timed at batch 1 and batch 32.")
     eval_every: int = option(0, ge=0, help="Dev evaluation every N steps (0 = at the end of each run).")
     stage1_steps: int = option(0, ge=0, help="> 0: every task distillation runs this many stage-1 steps ...")
     stage2_steps: int = option(0, ge=0, help="... and stage-2 steps whatever its data's size (equal compute per "
                                              "student); with both set, the direct student runs their sum.")
+
+    def check(self) -> None:
+        unknown = [c for c in self.compute if c not in SCHEDULES]
+        if unknown or not self.compute:
+            raise ConfigError("compute", f"{unknown or 'nothing'}: choose from {', '.join(SCHEDULES)}")
+        if "equal-epochs" in self.compute and not (self.stage1_steps and self.stage2_steps):
+            raise ConfigError("compute", "equal-epochs derives its epochs from stage1_steps and stage2_steps")
 
 
 @dataclass
@@ -75,6 +98,7 @@ class StepConfigs:
     experiment: ExperimentConfig
     preprocess: PreprocessConfig
     augment: AugmentConfig
+    mlm: MLMConfig
     teacher: FinetuneConfig
     direct: FinetuneConfig
     general: DistillConfig
@@ -82,11 +106,19 @@ class StepConfigs:
 
 
 def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> StepConfigs:
-    """Read ``[experiment]`` and one section per step from a TOML file."""
+    """Read ``[experiment]`` and one section per step from a TOML file. Data paths are taken relative to the
+    file's folder when a file is there; the bundled sample's data get its WordNet licence."""
+    exp = load_config(ExperimentConfig, path, overrides, section="experiment")
+    local = {split: str(Path(path).parent / getattr(exp, split)) for split in SPLITS
+             if (Path(path).parent / getattr(exp, split)).exists()}
+    exp = dataclasses.replace(exp, **local)
+    bundled = all(Path(getattr(exp, split)).resolve().parent == SAMPLE_DIR.resolve() for split in SPLITS)
     return StepConfigs(
-        experiment=load_config(ExperimentConfig, path, overrides, section="experiment"),
-        preprocess=load_config(PreprocessConfig, path, {"licence": WORDNET_LICENCE}, section="preprocess"),
+        experiment=exp,
+        preprocess=load_config(PreprocessConfig, path, {"licence": WORDNET_LICENCE if bundled else None},
+                               section="preprocess"),
         augment=load_config(AugmentConfig, path, section="augment"),
+        mlm=load_config(MLMConfig, path, section="mlm"),
         teacher=load_config(FinetuneConfig, path, section="teacher"),
         direct=load_config(FinetuneConfig, path, section="direct"),
         general=load_config(DistillConfig, path, section="general"),
@@ -134,13 +166,14 @@ class Experiment:
     cfgs: StepConfigs
     out: Path
     clock: Clock
-    names: dict[str, str] = field(default_factory=dict)            # split -> version name
+    names: dict[str, str] = field(default_factory=dict)            # split -> version ref
     data: dict[str, str] = field(default_factory=dict)             # distilled variant -> training version
-    augmented: dict[str, Any] = field(default_factory=dict)        # the augmented version's manifest
+    augmented: dict[str, dict[str, Any]] = field(default_factory=dict)   # variant -> its augmented version
+    mlm: TrainedModel | None = None
     teacher: Path | None = None
-    runs: dict[str, dict[int, Path]] = field(default_factory=dict)   # variant -> seed -> model
+    runs: dict[str, dict[str, dict[int, Path]]] = field(default_factory=dict)  # schedule -> variant -> seed -> model
     general_student: Path | None = None
-    table: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)   # schedule -> row -> scores
 
     @property
     def exp(self) -> ExperimentConfig:
@@ -169,6 +202,12 @@ def equal_steps(cfg: Any, exp: ExperimentConfig, rows: int) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+def scheduled(cfg: Any, exp: ExperimentConfig, schedule: str, rows: int, train_rows: int) -> Any:
+    """A student's config under a schedule: ``equal-steps`` gives every student the experiment's step counts;
+    ``equal-epochs`` gives it the epochs those steps make on the original training split, on its own data."""
+    return equal_steps(cfg, exp, rows if schedule == "equal-steps" else train_rows)
+
+
 def initial_student(teacher: Path, pretrained: str, exp: ExperimentConfig, seed: int) -> Any:
     """The untrained student every variant of one seed starts from: the experiment's shape and the fine-tuned
     teacher's labels, randomly initialised or (``student_init = "teacher"``) from the *pre-trained* encoder's
@@ -182,28 +221,51 @@ def initial_student(teacher: Path, pretrained: str, exp: ExperimentConfig, seed:
     if exp.student_init == "teacher":
         encoder = load_teacher(pretrained, False, torch.device("cpu"))
         init_from = (encoder, layer_mapping(exp.student_layers, num_layers(encoder)))
-    return load_student("custom", teacher_config, shape, labels, True, seed, init_from)
+    return load_student("custom", teacher_config, shape, labels, "classifier", seed, init_from)
 
 
 # ---- the stages ------------------------------------------------------------------------------------------
 def prepare_data(x: Experiment) -> None:
-    """Preprocess the four splits of the sample, augment the training split (and, with a masked LM, again)."""
-    cfgs, prefix = x.cfgs, x.exp.name_prefix
+    """The four splits as versions (files preprocessed, refs used as they are)."""
+    cfgs, exp = x.cfgs, x.exp
     for split in SPLITS:
-        name = x.names[split] = f"{prefix}-{split}"
-        source = SAMPLE_DIR / ("unlabelled.txt" if split == "unlabelled" else f"{split}.jsonl")
-        cfg = cfgs.preprocess if split != "unlabelled" else dataclasses.replace(
-            cfgs.preprocess, input=dataclasses.replace(cfgs.preprocess.input, label_column=None))
-        x.clock.run(f"preprocess/{name}", _preprocess, x.store, source, cfg, name)
+        source = getattr(exp, split)
+        if not Path(source).exists():
+            x.names[split] = x.store.resolve(source)
+            continue
+        name = x.names[split] = f"{exp.name_prefix}-{split}"
+        cfg = cfgs.preprocess if split != "unlabelled" else _text_only(cfgs.preprocess)
+        x.clock.run(f"preprocess/{name}", _preprocess, x.store, [Path(source)], cfg, name)
+
+
+def train_mlm(x: Experiment) -> None:
+    """The domain masked LM of variant 5, on the unlabelled text and the training split (both files), else on
+    the unlabelled version alone; scored on dev."""
+    if x.exp.mlm != "domain":
+        return
+    exp, name = x.exp, f"{x.exp.name_prefix}-mlm-text"
+    text = x.names["unlabelled"]
+    if Path(exp.unlabelled).exists() and Path(exp.train).exists():
+        x.clock.run(f"preprocess/{name}", _preprocess, x.store, [Path(exp.unlabelled), Path(exp.train)],
+                    _text_only(x.cfgs.preprocess), name)
+        text = name
+    cfg = dataclasses.replace(x.cfgs.mlm, eval_ref=x.names["dev"])
+    x.mlm = x.clock.run("mlm", train_augmentation_mlm, x.store, text, cfg, x.out / "mlm", resume=True)
+
+
+def augment_data(x: Experiment) -> None:
+    """The training split augmented with word-vector candidates only, and (variant 5) with the masked LM's."""
+    prefix = x.exp.name_prefix
     x.data = {"task": x.names["train"], "task-aug": f"{prefix}-train-aug"}
-    augmentations = [("augment", "task-aug", cfgs.augment)]
+    augmentations = [("augment", "task-aug", dataclasses.replace(x.cfgs.augment, mlm="none"))]
     if x.exp.mlm != "none":
         x.data[MLM_VARIANT] = f"{prefix}-train-aug-mlm"
-        augmentations.append(("augment-mlm", MLM_VARIANT, dataclasses.replace(cfgs.augment, mlm=x.exp.mlm)))
+        mlm = str(x.mlm.path) if x.mlm else x.exp.mlm
+        augmentations.append(("augment-mlm", MLM_VARIANT, dataclasses.replace(x.cfgs.augment, mlm=mlm)))
     for stage, variant, cfg in augmentations:
         result = x.clock.run(f"{stage}/{x.data[variant]}", _augment, x.store, x.names["train"], cfg,
                              x.data[variant])
-        x.augmented = x.augmented or result.manifest
+        x.augmented[variant] = result.manifest
 
 
 def train_teacher(x: Experiment) -> None:
@@ -212,33 +274,54 @@ def train_teacher(x: Experiment) -> None:
     x.teacher = _train(x, "teacher", finetune, x.names["train"], cfg)
 
 
+def measure_agreement(x: Experiment) -> None:
+    """How often the teacher keeps its label on the augmented copies, per candidate source (teacher-logits
+    versions of the augmented splits, whose cards record it)."""
+    for variant in x.augmented:
+        cfg = CacheLogitsConfig(max_seq_length=x.cfgs.teacher.max_seq_length)
+        plan = plan_teacher_logits(x.store, x.data[variant], x.teacher, cfg)
+        result = x.clock.run(f"agreement/{x.data[variant]}", run_step, x.store, plan, f"{x.data[variant]}-logits")
+        x.augmented[variant] = {**x.augmented[variant], "agreement": result.manifest["extra"]["agreement"]}
+
+
 def train_students(x: Experiment) -> None:
-    """Per seed: the initial student, then every variant from it (general distillation once, first seed)."""
-    x.runs = {v: {} for v in (*VARIANTS, *x.data)}
+    """Per seed: the initial student, then every variant from it under every schedule (general distillation
+    once, from the first seed's initial student; runs identical under two schedules are trained once)."""
+    x.runs = {schedule: {v: {} for v in (*VARIANTS, *x.data)} for schedule in x.exp.compute}
     for seed in x.exp.seeds:
         init = x.out / f"student-init-seed{seed}"
         if not (init / "config.json").exists():
             initial_student(x.teacher, resolve_model(x.cfgs.teacher.model), x.exp, seed).save_pretrained(init)
             AutoTokenizer.from_pretrained(x.teacher).save_pretrained(init)
-        direct_cfg = dataclasses.replace(x.cfgs.direct, model=str(init), seed=seed, **x.dev())
-        direct_cfg = equal_steps(direct_cfg, x.exp, x.rows(x.names["train"]))
-        x.runs["direct"][seed] = _train(x, f"direct-seed{seed}", finetune, x.names["train"], direct_cfg)
-        task_cfg = dataclasses.replace(x.cfgs.task, teacher=str(x.teacher), student=str(init), seed=seed, **x.dev())
-        for variant, ref in x.data.items():
-            cfg = equal_steps(task_cfg, x.exp, x.rows(ref))
-            x.runs[variant][seed] = _train(x, f"{variant}-seed{seed}", task_distill, ref, cfg)
         if x.general_student is None:
             general_cfg = dataclasses.replace(x.cfgs.general, teacher=resolve_model(x.cfgs.general.teacher),
                                               student=str(init), seed=seed)
             x.general_student = _train(x, "general", general_distill, x.names["unlabelled"], general_cfg)
-        cfg = equal_steps(dataclasses.replace(task_cfg, student=str(x.general_student)), x.exp,
-                          x.rows(x.data["task-aug"]))
-        x.runs["general+task-aug"][seed] = _train(x, f"general+task-aug-seed{seed}", task_distill,
-                                                  x.data["task-aug"], cfg)
+        for schedule in x.exp.compute:
+            _train_seed(x, schedule, seed, init)
 
 
-def _preprocess(store: Store, source: Path, cfg: PreprocessConfig, name: str) -> Any:
-    return run_step(store, plan_preprocess([source], cfg), name)
+def _train_seed(x: Experiment, schedule: str, seed: int, init: Path) -> None:
+    train_rows, runs = x.rows(x.names["train"]), x.runs[schedule]
+    direct_cfg = dataclasses.replace(x.cfgs.direct, model=str(init), seed=seed, **x.dev())
+    runs["direct"][seed] = _train(x, f"direct-seed{seed}", finetune, x.names["train"],
+                                  equal_steps(direct_cfg, x.exp, train_rows))
+    task_cfg = dataclasses.replace(x.cfgs.task, teacher=str(x.teacher), student=str(init), seed=seed, **x.dev())
+    students = [(variant, ref, task_cfg) for variant, ref in x.data.items()]
+    students.append(("general+task-aug", x.data["task-aug"],
+                     dataclasses.replace(task_cfg, student=str(x.general_student))))
+    for variant, ref, cfg in students:
+        epochs = schedule == "equal-epochs" and ref != x.names["train"]     # else the same run as equal-steps
+        runs[variant][seed] = _train(x, f"{variant}-{'epochs-' if epochs else ''}seed{seed}", task_distill, ref,
+                                     scheduled(cfg, x.exp, schedule, x.rows(ref), train_rows))
+
+
+def _text_only(cfg: PreprocessConfig) -> PreprocessConfig:
+    return dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, label_column=None))
+
+
+def _preprocess(store: Store, sources: list[Path], cfg: PreprocessConfig, name: str) -> Any:
+    return run_step(store, plan_preprocess(sources, cfg), name)
 
 
 def _augment(store: Store, ref: str, cfg: AugmentConfig, name: str) -> Any:
@@ -251,30 +334,36 @@ def _train(x: Experiment, folder: str, train: Callable[..., Any], ref: str, cfg:
 
 
 def score_models(x: Experiment) -> None:
-    """Test accuracy, parameters and latency of the teacher and of every student (all seeds)."""
+    """Test accuracy, parameters and latency of the teacher and of every student (all seeds), per schedule."""
     test_texts = [row["text"] for row in x.store.read_table(x.names["test"], columns=["text"]).to_pylist()]
     timing_texts = test_texts[:x.exp.latency_sentences]
+    described: dict[tuple[Path, ...], dict[str, Any]] = {}
 
     def describe(model_dirs: list[Path]) -> dict[str, Any]:
-        scores = [evaluate(x.store, x.names["test"], d) for d in model_dirs]
-        return {"accuracy": summarise([s["accuracy"] for s in scores]),
-                "macro_f1": summarise([s["macro_f1"] for s in scores]),
-                **parameter_counts(model_dirs[0]),
-                "latency_ms_batch1": latency_ms(model_dirs[0], timing_texts, 1),
-                "latency_ms_batch32": latency_ms(model_dirs[0], timing_texts, 32),
-                "runs": [str(d) for d in model_dirs]}
+        key = tuple(model_dirs)
+        if key not in described:        # a run shared by two schedules is scored once
+            scores = [evaluate(x.store, x.names["test"], d) for d in model_dirs]
+            described[key] = {"accuracy": summarise([s["accuracy"] for s in scores]),
+                              "macro_f1": summarise([s["macro_f1"] for s in scores]),
+                              **parameter_counts(model_dirs[0]),
+                              "latency_ms_batch1": latency_ms(model_dirs[0], timing_texts, 1),
+                              "latency_ms_batch32": latency_ms(model_dirs[0], timing_texts, 32),
+                              "runs": [str(d) for d in model_dirs]}
+        return dict(described[key])
 
-    x.table = {"teacher": describe([x.teacher])}
-    x.table.update({variant: describe([x.runs[variant][s] for s in x.exp.seeds]) for variant in x.runs})
-    teacher = x.table["teacher"]
-    for row in x.table.values():
-        row["accuracy_vs_teacher"] = round(row["accuracy"]["mean"] / teacher["accuracy"]["mean"], 4)
-        row["non_embedding_vs_teacher"] = round(row["non_embedding_parameters"] /
-                                                teacher["non_embedding_parameters"], 4)
+    teacher = describe([x.teacher])
+    for schedule, runs in x.runs.items():
+        table = {"teacher": teacher, **{v: describe([seeds[s] for s in x.exp.seeds]) for v, seeds in runs.items()}}
+        for row in table.values():
+            row["accuracy_vs_teacher"] = round(row["accuracy"]["mean"] / teacher["accuracy"]["mean"], 4)
+            row["non_embedding_vs_teacher"] = round(row["non_embedding_parameters"] /
+                                                    teacher["non_embedding_parameters"], 4)
+        x.tables[schedule] = table
 
 
 STAGES: tuple[tuple[str, Callable[[Experiment], None]], ...] = (
-    ("data", prepare_data), ("teacher", train_teacher), ("students", train_students), ("scores", score_models))
+    ("data", prepare_data), ("mlm", train_mlm), ("augment", augment_data), ("teacher", train_teacher),
+    ("agreement", measure_agreement), ("students", train_students), ("scores", score_models))
 
 
 def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]:
@@ -287,10 +376,13 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
         "config": {"experiment": to_dict(x.exp), **{s: to_dict(getattr(cfgs, s)) for s in SECTIONS}},
         "data": {n: {"version_id": store.resolve(v), "rows": x.rows(v),
                      "labels": store.manifest(v)["stats"].get("label_counts")} for n, v in x.names.items()},
-        "augmentation": {"version_id": x.augmented["version_id"], "rows": x.augmented["num_rows"],
-                         "stats": x.augmented["extra"].get("counts", x.augmented["extra"])},
-        "table": x.table,
-        "comparisons": _comparisons({k: v for k, v in x.table.items() if k != "teacher"}),
+        "mlm": {"model": str(x.mlm.path), "scores": x.mlm.scores} if x.mlm else None,
+        "augmentation": {variant: {"version_id": m["version_id"], "rows": m["num_rows"],
+                                   "counts": m["extra"].get("counts", {}), "agreement": m.get("agreement")}
+                         for variant, m in x.augmented.items()},
+        "schedules": {schedule: {"table": table,
+                                 "comparisons": _comparisons({k: v for k, v in table.items() if k != "teacher"})}
+                      for schedule, table in x.tables.items()},
         "wall_clock_seconds": x.clock.report(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,288 @@
+"""Masked-LM training (domain-adaptive pre-training) on a text version, and DistilBERT's general distillation of a
+masked-LM teacher into a masked-LM student.
+
+BERT's recipe: a share ``mask_prob`` of the pieces (or, with ``whole_word``, of the words) of each sentence is
+chosen, 80% of those become [MASK], 10% a random piece, 10% stay; the loss is the cross-entropy at the chosen
+positions only, and the vocabulary projection runs only there (never a full-vocabulary head at every position).
+A checkpoint without an MLM head (the bundled all-MiniLM-L6-v2) gets one whose decoder is tied to the input
+embeddings. Every row is one input: its text (with its ``text_pair`` as a second segment when the version has
+one: two *different* sentences). TinyBERT's ``[masked ; original]`` pair, where the masked word is visible in the
+other segment, is never built. Masks come from a generator seeded by (seed, epoch, row), so a resumed run and any
+worker count see the same masks.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill import losses, models
+from distill.config import DistillConfig, MLMConfig, TrainConfig
+from distill.data import ROW_ID, TEXT, Collator, ShardStream
+from distill.runs import TrainedModel, data_records, finish_run, reuse_or_train, run_identity, save_model
+from distill.trainer import Runtime, Trainer, setup_runtime, to_device
+from pipelines.errors import DistilleryError
+from pipelines.store import Store
+
+IGNORE = -100
+MLM_LABELS = "mlm_labels"
+CandidateScorer = Callable[[nn.Module, Any, list[str]], dict[str, Any]]   # (model, tokenizer, texts) -> scores
+
+
+class MaskingCollator(Collator):
+    """Pads rows like ``Collator`` and masks them for the MLM objective (``mlm_labels``: -100 where unmasked)."""
+
+    def __init__(self, tokenizer: str | Path, max_seq_length: int, mask_prob: float, whole_word: bool, seed: int):
+        super().__init__(tokenizer, max_seq_length)
+        self.mask_prob, self.whole_word, self.seed = mask_prob, whole_word, seed
+        self._vocab: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_vocab": None}
+
+    def _vocabulary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(special-id mask, continuation-piece mask, ids a random replacement is drawn from)."""
+        if self._vocab is None:
+            tokenizer = self.tokenizer
+            size = len(tokenizer)
+            special = np.zeros(size, dtype=bool)
+            special[[i for i in tokenizer.all_special_ids if i < size]] = True
+            tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
+            continuation = np.array([t.startswith("##") for t in tokens], dtype=bool)
+            self._vocab = (special, continuation, np.flatnonzero(~special))
+        return self._vocab
+
+    def __call__(self, rows: Sequence[dict[str, Any]], epoch: int = 0) -> dict[str, np.ndarray]:
+        batch = super().__call__(rows)
+        batch.pop("labels", None)
+        batch[MLM_LABELS] = self.mask(batch["input_ids"], batch["attention_mask"], rows, epoch)
+        return batch
+
+    def mask(self, input_ids: np.ndarray, attention_mask: np.ndarray, rows: Sequence[dict[str, Any]],
+             epoch: int) -> np.ndarray:
+        """Choose and corrupt positions in place; return the labels (-100 where nothing was chosen)."""
+        special, continuation, replacements = self._vocabulary()
+        labels = np.full_like(input_ids, IGNORE)
+        for i, row in enumerate(rows):
+            ids = input_ids[i]
+            n = int(attention_mask[i].sum())
+            positions = np.flatnonzero(~special[ids[:n]])
+            if positions.size == 0:
+                continue
+            rng = np.random.default_rng([self.seed, epoch, _row_key(row)])
+            starts = positions[~continuation[ids[positions]]] if self.whole_word else positions
+            if starts.size == 0:
+                starts = positions[:1]
+            chosen = starts[rng.random(starts.size) < self.mask_prob]
+            if chosen.size == 0:
+                chosen = starts[rng.integers(starts.size)][None]
+            if self.whole_word:     # a chosen word takes its continuation pieces with it
+                word_of = np.searchsorted(starts, positions, side="right") - 1
+                chosen = positions[np.isin(starts[np.maximum(word_of, 0)], chosen) & (word_of >= 0)]
+            labels[i, chosen] = ids[chosen]
+            draw = rng.random(chosen.size)
+            ids[chosen[draw < 0.8]] = self.tokenizer.mask_token_id
+            random_at = chosen[(draw >= 0.8) & (draw < 0.9)]
+            ids[random_at] = replacements[rng.integers(replacements.size, size=random_at.size)]
+        return labels
+
+
+def _row_key(row: dict[str, Any]) -> int:
+    if row.get(ROW_ID) is not None:
+        return int(row[ROW_ID])
+    return zlib.crc32((row.get(TEXT) or "").encode())
+
+
+def mlm_head(model: nn.Module) -> nn.Module:
+    """The prediction head of a masked LM (BERT: ``cls``, RoBERTa-style: ``lm_head``)."""
+    for name in ("cls", "lm_head"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise DistilleryError(f"{type(model).__name__} has no masked-LM head")
+
+
+class MaskedLMObjective(nn.Module):
+    """forward(batch) -> (cross-entropy at the masked positions, {"mlm": same}); the head sees only them."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, labels = self.masked_logits(batch)
+        loss = F.cross_entropy(logits.float(), labels)
+        return loss, {"mlm": loss.detach()}
+
+    def masked_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vocabulary logits at the masked positions only, and the original pieces there."""
+        labels = batch[MLM_LABELS]
+        chosen = labels != IGNORE
+        hidden = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       token_type_ids=batch["token_type_ids"]).last_hidden_state
+        return mlm_head(self.model)(hidden[chosen]), labels[chosen]
+
+
+def freeze_below(model: nn.Module, train_layers: int) -> None:
+    """Train only the top ``train_layers`` encoder layers and the head (0: everything trains). The decoder is
+    tied to the input embeddings, which then stay as they are."""
+    if train_layers == 0:
+        return
+    layers = model.base_model.encoder.layer
+    if train_layers > len(layers):
+        raise DistilleryError(f"train_layers={train_layers} but the model has {len(layers)} layers")
+    model.base_model.requires_grad_(False)
+    for layer in layers[len(layers) - train_layers:]:
+        layer.requires_grad_(True)
+    mlm_head(model).requires_grad_(True)
+    model.get_output_embeddings().weight.requires_grad_(False)
+
+
+def mlm_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig, mask_prob: float, whole_word: bool,
+               runtime: Runtime, shuffle: bool = True, batch_size: int | None = None) -> ShardStream:
+    """A version's rows, tokenised and masked."""
+    collate = MaskingCollator(tokenizer, cfg.max_seq_length, mask_prob, whole_word, cfg.seed)
+    return ShardStream(store.shard_paths(ref), tokenizer, batch_size=batch_size or cfg.batch_size,
+                       max_seq_length=cfg.max_seq_length, seed=cfg.seed, shuffle=shuffle,
+                       shuffle_buffer=cfg.shuffle_buffer, group_batches=cfg.group_batches, rank=runtime.rank,
+                       world_size=runtime.world_size, num_rows=store.manifest(ref)["num_rows"], collator=collate)
+
+
+@torch.no_grad()
+def masked_lm_scores(objective: MaskedLMObjective, stream: ShardStream, device: torch.device) -> dict[str, float]:
+    """Perplexity and accuracy at masked positions over a (fixed-mask) stream."""
+    total, correct, count = 0.0, 0, 0
+    stream.set_state(0, 0)
+    for batch in stream:
+        logits, labels = objective.masked_logits(to_device(batch, device))
+        total += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        correct += int((logits.argmax(-1) == labels).sum())
+        count += int(labels.numel())
+    if count == 0:
+        raise DistilleryError("the evaluation version has no maskable pieces")
+    return {"perplexity": math.exp(total / count), "masked_accuracy": correct / count, "masked_pieces": count}
+
+
+def _eval_fn(store: Store, cfg: MLMConfig, tokenizer: str, runtime: Runtime,
+             scorer: CandidateScorer | None) -> Callable[[nn.Module], dict[str, Any]] | None:
+    if not cfg.eval_ref:
+        return None
+    stream = mlm_stream(store, cfg.eval_ref, tokenizer, cfg, cfg.mask_prob, cfg.whole_word, runtime, shuffle=False,
+                        batch_size=64)
+    texts = [t for t in store.read_table(cfg.eval_ref, columns=[TEXT]).column(TEXT).to_pylist()[:cfg.eval_rows]
+             if t]
+
+    def evaluate(objective: nn.Module) -> dict[str, Any]:
+        scores: dict[str, Any] = masked_lm_scores(objective, stream, runtime.device)
+        if scorer is not None:
+            scores.update(scorer(objective.model, stream.collate.tokenizer, texts))
+        return scores
+    return evaluate
+
+
+def train_mlm(store: Store, train_ref: str, config: MLMConfig, output_dir: str | Path, resume: bool = False,
+              scorer: CandidateScorer | None = None) -> TrainedModel:
+    """Train ``config.model`` as a masked LM on a text version; saved as a ``*ForMaskedLM`` that
+    ``distillery augment --mlm`` loads. ``scorer(model, tokenizer, held-out texts)`` adds candidate scores (the
+    augmentation's recall) to each evaluation on ``config.eval_ref``."""
+    output_dir = Path(output_dir)
+    source = models.resolve_model(config.model)
+    identity = run_identity(store, "mlm", config, train_ref, model=source, scorer=getattr(scorer, "__name__", None))
+    return reuse_or_train(output_dir, identity, lambda: _train(store, train_ref, config, output_dir, source, resume,
+                                                               scorer))
+
+
+def _train(store: Store, train_ref: str, cfg: MLMConfig, output_dir: Path, source: str, resume: bool,
+           scorer: CandidateScorer | None) -> Path:
+    runtime = setup_runtime(cfg)
+    torch.manual_seed(cfg.seed)
+    model = models.load_masked_lm(source)
+    freeze_below(model, cfg.train_layers)
+    objective = MaskedLMObjective(model)
+    stream = mlm_stream(store, train_ref, source, cfg, cfg.mask_prob, cfg.whole_word, runtime)
+    trainer = Trainer(objective, stream, cfg, output_dir, runtime, _eval_fn(store, cfg, source, runtime, scorer),
+                      "mlm", {"train_version": store.resolve(train_ref), "model": source})
+    scores = trainer.run(resume)
+    finish_run(trainer, "masked-LM training")
+    return save_model(model, source, output_dir / "model", title=f"{Path(source).name} masked LM", mode="mlm",
+                      teacher=None, data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
+
+
+
+class DistilBertObjective(MaskedLMObjective):
+    """DistilBERT's triple loss for a masked-LM student (``model``) and a frozen masked-LM teacher: KL between their
+    MLM distributions at the masked pieces x T^2 (DistilBERT's ``restrict_ce_to_mask``), the student's own MLM
+    loss, and 1 - cosine between their last hidden states at every non-padding position."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, kl: float, mlm: float, cosine: float,
+                 temperature: float):
+        super().__init__(student)
+        self._teacher = [teacher]          # a list keeps it out of parameters, state_dict and DDP
+        self.weights = {"mlm_kl": kl, "mlm": mlm, "cosine": cosine}
+        self.temperature = temperature
+
+    def to(self, *args: Any, **kwargs: Any) -> DistilBertObjective:
+        self._teacher[0] = self._teacher[0].to(*args, **kwargs)
+        return super().to(*args, **kwargs)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = batch[MLM_LABELS]
+        chosen = labels != IGNORE
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        hidden = self.model.base_model(**inputs).last_hidden_state
+        logits = mlm_head(self.model)(hidden[chosen])
+        teacher = self._teacher[0]
+        with torch.no_grad():
+            teacher_hidden = teacher.base_model(**inputs).last_hidden_state
+            teacher_logits = mlm_head(teacher)(teacher_hidden[chosen])
+        parts = {"mlm_kl": lambda: losses.kl_divergence(logits, teacher_logits, self.temperature),
+                 "mlm": lambda: F.cross_entropy(logits.float(), labels[chosen]),
+                 "cosine": lambda: losses.hidden_cosine(hidden, teacher_hidden, batch["attention_mask"])}
+        values = {name: parts[name]() for name, weight in self.weights.items() if weight}
+        loss = sum(self.weights[name] * value for name, value in values.items())
+        return loss, {name: value.detach() for name, value in values.items()}
+
+
+def distil_masked_lm(store: Store, train_ref: str, cfg: DistillConfig, output_dir: str | Path,
+                     resume: bool = False) -> TrainedModel:
+    """DistilBERT general distillation of a masked-LM teacher into a masked-LM student on a text version."""
+    output_dir = Path(output_dir)
+    teacher_src = models.resolve_model(cfg.teacher)
+    identity = run_identity(store, "general-distilbert", cfg, train_ref, teacher=teacher_src, student=cfg.student)
+    return reuse_or_train(output_dir, identity, lambda: _distil(store, train_ref, cfg, output_dir, teacher_src,
+                                                                resume))
+
+
+def _distil(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, teacher_src: str,
+            resume: bool) -> Path:
+    if not (cfg.kl_weight or cfg.hard_weight or cfg.cosine_weight):
+        raise DistilleryError("objective distilbert needs --kl-weight, --hard-weight and/or --cosine-weight "
+                              "(DistilBERT: 5, 2, 1 with --temperature 2)")
+    runtime = setup_runtime(cfg)
+    torch.manual_seed(cfg.seed)
+    if not any(a.endswith("ForMaskedLM") for a in models.load_config(teacher_src).architectures or []):
+        raise DistilleryError(f"teacher {teacher_src} has no masked-LM head (train one with `distillery distill mlm`)")
+    teacher = models.load_masked_lm(teacher_src).requires_grad_(False).eval()
+    student = models.build_student(cfg, cfg.student, teacher, teacher.config, {}, "mlm")
+    objective = DistilBertObjective(student, teacher, cfg.kl_weight, cfg.hard_weight, cfg.cosine_weight,
+                                    cfg.temperature)
+    stream = mlm_stream(store, train_ref, teacher_src, cfg, cfg.mask_prob, False, runtime)
+    eval_fn = None
+    if cfg.eval_ref:
+        held = mlm_stream(store, cfg.eval_ref, teacher_src, cfg, cfg.mask_prob, False, runtime, shuffle=False,
+                          batch_size=64)
+        eval_fn = lambda objective: masked_lm_scores(objective, held, runtime.device)  # noqa: E731
+    trainer = Trainer(objective, stream, cfg, output_dir, runtime, eval_fn, "general",
+                      {"train_version": store.resolve(train_ref), "teacher": teacher_src, "student": cfg.student,
+                       "objective": "distilbert"})
+    scores = trainer.run(resume)
+    finish_run(trainer, "general distillation (DistilBERT)")
+    return save_model(student, teacher_src, output_dir / "model", title="distilled masked-LM student (DistilBERT)",
+                      mode="general", teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores,
+                      cfg=cfg)
