@@ -334,3 +334,13 @@ def test_dedup_state_matches_a_plain_sequential_reference():
             in_chunk.add(h)
         assert keep.tolist() == expected and (exact, near) == (ref_exact, ref_near)
         assert 0 < sum(expected) < n and ref_near > 0 and ref_exact > 0
+
+
+def test_max_rows_reads_only_the_first_rows_over_all_inputs(store, tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("".join(f"first file line {i}\n" for i in range(5)))
+    second.write_text("".join(f"second file line {i}\n" for i in range(5)))
+    manifest = preprocess(store, [first, second], PreprocessConfig(input=InputConfig(max_rows=7), chunk_rows=3))
+    texts = store.read_table(manifest["version_id"]).column("text").to_pylist()
+    assert texts == [f"first file line {i}" for i in range(5)] + ["second file line 0", "second file line 1"]
+    assert manifest["accounting"]["input_rows"] == 7 and len(manifest["shards"]) == 3

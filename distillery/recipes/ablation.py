@@ -337,19 +337,26 @@ def score_models(x: Experiment) -> None:
     """Test accuracy, parameters and latency of the teacher and of every student (all seeds), per schedule."""
     test_texts = [row["text"] for row in x.store.read_table(x.names["test"], columns=["text"]).to_pylist()]
     timing_texts = test_texts[:x.exp.latency_sentences]
-    described: dict[tuple[Path, ...], dict[str, Any]] = {}
+    cache_path = x.out / "scores.json"       # a model scored before (same weights, same test version) is not again
+    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+
+    def score(model_dir: Path) -> dict[str, Any]:
+        key = f"{model_dir}@{(model_dir / 'model.safetensors').stat().st_mtime_ns}|{x.store.resolve(x.names['test'])}"
+        if key not in cache:
+            cache[key] = {**evaluate(x.store, x.names["test"], model_dir), **parameter_counts(model_dir),
+                          "latency_ms_batch1": latency_ms(model_dir, timing_texts, 1),
+                          "latency_ms_batch32": latency_ms(model_dir, timing_texts, 32)}
+            cache_path.write_text(json.dumps(cache, indent=2, sort_keys=True) + "\n")
+        return cache[key]
 
     def describe(model_dirs: list[Path]) -> dict[str, Any]:
-        key = tuple(model_dirs)
-        if key not in described:        # a run shared by two schedules is scored once
-            scores = [evaluate(x.store, x.names["test"], d) for d in model_dirs]
-            described[key] = {"accuracy": summarise([s["accuracy"] for s in scores]),
-                              "macro_f1": summarise([s["macro_f1"] for s in scores]),
-                              **parameter_counts(model_dirs[0]),
-                              "latency_ms_batch1": latency_ms(model_dirs[0], timing_texts, 1),
-                              "latency_ms_batch32": latency_ms(model_dirs[0], timing_texts, 32),
-                              "runs": [str(d) for d in model_dirs]}
-        return dict(described[key])
+        scores = [score(d) for d in model_dirs]
+        first = scores[0]
+        return {"accuracy": summarise([s["accuracy"] for s in scores]),
+                "macro_f1": summarise([s["macro_f1"] for s in scores]),
+                "parameters": first["parameters"], "non_embedding_parameters": first["non_embedding_parameters"],
+                "latency_ms_batch1": first["latency_ms_batch1"], "latency_ms_batch32": first["latency_ms_batch32"],
+                "runs": [str(d) for d in model_dirs]}
 
     teacher = describe([x.teacher])
     for schedule, runs in x.runs.items():

@@ -27,6 +27,8 @@ class InputConfig(Options):
                                 help="Undecodable bytes: replace with U+FFFD (counted) or reject the row.")
     max_row_bytes: int = option(1_000_000, gt=0, help="Longer rows are rejected (row_too_long) unread.")
     schema_sample_rows: int = option(1000, gt=0, help="Rows per input read first to derive the output schema.")
+    max_rows: int = option(0, ge=0, help="Read only the first N input rows, over all inputs (0: all), e.g. for a "
+                                         "quick trial.")
 
 
 @dataclass

@@ -9,6 +9,7 @@ rejects shard with their origin and reason; every chunk records
 """
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 from collections import deque
@@ -333,15 +334,18 @@ def _tasks(sources: list[InputSource], config: PreprocessConfig, writer: Version
 
     items: Chunk = ([], [], [], [])
     index = 0
-    for src, source in enumerate(sources):
-        for origin, kind, payload in iter_records(source, **_reader_args(config)):
-            items[0].append(src)
-            items[1].append(origin)
-            items[2].append(kind)
-            items[3].append(payload)
-            if len(items[0]) == config.chunk_rows:
-                yield task(index, items)
-                index, items = index + 1, ([], [], [], [])
+    records = ((src, record) for src, source in enumerate(sources)
+               for record in iter_records(source, **_reader_args(config)))
+    if config.input.max_rows:
+        records = itertools.islice(records, config.input.max_rows)
+    for src, (origin, kind, payload) in records:
+        items[0].append(src)
+        items[1].append(origin)
+        items[2].append(kind)
+        items[3].append(payload)
+        if len(items[0]) == config.chunk_rows:
+            yield task(index, items)
+            index, items = index + 1, ([], [], [], [])
     if items[0] or index == 0:
         yield task(index, items)
 
