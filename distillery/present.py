@@ -32,6 +32,25 @@ def describe_version(manifest: dict[str, Any], store: Store) -> str:
     return "\n".join(lines)
 
 
+def describe_diff(diff: dict[str, Any]) -> list[str]:
+    """``versions diff`` for people: what differs, one line each."""
+    a, b = (v[:12] for v in diff["versions"])
+    if diff["identical"]:
+        return [f"{a} and {b}: same step, config, schema, accounting and data"]
+    lines = [f"{a} vs {b}:"]
+    if diff["step"]:
+        lines.append(f"  step: {diff['step'][0]} -> {diff['step'][1]}")
+    lines += [f"  config {key}: {old!r} -> {new!r}" for key, (old, new) in diff["config"].items()]
+    if diff["schema"]:
+        names = [", ".join(f["name"] for f in schema) for schema in diff["schema"]]
+        lines.append(f"  schema: {names[0]} -> {names[1]}")
+    if diff["num_rows"][0] != diff["num_rows"][1]:
+        lines.append(f"  rows: {diff['num_rows'][0]} -> {diff['num_rows'][1]}")
+    lines += [f"  accounting {key}: {old} -> {new}" for key, (old, new) in diff["accounting"].items()]
+    lines.append("  data: identical shards" if diff["same_data"] else "  data: shards differ")
+    return lines
+
+
 def report_step(result: StepResult, store: Store) -> None:
     """The same summary for every step: status, the version, its rejects and warnings."""
     manifest = result.manifest

@@ -190,8 +190,15 @@ class Store:
         return sorted(p.name for p in self.versions_dir.iterdir()
                       if p.is_dir() and (include_partial or (p / MANIFEST).exists()))
 
+    def check_exists(self) -> None:
+        """Refuse a store folder that does not exist (a mistyped --store)."""
+        if not self.root.is_dir():
+            raise DistilleryError(f"no dataset store at {self.root} (no such folder; pass --store or set "
+                                  f"DISTILLERY_STORE)")
+
     def resolve(self, ref: str) -> str:
-        """Resolve ``name@tag``, ``name`` (= ``name@latest``), a full id or a unique id prefix."""
+        """Resolve ``name@tag``, ``name`` (= ``name@latest``), a full id or a unique id prefix (4+ hex digits)."""
+        self.check_exists()
         name, _, tag = ref.partition("@")
         ref_file = self.refs_dir / name / (tag or "latest")
         if _NAME_RE.match(name) and (not tag or _NAME_RE.match(tag)) and ref_file.is_file():
@@ -340,7 +347,8 @@ def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         fx, fy = flat(x), flat(y)
         return {k: [fx.get(k), fy.get(k)] for k in sorted(set(fx) | set(fy)) if fx.get(k) != fy.get(k)}
 
-    return {
+    diff = {
+        "versions": [a["version_id"], b["version_id"]],
         "step": [a["step"], b["step"]] if a["step"] != b["step"] else None,
         "config": changed(a["config"], b["config"]),
         "schema": None if a["schema"] == b["schema"] else [a["schema"], b["schema"]],
@@ -349,6 +357,9 @@ def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "same_data": [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]],
         "code_version": [a["code_version"], b["code_version"]] if a["code_version"] != b["code_version"] else None,
     }
+    diff["identical"] = a["version_id"] == b["version_id"] or (
+        diff["same_data"] and not (diff["step"] or diff["config"] or diff["schema"] or diff["accounting"]))
+    return diff
 
 
 def iter_parquet_batches(paths: Iterable[Path], columns: list[str] | None = None,

@@ -30,12 +30,30 @@ def test_versions_commands(store, make_version, tmp_path):
     assert json.loads(run(store, "versions", "show", "toy", "--json").output)["num_rows"] == 5
     assert run(store, "versions", "tag", "toy@v1", vid[:8]).output.startswith("toy@v1 -> ")
     assert "ok" in run(store, "versions", "verify", "toy@v1").output
-    diff = json.loads(run(store, "versions", "diff", "toy", "toy@v1").output)
-    assert diff["same_data"] is True
+    same = run(store, "versions", "diff", "toy", "toy@v1")
+    assert same.exit_code == 0 and "same step, config, schema, accounting and data" in same.output
+    assert json.loads(run(store, "versions", "diff", "toy", "toy@v1", "--json").output)["same_data"] is True
     out = tmp_path / "x.jsonl"
     run(store, "export", "toy", str(out), "--format", "jsonl")
     assert len(out.read_text().splitlines()) == 5
     assert "0 version folder(s) deleted" in run(store, "versions", "gc").output
+
+
+def test_versions_list_diff_and_show_read_like_tools(store, make_version, tmp_path):
+    make_version(store, ROWS, name="toy")
+    other = make_version(store, ROWS[:3], config={"chunk_rows": 1}, name="small")
+    listing = run(store, "versions", "list").output.splitlines()
+    assert listing[0].split()[:4] == ["version", "step", "rows", "created"]
+    assert [line.split()[-1] for line in listing[1:]] == ["toy@latest", "small@latest"]     # oldest first
+    diff = run(store, "versions", "diff", "toy", "small")
+    assert diff.exit_code == 1 and "rows: 5 -> 3" in diff.output and "config chunk_rows: 2 -> 1" in diff.output
+    assert "data: shards differ" in diff.output
+    assert "name=None" not in run(store, "versions", "show", other["version_id"][:8]).output
+    missing = CliRunner().invoke(cli, ["--store", str(tmp_path / "nope"), "versions", "list"])
+    assert missing.exit_code == 1 and "no dataset store at" in str(missing.exception)
+    (tmp_path / "empty").mkdir()
+    assert "no versions in store" in CliRunner().invoke(cli, ["--store", str(tmp_path / "empty"), "versions",
+                                                              "list"]).output
 
 
 def test_errors_are_one_line_with_exit_code(store, make_version):
@@ -95,3 +113,31 @@ def test_config_values_are_checked_with_one_line_naming_the_key(tmp_path, toml, 
     message = str(info.value)
     assert "\n" not in message and f"'{key}'" in message and problem in message and str(path) in message
 
+
+
+@pytest.mark.parametrize("command, toml, key", [
+    (["preprocess", "IN"], "chunk_rows = \"many\"", "chunk_rows"),
+    (["preprocess", "IN"], "input = \"x\"", "input"),
+    (["preprocess", "IN"], "[dedup]\nnear = \"yes\"", "dedup.near"),
+    (["preprocess", "IN"], "[filter]\nmin_tokens = 2.5", "filter.min_tokens"),
+    (["preprocess", "IN"], "[clean]\nsplit_sentences_over = -1", "clean.split_sentences_over"),
+    (["distill", "finetune", "REF", "--output", "OUT"], "epochs = \"two\"", "epochs"),
+    (["distill", "finetune", "REF", "--output", "OUT"], "epochs = -1", "epochs"),
+    (["augment", "REF"], "num_aug = -2", "num_aug"),
+])
+def test_every_config_value_is_checked_before_any_work(store, tmp_path, command, toml, key):
+    path = tmp_path / "c.toml"
+    path.write_text(toml + "\n")
+    (tmp_path / "in.txt").write_text("a line\n")
+    args = [str(tmp_path / "in.txt") if a == "IN" else str(tmp_path / "out") if a == "OUT" else a for a in command]
+    base = [sys.executable, "-m", "distillery", "--store", str(store.root)]
+    proc = subprocess.run([*base, *args, "--config", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and f"'{key}'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_flags_are_checked_too(store, tmp_path):
+    (tmp_path / "in.txt").write_text("a line\n")
+    result = CliRunner().invoke(cli, ["--store", str(store.root), "preprocess", str(tmp_path / "in.txt"),
+                                      "--split-sentences-over", "-1"])
+    assert result.exit_code == 1 and "'clean.split_sentences_over': must be >= 0" in str(result.exception)

@@ -236,3 +236,33 @@ def test_csv_over_long_lines_reject_their_record(store, tmp_path):
     assert manifest["accounting"]["rejected"] == {"row_too_long": 2}
     rows = pq.read_table(store.reject_paths(manifest["version_id"])[0]).column("origin_row").to_pylist()
     assert rows == [3, 4]
+
+
+def test_a_folder_is_its_files_read_with_the_same_rejects(tmp_path):
+    from pipelines.store import Store
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jsonl").write_text('{"text": "first good row"}\n{"text": broken\n{"text": "second good"}\n')
+    (folder / "b.txt").write_text("a text line\n")
+    (folder / "sub" / "c.csv").write_text('text,note\n"a csv row",x\n"too",many,fields\n')
+    (folder / ".hidden.jsonl").write_text("not read\n")
+    store = Store(tmp_path / "store")
+    manifest = preprocess(store, [folder], PreprocessConfig())
+    texts = store.read_table(manifest["version_id"]).column("text").to_pylist()
+    assert texts == ["first good row", "second good", "a text line", "a csv row"]
+    assert manifest["accounting"]["rejected"] == {"malformed_json": 1, "wrong_field_count": 1}
+    assert [p["path"] for p in manifest["parents"]] == [str(folder / "a.jsonl"), str(folder / "b.txt"),
+                                                        str(folder / "sub" / "c.csv")]
+    (folder / "notes.md").write_text("# notes\n")
+    with pytest.raises(DistilleryError, match="notes.md"):
+        preprocess(store, [folder], PreprocessConfig())
+
+
+def test_text_column_on_text_files_only_is_refused(tmp_path):
+    from pipelines.store import Store
+
+    path = tmp_path / "lines.txt"
+    path.write_text("one line\n")
+    with pytest.raises(DistilleryError, match="text_column 'sentence' has no effect"):
+        preprocess(Store(tmp_path / "s"), [path], PreprocessConfig(input=InputConfig(text_column="sentence")))

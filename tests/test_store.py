@@ -178,3 +178,29 @@ def test_export_formats(store, make_version, tmp_path):
     assert hf["label"] == [r["label"] for r in ROWS]
     with pytest.raises(DistilleryError, match="exists"):
         export_version(store, vid, tmp_path / "hf", "hf")
+
+
+def test_a_failed_export_leaves_the_earlier_file_and_empty_versions_export(store, make_version, tmp_path):
+    import csv
+
+    import datasets
+
+    from pipelines.export import export_version
+
+    vid = make_version(store, ROWS, name="a")["version_id"]
+    out = tmp_path / "t2.jsonl"
+    export_version(store, "a", out, "jsonl")
+    before = out.read_bytes()
+    with pytest.raises(VersionNotFoundError):
+        export_version(store, "aa", out, "jsonl")              # a typo in the ref: the earlier export stays
+    assert out.read_bytes() == before and len(before.splitlines()) == 7
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+    writer = new_writer(store, "preprocess", {"empty": 1}, [{"kind": "raw", "sha256": "9"}], name="empty")
+    writer.write_chunk(0, pa.Table.from_pylist(ROWS).slice(0, 0), accounting={"input_rows": 0})
+    writer.finalize({"licence": {"license": "cc-by-4.0"}})
+    with open(export_version(store, "empty", tmp_path / "e.csv", "csv"), newline="") as fh:
+        assert next(csv.reader(fh)) == ["text", "label", "row_id"]      # the header of a 0-row version
+    hf = datasets.load_from_disk(str(export_version(store, "empty", tmp_path / "ehf", "hf")))
+    assert hf.num_rows == 0 and hf.column_names == ["text", "label", "row_id"] and hf.info.license == "cc-by-4.0"
+    assert export_version(store, vid, tmp_path / "e.jsonl", "jsonl").read_text().count("\n") == 7

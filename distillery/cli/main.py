@@ -8,7 +8,7 @@ import sys
 import click
 
 from distillery.cli.shared import current_store
-from distillery.present import describe_version, echo_json
+from distillery.present import describe_diff, describe_version, echo_json
 from pipelines.errors import DistilleryError
 from pipelines.export import export_version
 from pipelines.progress import quiet_libraries
@@ -66,8 +66,9 @@ def versions() -> None:
 @versions.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def versions_list(as_json: bool) -> None:
-    """List complete versions (and interrupted ones) with their names."""
+    """List the versions, oldest first (interrupted writes last), with the names that point at them."""
     store = current_store()
+    store.check_exists()
     names: dict[str, list[str]] = {}
     for ref, vid in store.refs().items():
         names.setdefault(vid, []).append(ref)
@@ -79,12 +80,18 @@ def versions_list(as_json: bool) -> None:
                          "names": names.get(vid, [])})
         else:
             rows.append({"version_id": vid, "step": "(interrupted)", "rows": None, "created_at": None, "names": []})
+    rows.sort(key=lambda r: (r["created_at"] is None, r["created_at"] or "", r["version_id"]))
     if as_json:
         echo_json(rows)
         return
+    if not rows:
+        click.echo(f"no versions in store {store.root}")
+        return
+    click.echo(f"{'version':<12}  {'step':<14} {'rows':>9}  {'created (UTC)':<25} names")
     for row in rows:
-        click.echo(f"{row['version_id'][:12]}  {row['step']:<14} {str(row['rows']):>9} rows  "
-                   f"{row['created_at'] or '':<25} {' '.join(row['names'])}")
+        rows_text = "-" if row["rows"] is None else str(row["rows"])
+        click.echo(f"{row['version_id'][:12]}  {row['step']:<14} {rows_text:>9}  {row['created_at'] or '-':<25} "
+                   f"{' '.join(row['names']) or '-'}")
 
 
 @versions.command("show")
@@ -104,17 +111,25 @@ def versions_show(ref: str, as_json: bool) -> None:
         if "raw" in entry:
             click.echo(f"{pad}raw {entry['raw']} (sha256 {str(entry['sha256'])[:12]})")
         else:
-            click.echo(f"{pad}{entry['version_id'][:12]} {entry['step']} rows={entry.get('num_rows')} "
-                       f"name={entry.get('name')}")
+            name = f" name={entry['name']}" if entry.get("name") else ""
+            click.echo(f"{pad}{entry['version_id'][:12]} {entry['step']} rows={entry.get('num_rows')}{name}")
 
 
 @versions.command("diff")
 @click.argument("ref_a")
 @click.argument("ref_b")
-def versions_diff(ref_a: str, ref_b: str) -> None:
-    """Compare two versions: config, schema, rows, accounting, data."""
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+def versions_diff(ref_a: str, ref_b: str, as_json: bool) -> None:
+    """Compare two versions (step, config, schema, rows, accounting, data); exit 1 when they differ, like diff."""
     store = current_store()
-    echo_json(diff_manifests(store.manifest(ref_a), store.manifest(ref_b)))
+    diff = diff_manifests(store.manifest(ref_a), store.manifest(ref_b))
+    if as_json:
+        echo_json(diff)
+    else:
+        for line in describe_diff(diff):
+            click.echo(line)
+    if not diff["identical"]:
+        sys.exit(1)
 
 
 @versions.command("verify")

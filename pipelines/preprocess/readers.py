@@ -72,6 +72,36 @@ def _is_hf_saved(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
 
 
+def expand_folders(paths: list[str | Path], fmt: str = "auto") -> list[str]:
+    """The inputs with every folder that is not a saved Hugging Face dataset replaced by its data files (sorted,
+    hidden ones left out), so that each file is read by its own reader with its own rejects and accounting.
+    A file whose format the extension does not tell is refused, never skipped."""
+    inputs: list[str] = []
+    for path in map(Path, paths):
+        if fmt != "auto" or not path.is_dir() or _is_hf_saved(path):
+            inputs.append(str(path))
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        unknown = [p.name for p in files if _extension(p.name) not in _EXTENSIONS]
+        if unknown:
+            raise DistilleryError(f"{path}: a folder input is its data files, and the format of {', '.join(unknown)} "
+                                  f"is not known from the extension; pass the data files themselves")
+        if not files:
+            raise DistilleryError(f"{path}: an empty folder (no data files)")
+        inputs += [str(p) for p in files]
+    return inputs
+
+
+def _extension(name: str) -> str:
+    """A file name's extension, a compression suffix (.gz, .zst) left out."""
+    name = name.lower()
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return os.path.splitext(name)[1]
+
+
 def detect_format(path: str, fmt: str = "auto") -> str:
     """The format of ``path``: ``fmt`` unless it is ``auto``, else from the extension (``.gz``/``.zst`` ignored)."""
     if fmt not in FORMATS:
@@ -79,12 +109,8 @@ def detect_format(path: str, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
     p = Path(path)
-    name = p.name.lower()
-    for suffix in _COMPRESSED:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    ext = os.path.splitext(name)[1]
-    if p.is_dir() or name.endswith(".py") or (not p.exists() and ext not in _EXTENSIONS):
+    ext = _extension(p.name)
+    if p.is_dir() or p.name.endswith(".py") or (not p.exists() and ext not in _EXTENSIONS):
         return "hf"                                   # saved dataset, data-files folder, script or hub name
     if ext not in _EXTENSIONS:
         raise DistilleryError(f"{path}: cannot tell the format from the extension '{ext}'; pass --format "

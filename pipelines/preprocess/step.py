@@ -32,6 +32,7 @@ from pipelines.preprocess.readers import (
     ROW,
     InputSource,
     arrow_schema,
+    expand_folders,
     iter_records,
     open_source,
     raw_text,
@@ -373,8 +374,11 @@ def plan_preprocess(inputs: list[str | Path], config: PreprocessConfig) -> StepP
     """What ``preprocess`` would write for ``inputs``: inputs checked and fingerprinted, the schema derived."""
     if not inputs:
         raise DistilleryError("preprocess needs at least one input")
-    sources = [open_source(p, config.input.format, config.input.hf_split) for p in inputs]
     cfg = config.input
+    sources = [open_source(p, cfg.format, cfg.hf_split) for p in expand_folders(inputs, cfg.format)]
+    if cfg.text_column != "text" and all(s.format == "txt" for s in sources):
+        raise DistilleryError(f"text_column '{cfg.text_column}' has no effect: a text file has no columns (each "
+                              f"line is the text); it applies to jsonl, csv, tsv, parquet and dataset inputs")
     schema = derive_schema([_describe(s, config) for s in sources], cfg.text_column, cfg.text_pair_column,
                            cfg.label_column, cfg.extra_columns)
     return StepPlan(STEP, to_dict(config), identity_dict(config), [s.parent() for s in sources],
