@@ -29,15 +29,12 @@ from pipelines.store import Store
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "data" / "wordnet_supersense"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.toml"
-WORDNET_LICENCE = {"license": "wordnet",
-                   "notice": "WordNet 3.0 Copyright 2006 by Princeton University; see data/wordnet_supersense/"
-                             "LICENSE.wordnet (redistribution allowed with this notice)."}
+
 
 
 def run_demo(store: Store, runs: Path, config_path: Path = DEFAULT_CONFIG, workers: int = 1) -> dict[str, Any]:
     """Run every step of the demo; return the versions written and the test scores."""
-    pre_cfg = load_config(PreprocessConfig, config_path, {"licence": WORDNET_LICENCE, "workers": workers},
-                          section="preprocess")
+    pre_cfg = load_config(PreprocessConfig, config_path, {"workers": workers}, section="preprocess")
     splits = {"train": ["train.jsonl"], "dev": ["dev.jsonl"], "test": ["test.jsonl"],
               "mlm-text": ["unlabelled.txt", "train.jsonl"]}       # the masked LM's text: never dev or test
     versions = {}

@@ -106,7 +106,53 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
 def _licence(manifest: dict[str, Any]) -> dict[str, Any]:
     """Licence fields: taken from the step's config or inherited from the parent's card."""
     return dict(manifest.get("extra", {}).get("licence") or {"license": "unknown",
-                "notice": "Set the licence of the raw input with the step's `licence` option."})
+                "notice": "Set the licence of the raw input with `preprocess --license` (or [licence] in its config)."})
+
+
+# Hugging Face's licence ids (the common ones); any other licence is written as `other` with its `license_name`.
+HF_LICENSES = frozenset({
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigcode-openrail-m",
+    "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "c-uda",
+    "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0",
+    "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0",
+    "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0", "cdla-permissive-1.0",
+    "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1", "agpl-3.0",
+    "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "lppl-1.3c", "ms-pl", "mpl-2.0",
+    "odc-by", "odbl", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl",
+    "lgpl-lr", "deepfloyd-if-license", "llama2", "llama3", "gemma", "unknown", "other"})
+
+
+def card_licence(licence: dict[str, Any]) -> dict[str, str]:
+    """The card's licence fields: a Hugging Face id, or ``other`` with the licence's name."""
+    fields = {k: licence[k] for k in ("license", "license_name", "license_link") if licence.get(k)}
+    if fields.get("license", "unknown") not in HF_LICENSES:
+        fields["license_name"] = fields.get("license_name") or fields["license"]
+        fields["license"] = "other"
+    return fields
+
+
+def hf_feature(name: str, arrow_type: str) -> dict[str, Any]:
+    """A column as a Hugging Face card feature (``dtype``, or ``sequence`` for a list column)."""
+    names = {"float": "float32", "double": "float64", "halffloat": "float16"}
+    if arrow_type.startswith(("list<", "large_list<")):
+        inner = arrow_type[arrow_type.index(":") + 1:].rstrip(">").strip() if ":" in arrow_type else "string"
+        return {"name": name, "sequence": names.get(inner, inner)}
+    return {"name": name, "dtype": names.get(arrow_type, arrow_type)}
+
+
+def accounting_rows(accounting: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The row accounting in reading order: input rows, kept, then each dropped / rejected / repaired reason."""
+    order = ["input_rows", "kept", "dropped", "rejected", "repaired"]
+    rows: list[tuple[str, Any]] = []
+    for key in sorted(accounting, key=lambda k: (order.index(k) if k in order else len(order), k)):
+        value = accounting[key]
+        if isinstance(value, dict):
+            rows += [(f"{key}: {k}", v) for k, v in sorted(value.items()) if not isinstance(v, dict)]
+            rows += [(f"{key}: {k}", json.dumps(v, sort_keys=True)) for k, v in sorted(value.items())
+                     if isinstance(v, dict)]
+        else:
+            rows.append((key, value))
+    return rows
 
 
 def render_card(manifest: dict[str, Any], ancestry: list[dict[str, Any]] | None = None) -> str:
@@ -115,14 +161,15 @@ def render_card(manifest: dict[str, Any], ancestry: list[dict[str, Any]] | None 
     licence = _licence(manifest)
     front = {
         "pretty_name": manifest.get("name") or manifest["version_id"][:12],
-        "license": licence.get("license", "unknown"),
+        **card_licence(licence),
         "size_categories": [_size_category(manifest["num_rows"])],
         "tags": ["distillery", manifest["step"]],
         "distillery": {"version_id": manifest["version_id"], "step": manifest["step"],
                        "parents": manifest["parents"], "code_version": manifest["code_version"],
                        "created_at": manifest["created_at"]},
-        "dataset_info": {"features": [{"name": f["name"], "dtype": f["type"]} for f in manifest["schema"]],
-                         "splits": [{"name": "train", "num_examples": manifest["num_rows"]}]},
+        "dataset_info": {"features": [hf_feature(f["name"], f["type"]) for f in manifest["schema"]],
+                         "splits": [{"name": "train", "num_bytes": sum(s["bytes"] for s in manifest["shards"]),
+                                     "num_examples": manifest["num_rows"]}]},
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/shard-*.parquet"}]}],
     }
     if "label_counts" in stats:
@@ -131,8 +178,7 @@ def render_card(manifest: dict[str, Any], ancestry: list[dict[str, Any]] | None 
         lineage = lineage_lines(manifest, ancestry)
     else:
         lineage = [f"- parents: {json.dumps(manifest['parents'])}"]
-    accounting = manifest["accounting"]
-    acc_rows = [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in accounting.items()]
+    acc_rows = accounting_rows(manifest["accounting"])
     stat_lines = []
     for key, summary in stats.items():
         if key.endswith(("_chars", "_words")) and summary.get("count"):
@@ -156,9 +202,10 @@ def render_card(manifest: dict[str, Any], ancestry: list[dict[str, Any]] | None 
         "summary": f"Version `{manifest['version_id']}` made by step `{manifest['step']}`: "
                    f"{manifest['num_rows']} rows in {len(manifest['shards'])} Parquet shard(s) "
                    f"(zstd), {len(manifest['rejects'])} rejects shard(s). Created {manifest['created_at']} "
-                   f"with distillery {manifest['code_version']}.",
+                   f"with distillery {manifest['code_version']}."
+                   + "".join(f"\n\n> **Warning**: {w}" for w in manifest["extra"].get("warnings", [])),
         "lineage": "\n".join(lineage),
-        "accounting": _table(acc_rows, ("count", "value")) if acc_rows else "(none recorded)",
+        "accounting": _table(acc_rows, ("rows", "count")) if acc_rows else "(none recorded)",
         "schema": _table([(f["name"], f["type"]) for f in manifest["schema"]], ("column", "type")),
         "statistics": "\n".join(stat_lines) or "(no text columns)",
         "config": json.dumps(manifest["config"], indent=2, sort_keys=True, default=str),

@@ -69,7 +69,7 @@ def _hf(store: Store, vid: str, manifest: dict, path: Path) -> None:
 
     licence = manifest["extra"].get("licence") or {}
     info = datasets.DatasetInfo(description=f"distillery version {vid} ({manifest['step']})",
-                                license=licence.get("license", ""))
+                                license=licence.get("license_name") or licence.get("license", ""))
     with tempfile.TemporaryDirectory() as cache:
         if manifest["num_rows"] == 0:
             dataset = datasets.Dataset(_schema(store, vid).empty_table(), info=info)

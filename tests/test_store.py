@@ -204,3 +204,30 @@ def test_a_failed_export_leaves_the_earlier_file_and_empty_versions_export(store
     hf = datasets.load_from_disk(str(export_version(store, "empty", tmp_path / "ehf", "hf")))
     assert hf.num_rows == 0 and hf.column_names == ["text", "label", "row_id"] and hf.info.license == "cc-by-4.0"
     assert export_version(store, vid, tmp_path / "e.jsonl", "jsonl").read_text().count("\n") == 7
+
+
+def test_the_data_card_is_a_valid_hub_card_that_datasets_loads_quietly(store, make_version, caplog):
+    import logging
+
+    import datasets
+
+    rows = [{**r, "scores": [0.5, 1.5]} for r in ROWS]
+    writer = new_writer(store, "preprocess", {"card": 1}, [{"kind": "raw", "sha256": "8"}], name="carded")
+    writer.write_chunk(0, pa.Table.from_pylist(rows), accounting={
+        "rejected": {"malformed_json": 2}, "kept": 7, "dropped": {"exact_dup": 1}, "input_rows": 10})
+    manifest = writer.finalize({"licence": {"license": "wordnet", "notice": "WordNet 3.0"},
+                                "warnings": ["mlm: none - vectors for every word"]})
+    card = (store.version_path(manifest["version_id"]) / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "other" and front["license_name"] == "wordnet"
+    assert front["dataset_info"]["splits"] == [{"name": "train", "num_bytes": manifest["shards"][0]["bytes"],
+                                                 "num_examples": 7}]
+    assert {"name": "scores", "sequence": "float64"} in front["dataset_info"]["features"]
+    body = card.split("---", 2)[2]
+    assert body.index("**Warning**: mlm: none") < body.index("## Lineage")
+    section = body.split("## Row accounting")[1].split("##")[0]
+    rows_order = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
+    assert rows_order == ["input_rows", "kept", "dropped: exact_dup", "rejected: malformed_json"]
+    with caplog.at_level(logging.WARNING):
+        loaded = datasets.load_dataset(str(store.version_path(manifest["version_id"])), split="train")
+    assert loaded.num_rows == 7 and not [r for r in caplog.records if "dataset_info" in r.getMessage()]

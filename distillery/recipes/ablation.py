@@ -40,7 +40,7 @@ from distill.models import layer_mapping, load_student, load_teacher, num_layers
 from distill.models import load_config as load_model_config
 from distill.runs import TrainedModel
 from distillery.compose import train_augmentation_mlm
-from distillery.demo import SAMPLE_DIR, WORDNET_LICENCE
+from distillery.demo import SAMPLE_DIR
 from distillery.recipes.ablation_report import write_report
 from pipelines.config import ConfigError, Options, load_config, option, to_dict
 from pipelines.preprocess import PreprocessConfig, plan_preprocess
@@ -107,16 +107,13 @@ class StepConfigs:
 
 def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> StepConfigs:
     """Read ``[experiment]`` and one section per step from a TOML file. Data paths are taken relative to the
-    file's folder when a file is there; the bundled sample's data get its WordNet licence."""
+    file's folder when a file is there."""
     exp = load_config(ExperimentConfig, path, overrides, section="experiment")
     local = {split: str(Path(path).parent / getattr(exp, split)) for split in SPLITS
              if (Path(path).parent / getattr(exp, split)).exists()}
-    exp = dataclasses.replace(exp, **local)
-    bundled = all(Path(getattr(exp, split)).resolve().parent == SAMPLE_DIR.resolve() for split in SPLITS)
     return StepConfigs(
-        experiment=exp,
-        preprocess=load_config(PreprocessConfig, path, {"licence": WORDNET_LICENCE if bundled else None},
-                               section="preprocess"),
+        experiment=dataclasses.replace(exp, **local),
+        preprocess=load_config(PreprocessConfig, path, section="preprocess"),
         augment=load_config(AugmentConfig, path, section="augment"),
         mlm=load_config(MLMConfig, path, section="mlm"),
         teacher=load_config(FinetuneConfig, path, section="teacher"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.config import Options, option
+from pipelines.config import Options, option, to_dict
 from pipelines.preprocess.readers import FORMATS
 from pipelines.preprocess.text_clean import NORMALIZATIONS
 
@@ -67,6 +67,23 @@ class DedupConfig(Options):
 
 
 @dataclass
+class LicenceConfig(Options):
+    """The input's licence, recorded in the manifest and the data card (Hugging Face card fields) and inherited
+    by the versions made from it."""
+
+    license: str = option("unknown", help="Hugging Face licence id (apache-2.0, cc-by-4.0, ...), or other with "
+                                          "--license-name.")
+    license_name: str | None = option(None, help="Name of a licence that has no Hugging Face id (with other).")
+    license_link: str | None = option(None, help="Where the licence text is.")
+    notice: str | None = option(None, help="Copyright notice that must travel with the data.")
+
+    def recorded(self) -> dict[str, str]:
+        """The fields that are set (empty when no licence was given)."""
+        fields = {k: v for k, v in to_dict(self).items() if v is not None}
+        return {} if fields == {"license": "unknown"} else fields
+
+
+@dataclass
 class PreprocessConfig(Options):
     """Everything `distillery preprocess` does; TOML keys are these fields (sections for the nested ones)."""
 
@@ -74,7 +91,6 @@ class PreprocessConfig(Options):
     clean: CleanConfig = option(default_factory=CleanConfig, help="Text clean-up.")
     filter: FilterConfig = option(default_factory=FilterConfig, help="Length filters.")
     dedup: DedupConfig = option(default_factory=DedupConfig, help="De-duplication.")
-    licence: dict[str, str] = option(default_factory=dict, cli=False,
-                                     help="Licence of the input, recorded in the manifest and the data card.")
+    licence: LicenceConfig = option(default_factory=LicenceConfig, help="The input's licence.")
     chunk_rows: int = option(20_000, gt=0, help="Input rows per chunk / shard.")
     workers: int = option(1, ge=1, runtime=True, help="Worker processes (never changes the output).")

@@ -405,8 +405,8 @@ def _write(writer: VersionWriter, sources: list[InputSource], schema: OutputSche
             offset += _commit(writer, result, state if dedup else None, offset, config.dedup)
             bar.update(result.accounting["input_rows"])
     extra: dict[str, Any] = {}
-    if config.licence:
-        extra["licence"] = dict(config.licence)
+    if config.licence.recorded():
+        extra["licence"] = config.licence.recorded()
     if processor.hasher:
         extra["near_dup_lsh"] = {"bands": processor.hasher.bands, "rows_per_band": processor.hasher.rows_per_band}
     return extra
