@@ -30,7 +30,7 @@ quiet_libraries()
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="The 5-minute version (configs/ablation_quick.toml).")
+@click.option("--quick", is_flag=True, help="The few-minute smoke version (configs/ablation_quick.toml).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Experiment TOML (default configs/ablation.toml, or ablation_quick.toml with --quick).")
 @click.option("--mlm", default=None, help="Variant 5's masked LM: domain (trained by the recipe), a model, or none.")

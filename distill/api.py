@@ -137,9 +137,8 @@ def _finetune(store: Store, train_ref: str, cfg: FinetuneConfig, output_dir: Pat
                       "finetune", {"train_version": store.resolve(train_ref), "model": source})
     scores = trainer.run(resume)
     finish_run(trainer, "fine-tuning")
-    return save_model(model, source, output_dir / "model", title=f"{Path(source).name} fine-tuned",
-                      mode="finetune", teacher=None, data=data_records(store, train_ref, cfg), scores=scores,
-                      cfg=cfg)
+    return save_model(model, source, output_dir / "model", mode="finetune", base=source, teacher=None,
+                      data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
 
 
 # ---- distillation ------------------------------------------------------------------------------------------
@@ -195,8 +194,8 @@ def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path,
                       _eval_fn(store, cfg, tokenizer, labels, runtime), mode, record)
     scores = trainer.run(resume)
     finish_run(trainer, mode)
-    return save_model(student, tokenizer, model_dir or output_dir / "model", title=f"distilled student ({mode})",
-                      mode=mode, teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores,
+    return save_model(student, tokenizer, model_dir or output_dir / "model", mode=mode, base=student_src,
+                      teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores,
                       cfg=cfg)
 
 

@@ -1,4 +1,4 @@
-"""Model cards (Hugging Face style README.md) for saved students and fine-tuned teachers."""
+"""Model cards (Hugging Face style README.md) for fine-tuned teachers, distilled students and masked LMs."""
 from __future__ import annotations
 
 import json
@@ -7,32 +7,80 @@ from typing import Any
 
 import yaml
 
+from pipelines.cards import card_licence
+from pipelines.resources import minilm_path
 
-def write_model_card(model_dir: Path, *, title: str, mode: str, pipeline_tag: str, teacher: str | None,
-                     data: list[dict[str, Any]],
-                     scores: dict[str, Any], config: dict[str, Any], architecture: dict[str, Any]) -> Path:
-    """README.md naming the teacher, the data versions (id and name) and the scores."""
-    front = {"library_name": "transformers", "pipeline_tag": pipeline_tag,
-             "tags": ["distillery", "distillation" if teacher else "fine-tuned", "bert"]}
-    if teacher:
-        front["base_model"] = teacher
+KINDS = {"finetune": "fine-tuned classifier", "task-stage1": "task-distilled student (stage 1: intermediate layers)",
+         "task-stage2": "task-distilled student", "general": "general-distilled student", "mlm": "masked LM"}
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def hub_id(model: str | None) -> str | None:
+    """The Hub id of a model reference, or None for a local folder or a preset (no id to name)."""
+    if not model:
+        return None
+    if Path(model).exists():
+        try:
+            return MINILM_ID if Path(model).resolve() == minilm_path().resolve() else None
+        except Exception:  # noqa: BLE001 - the bundled model's package may be missing
+            return None
+    return model if "/" in model or model.startswith("bert-") else None
+
+
+def _task(config: Any) -> tuple[str, str]:
+    """(pipeline tag, a few words on the task) of a model config."""
+    if any(a.endswith("ForMaskedLM") for a in config.architectures or []):
+        return "fill-mask", "masked-language modelling"
+    if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
+        return "text-classification", "regression"
+    return "text-classification", f"text classification, {config.num_labels} labels"
+
+
+def _usage(tag: str) -> str:
+    example = "a [MASK] of the river" if tag == "fill-mask" else "a small piece of land surrounded by water"
+    return "\n".join(["```python", "from transformers import pipeline", "",
+                      f'model = pipeline("{tag}", model="path/to/this/folder")', f'print(model("{example}"))', "```"])
+
+
+def write_model_card(model_dir: Path, config: Any, *, mode: str, base: str, teacher: str | None,
+                     data: list[dict[str, Any]], scores: dict[str, Any], training: dict[str, Any],
+                     parameters: int) -> Path:
+    """README.md: what the model is (kind, real shape, task), where it comes from (base model, teacher, data
+    versions), its scores, its licence (the training data's), how to use it and the training configuration."""
+    tag, task = _task(config)
+    train = next((d for d in data if d["role"] == "train"), None)
+    shape = (f"{config.num_hidden_layers} layers x {config.hidden_size} hidden, {config.num_attention_heads} heads, "
+             f"{config.intermediate_size} feed-forward, {parameters / 1e6:.1f} M parameters")
+    title = (f"{KINDS.get(mode, mode)}: {config.num_hidden_layers} x {config.hidden_size} BERT, {task}"
+             + (f", trained on {train['name'] or train['version_id'][:12]}" if train else ""))
+    licence = (train or {}).get("licence") or {}
+    front: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": tag,
+                             "tags": ["distillery", "distillation" if teacher else "fine-tuned", "bert"],
+                             **card_licence(licence or {"license": "unknown"})}
+    origin = hub_id(teacher) or hub_id(base)
+    if origin:
+        front["base_model"] = origin
     command, _, stage = mode.partition("-stage")
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", "",
-             f"Made by `distillery distill {command}`{f' (stage {stage})' if stage else ''}.", ""]
+             f"Made by `distillery distill {command}`{f' (stage {stage})' if stage else ''}.", "",
+             f"- **architecture**: {shape}",
+             f"- **started from**: `{base}`" + (f" ({hub_id(base)})" if hub_id(base) and hub_id(base) != base else "")]
     if teacher:
-        lines += [f"- **teacher**: `{teacher}`"]
-    lines += [f"- **architecture**: {', '.join(f'{k}={v}' for k, v in architecture.items())}", "",
-              "## Data versions", "", "| role | version | name | rows |", "|---|---|---|---|"]
+        lines.append(f"- **teacher**: `{teacher}`" + (f" ({hub_id(teacher)})" if hub_id(teacher) else ""))
+    lines += ["", "## Data versions", "", "| role | version | name | rows |", "|---|---|---|---|"]
     lines += [f"| {d['role']} | `{d['version_id'][:12]}` | {d.get('name') or ''} | {d.get('num_rows', '')} |"
               for d in data]
-    lines += ["", "## Scores", ""]
+    eval_name = next((d.get("name") or d["version_id"][:12] for d in data if d["role"] == "eval"), None)
+    lines += ["", f"## Scores{f' on {eval_name}' if eval_name else ''}", ""]
     if scores:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scores.items()]
     else:
         lines += ["(no evaluation version was given)"]
-    lines += ["", "## Training configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True,
-                                                                          default=str), "```", ""]
+    lines += ["", "## Use", "", _usage(tag), "", "## Licence", "",
+              *[f"- **{k}**: {v}" for k, v in (licence or {"license": "unknown (the training data set none)"}).items()],
+              "", "## Training configuration", "", "```json", json.dumps(training, indent=2, sort_keys=True,
+                                                                              default=str), "```", ""]
     path = Path(model_dir) / "README.md"
     path.write_text("\n".join(lines))
     return path

@@ -210,8 +210,8 @@ def _train(store: Store, train_ref: str, cfg: MLMConfig, output_dir: Path, sourc
                       "mlm", {"train_version": store.resolve(train_ref), "model": source})
     scores = trainer.run(resume)
     finish_run(trainer, "masked-LM training")
-    return save_model(model, source, output_dir / "model", title=f"{Path(source).name} masked LM", mode="mlm",
-                      teacher=None, data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
+    return save_model(model, source, output_dir / "model", mode="mlm", base=source, teacher=None,
+                      data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
 
 
 
@@ -283,6 +283,5 @@ def _distil(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, 
                        "objective": "distilbert"})
     scores = trainer.run(resume)
     finish_run(trainer, "general distillation (DistilBERT)")
-    return save_model(student, teacher_src, output_dir / "model", title="distilled masked-LM student (DistilBERT)",
-                      mode="general", teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores,
-                      cfg=cfg)
+    return save_model(student, teacher_src, output_dir / "model", mode="general", base=cfg.student,
+                      teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)

@@ -86,24 +86,21 @@ def data_records(store: Store, train_ref: str, cfg: TrainConfig) -> list[dict[st
         if ref:
             m = store.manifest(ref)
             records.append({"role": role, "version_id": m["version_id"], "name": m["name"],
-                            "num_rows": m["num_rows"]})
+                            "num_rows": m["num_rows"], "licence": m["extra"].get("licence")})
     return records
 
 
-def save_model(model: nn.Module, tokenizer_src: str | Path, out: Path, *, title: str, mode: str,
+def save_model(model: nn.Module, tokenizer_src: str | Path, out: Path, *, mode: str, base: str,
                teacher: str | None, data: list[dict[str, Any]], scores: dict[str, Any], cfg: TrainConfig) -> Path:
-    """save_pretrained (safetensors) + tokenizer + model card + scores.json."""
+    """save_pretrained (safetensors) + tokenizer + model card + scores.json. ``base``: the model it started
+    from (a hub id, a folder or a preset name); ``teacher``: the model it was distilled from."""
     out.mkdir(parents=True, exist_ok=True)
     model.set_attn_implementation("sdpa")
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(out)
-    c = model.config
-    arch = {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
-            "intermediate": c.intermediate_size, "parameters": sum(p.numel() for p in model.parameters())}
     scores = {k: v for k, v in scores.items() if k != "step"}
-    tag = "fill-mask" if type(model).__name__.endswith("ForMaskedLM") else "text-classification"
-    write_model_card(out, title=title, mode=mode, pipeline_tag=tag, teacher=teacher, data=data, scores=scores,
-                     config=to_dict(cfg), architecture=arch)
+    write_model_card(out, model.config, mode=mode, base=base, teacher=teacher, data=data, scores=scores,
+                     training=to_dict(cfg), parameters=sum(p.numel() for p in model.parameters()))
     write_scores(out, scores)
     return out
 

@@ -325,3 +325,31 @@ def test_ddp_with_two_cpu_processes(data, teacher, tmp_path):
     steps = losses_of(tmp_path / "ddp")
     assert [s for s, *_ in steps] == list(range(1, 7)) and all(math.isfinite(x[1]) for x in steps)
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
+
+
+def test_model_cards_name_the_model_its_origin_and_licence(store, make_version, tiny_bert_factory, tmp_path):
+    import yaml
+
+    from pipelines.resources import minilm_path
+
+    rows = [{"text": f"{w} {w}", "label": w[0]} for w in ["apple", "banana", "cherry"] * 6]
+    writer_rows = make_version(store, rows, name="t", chunk_rows=9)
+    licence = {"license": "cc-by-4.0", "notice": "(c) someone"}
+    version = store.version_path(writer_rows["version_id"]) / "manifest.json"
+    manifest = json.loads(version.read_text())
+    version.write_text(json.dumps({**manifest, "extra": {"licence": licence}}))     # as preprocess --license does
+    teacher = distill.finetune(store, "t", FinetuneConfig(model=str(minilm_path()), max_steps=1, batch_size=6,
+                                                          num_workers=0), tmp_path / "ft").path
+    card = (teacher / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and front["license"] == "cc-by-4.0"
+    assert front["pipeline_tag"] == "text-classification"
+    assert "# fine-tuned classifier: 6 x 384 BERT, text classification, 3 labels, trained on t" in card
+    assert 'pipeline("text-classification"' in card and "(c) someone" in card
+    student = distill.task_distill(store, "t", TaskDistillConfig(teacher=str(teacher), student="tinybert-4",
+                                                                 student_layers=1, max_steps=1, batch_size=6,
+                                                                 num_workers=0), tmp_path / "st").path
+    card = (student / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert "base_model" not in front and front["license"] == "cc-by-4.0"          # a local teacher has no hub id
+    assert "# task-distilled student: 1 x 312 BERT" in card and "Made by `distillery distill task` (stage 2)" in card
