@@ -95,6 +95,13 @@ def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConf
     """accuracy / macro-F1 / Matthews (classification) or Pearson / Spearman (regression) of a saved model."""
     config = config or EvaluateConfig()
     model_dir = models.resolve_model(model_dir)
+    folder = Path(model_dir)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        if (folder / "model" / "config.json").exists():      # a run folder: its model
+            model_dir = str(folder / "model")
+        else:
+            raise DistilleryError(f"{folder} is not a saved model (no weights; a run's model is in its model/ "
+                                  f"folder)")
     runtime = setup_runtime(TrainConfig(device=config.device, num_workers=0))
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(runtime.device)
     labels = _model_labels(model.config)

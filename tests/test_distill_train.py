@@ -236,6 +236,9 @@ def test_finetune_then_evaluate_maps_labels_by_name(store, make_version, tiny_be
     scores = distill.evaluate(store, "e", model_dir)
     assert scores["rows"] == 2 and scores["unknown_labels"] == 1
     assert set(scores) >= {"accuracy", "macro_f1", "matthews"}
+    assert distill.evaluate(store, "e", tmp_path / "ft") == scores           # a run folder means its model
+    with pytest.raises(DistilleryError, match="not a saved model"):
+        distill.evaluate(store, "e", tmp_path)
 
 
 def test_metrics_against_hand_computed_values():
