@@ -36,8 +36,7 @@ class AugmentConfig(Options):
     masks_per_pass: int = option(1, ge=1, help="Approximate fast mode: masks per forward pass (1 = exact).")
     max_length: int | None = option(None, ge=8, help="Masked-LM context cap in pieces (default: the model's, "
                                                      "at most 512).")
-    fields: tuple[str, ...] | None = option(None, flag="field", help="Text column to augment (repeatable; "
-                                                                     "default: text and text_pair).")
+    fields: tuple[str, ...] | None = option(None, help="Text columns to augment (default: text and text_pair).")
     drop_punctuation: bool = option(False, help="Filter punctuation candidates.")
     drop_unk: bool = option(False, help="Filter [UNK] and other special tokens.")
     drop_self: bool = option(False, help="Filter the word itself.")
@@ -46,8 +45,8 @@ class AugmentConfig(Options):
     seed: int = option(42, help="Random seed.")
     chunk_rows: int = option(256, ge=1, help="Input rows per output shard.")
     workers: int = option(1, ge=0, runtime=True, help="Helper processes for preparation and sampling (0 = none).")
-    mlm_batch_size: int = option(256, ge=1, runtime=True, flag="batch-size",
-                                 help="Sequences per masked-LM batch (at most 16384 tokens).")
+    mlm_batch_size: int = option(256, ge=1, runtime=True, help="Sequences per masked-LM batch (at most 16384 "
+                                                               "tokens).")
     device: str = option("auto", runtime=True, help="auto, cpu, cuda or cuda:N.")
 
     def check(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from augment.words import SentenceWords
 from pipelines import fingerprint
 from pipelines.errors import DistilleryError
+from pipelines.resources import model_reference
 
 MAX_BATCH_TOKENS = 16384
 HARD_MAX_LENGTH = 512
@@ -129,7 +130,7 @@ def model_identity(spec: str) -> dict[str, Any]:
 def locate_model(spec: str) -> dict[str, Any]:
     """``model_identity`` of a model that can be loaded; offline, a model that is neither a folder nor in the
     Hugging Face cache is refused here, before any work starts."""
-    identity = model_identity(spec)
+    identity = model_identity(model_reference(spec, "masked LM"))
     if identity["path"] is None and _offline():
         raise _not_available(spec)
     return identity

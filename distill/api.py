@@ -126,7 +126,7 @@ def finetune(store: Store, train_ref: str, config: FinetuneConfig, output_dir: s
     source = models.resolve_model(config.model)
     identity = run_identity(store, "finetune", config, train_ref, model=source)
     return reuse_or_train(output_dir, identity, lambda: _finetune(store, train_ref, config, output_dir, source,
-                                                                  resume))
+                                                                  resume), config.prune_checkpoints)
 
 
 def _finetune(store: Store, train_ref: str, cfg: FinetuneConfig, output_dir: Path, source: str,
@@ -162,18 +162,21 @@ def build_matches(cfg: DistillConfig, student_layers: int, teacher_layers: int, 
 
 def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str,
                  with_head: bool, student_src: str, resume: bool, teacher_needed: bool = True,
-                 model_dir: Path | None = None) -> TrainedModel:
-    """One distillation run (general, or one stage of task distillation), reused when finished."""
+                 model_dir: Path | None = None, card_config: TrainConfig | None = None) -> TrainedModel:
+    """One distillation run (general, or one stage of task distillation), reused when finished; the model card
+    records ``card_config`` (the whole task distillation's config) when given."""
     teacher_src = models.resolve_model(cfg.teacher)
     identity = run_identity(store, mode, cfg, train_ref, teacher=teacher_src, student=student_src,
                              teacher_forward=teacher_needed)
     return reuse_or_train(output_dir, identity, lambda: _distill(
         store, train_ref, cfg, output_dir, mode=mode, with_head=with_head, teacher_src=teacher_src,
-        student_src=student_src, resume=resume, teacher_needed=teacher_needed, model_dir=model_dir))
+        student_src=student_src, resume=resume, teacher_needed=teacher_needed, model_dir=model_dir,
+        card_config=card_config or cfg), cfg.prune_checkpoints)
 
 
 def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str, with_head: bool,
-             teacher_src: str, student_src: str, resume: bool, teacher_needed: bool, model_dir: Path | None) -> Path:
+             teacher_src: str, student_src: str, resume: bool, teacher_needed: bool, model_dir: Path | None,
+             card_config: TrainConfig) -> Path:
     runtime = setup_runtime(cfg)
     torch.manual_seed(cfg.seed)
     teacher_config = models.load_config(teacher_src)
@@ -203,7 +206,7 @@ def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path,
     finish_run(trainer, mode)
     return save_model(student, tokenizer, model_dir or output_dir / "model", mode=mode, base=student_src,
                       teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores,
-                      cfg=cfg)
+                      cfg=card_config)
 
 
 def general_distill(store: Store, train_ref: str, config: DistillConfig, output_dir: str | Path,
@@ -226,11 +229,14 @@ def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output
     teacher when that is set.
     """
     cfg, output_dir = config, Path(output_dir)
+    if not cfg.teacher:
+        raise DistilleryError("task distillation needs a fine-tuned teacher (`distill finetune`'s model folder), "
+                              "e.g. --teacher runs/teacher/model")
     stage1_model = output_dir / "stage1" / "model"
     runs = []
     if cfg.stage in ("1", "both"):
         runs.append(_distill_run(store, train_ref, stage_config(cfg, 1), output_dir / "stage1", mode="task-stage1",
-                                 with_head=True, student_src=cfg.student, resume=resume))
+                                 with_head=True, student_src=cfg.student, resume=resume, card_config=cfg))
     if cfg.stage in ("2", "both"):
         student = str(stage1_model) if (stage1_model / "config.json").exists() else cfg.student
         if student in models.PRESETS:
@@ -241,5 +247,5 @@ def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output
                                   f"`distillery distill cache-logits`)")
         runs.append(_distill_run(store, data_ref, stage_config(cfg, 2), output_dir / "stage2", mode="task-stage2",
                                  with_head=True, student_src=student, resume=resume,
-                                 teacher_needed=not cfg.logits_ref, model_dir=output_dir / "model"))
+                                 teacher_needed=not cfg.logits_ref, model_dir=output_dir / "model", card_config=cfg))
     return TrainedModel(runs[-1].path, runs[-1].scores, up_to_date=all(r.up_to_date for r in runs))

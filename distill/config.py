@@ -43,7 +43,9 @@ class TrainConfig(Options):
     compile: bool = option(False, runtime=True, help="torch.compile the student.")
     checkpoint_every: int = option(0, ge=0, runtime=True, help="Optimizer steps between checkpoints (0 = only at "
                                                                "the end).")
-    keep_checkpoints: int = option(2, ge=1, runtime=True, help="Newest checkpoints kept.")
+    keep_checkpoints: int = option(2, ge=1, runtime=True, help="Newest checkpoints kept during a run.")
+    prune_checkpoints: bool = option(True, runtime=True, help="Delete checkpoints/ (optimizer state and all) once "
+                                                              "the run has finished and its model is saved.")
     log_every: int = option(10, ge=1, runtime=True, help="Steps between metrics lines.")
     eval_ref: str = option("", runtime=True, help="Version evaluated at the end (and every --eval-every steps).")
     eval_every: int = option(0, ge=0, runtime=True, help="Optimizer steps between evaluations (0 = at the end).")
@@ -104,6 +106,10 @@ class DistillConfig(TrainConfig):
 class TaskDistillConfig(DistillConfig):
     """TinyBERT task distillation: stage 1 intermediate layers, then stage 2 prediction layer."""
 
+    teacher: str = option("", help="The fine-tuned teacher: a `distill finetune` model folder or a hub id "
+                                   "(required).")
+    epochs: float = option(1.0, gt=0, cli=False, help="Not used: stage1_epochs and stage2_epochs set the stages.")
+    lr: float = option(5e-5, gt=0, cli=False, help="Not used: stage1_lr and stage2_lr set the stages.")
     stage: str = option("both", choices=("1", "2", "both"), runtime=True, help="Stages to run.")
     stage1_epochs: float = option(10.0, gt=0, help="Stage 1 (intermediate layers) epochs.")
     stage1_lr: float = option(5e-5, gt=0, help="Stage 1 learning rate.")
@@ -117,6 +123,10 @@ class TaskDistillConfig(DistillConfig):
         super().check()
         if self.objective != "tinybert":
             raise ConfigError("objective", "task distillation uses the tinybert objective")
+        for name, default, instead in (("epochs", 1.0, "stage1_epochs / stage2_epochs"),
+                                       ("lr", 5e-5, "stage1_lr / stage2_lr")):
+            if getattr(self, name) != default:
+                raise ConfigError(name, f"task distillation has no single {name}: set {instead}")
 
 
 @dataclass

@@ -195,7 +195,7 @@ def train_mlm(store: Store, train_ref: str, config: MLMConfig, output_dir: str |
     source = models.resolve_model(config.model)
     identity = run_identity(store, "mlm", config, train_ref, model=source, scorer=getattr(scorer, "__name__", None))
     return reuse_or_train(output_dir, identity, lambda: _train(store, train_ref, config, output_dir, source, resume,
-                                                               scorer))
+                                                               scorer), config.prune_checkpoints)
 
 
 def _train(store: Store, train_ref: str, cfg: MLMConfig, output_dir: Path, source: str, resume: bool,
@@ -256,7 +256,7 @@ def distil_masked_lm(store: Store, train_ref: str, cfg: DistillConfig, output_di
     teacher_src = models.resolve_model(cfg.teacher)
     identity = run_identity(store, "general-distilbert", cfg, train_ref, teacher=teacher_src, student=cfg.student)
     return reuse_or_train(output_dir, identity, lambda: _distil(store, train_ref, cfg, output_dir, teacher_src,
-                                                                resume))
+                                                                resume), cfg.prune_checkpoints)
 
 
 def _distil(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, teacher_src: str,

@@ -27,7 +27,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from distill.config import MINILM, DistillConfig
 from pipelines.errors import DistilleryError
 from pipelines.progress import say
-from pipelines.resources import minilm_path
+from pipelines.resources import minilm_path, model_reference
 
 RAW_ATTENTION = "distill_raw"
 PRESETS = {
@@ -61,7 +61,7 @@ def resolve_model(name: str | Path) -> str:
     """A model reference: the MiniLM shortcut, a local folder or a hub id."""
     if str(name) == MINILM:
         return str(minilm_path())
-    return str(name)
+    return model_reference(str(name))
 
 
 def self_attentions(model: nn.Module) -> list[nn.Module]:

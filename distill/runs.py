@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from pipelines.fingerprint import canonical_json
 from pipelines.store import Store
 
 FINISHED = "finished.json"
+CHECKPOINTS = "checkpoints"
 SCORES = "scores.json"
 
 
@@ -61,9 +63,11 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if old != new else []
 
 
-def reuse_or_train(run_dir: Path, identity: dict[str, Any], train: Callable[[], Path]) -> TrainedModel:
+def reuse_or_train(run_dir: Path, identity: dict[str, Any], train: Callable[[], Path],
+                   prune_checkpoints: bool = True) -> TrainedModel:
     """The model of the finished run in ``run_dir`` when ``identity`` (the run's settings) matches its record;
-    otherwise ``train()`` (which returns the saved model folder) and record the run as finished."""
+    otherwise ``train()`` (which returns the saved model folder), record the run as finished and (unless asked
+    not to) delete its checkpoints, which a finished run no longer needs."""
     identity = json.loads(canonical_json(identity))
     marker = run_dir / FINISHED
     if marker.exists():
@@ -76,6 +80,8 @@ def reuse_or_train(run_dir: Path, identity: dict[str, Any], train: Callable[[], 
         return TrainedModel(model, read_scores(model), up_to_date=True)
     model = train()
     write_json_atomic(marker, {"run": identity, "model": Path(os.path.relpath(model, run_dir)).as_posix()})
+    if prune_checkpoints:
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     return TrainedModel(model, read_scores(model))
 
 

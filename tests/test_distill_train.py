@@ -94,6 +94,7 @@ def test_a_finished_run_is_reused_and_other_settings_refused(data, teacher, tmp_
     assert first.exit_code == 0 and first.stdout.startswith("general: trained"), first.output
     weights = tmp_path / "run" / "model" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
+    assert not (tmp_path / "run" / "checkpoints").exists()          # a finished run keeps its model, not its state
     again = CliRunner().invoke(cli, [*args, "--num-workers", "1", "--log-every", "5"], catch_exceptions=False)
     assert again.exit_code == 0 and again.stdout.startswith("general: up to date"), again.output
     assert weights.stat().st_mtime_ns == stamp
@@ -154,7 +155,7 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(data, teacher, tm
 
 def test_task_distillation_saves_a_student_hf_loads_identically(data, teacher, tmp_path):
     cfg = TaskDistillConfig(teacher=teacher, **STUDENT, stage1_epochs=1, stage2_epochs=1, batch_size=8,
-                            eval_ref="dev", num_workers=0, log_every=1, temperature=2.0)
+                            eval_ref="dev", num_workers=0, log_every=1, temperature=2.0, prune_checkpoints=False)
     model_dir = distill.task_distill(data, "train", cfg, tmp_path / "run").path
     assert model_dir == tmp_path / "run" / "model"
     for stage in ("stage1", "stage2"):
@@ -288,17 +289,31 @@ def test_regression_finetune_and_evaluate(store, make_version, tiny_bert_factory
     assert set(scores) >= {"pearson", "spearman", "mse"} and scores["rows"] == 20
 
 
+def cli_group():
+    from distillery.cli.main import cli
+
+    return cli
+
+
 def test_task_distillation_needs_a_fine_tuned_teacher(data, tiny_bert_factory, tmp_path):
     encoder = str(tiny_bert_factory(layers=2, hidden=16, heads=2, with_mlm_head=False))
     with pytest.raises(DistilleryError, match="not a fine-tuned sequence classifier"):
         distill.task_distill(data, "train", TaskDistillConfig(teacher=encoder, **STUDENT), tmp_path / "run")
     with pytest.raises(DistilleryError, match="'stage'.*not one of 1, 2, both"):
         distill.task_distill(data, "train", TaskDistillConfig(teacher=encoder, stage="3"), tmp_path / "run")
+    with pytest.raises(DistilleryError, match="needs a fine-tuned teacher"):
+        distill.task_distill(data, "train", TaskDistillConfig(), tmp_path / "run")
+    with pytest.raises(DistilleryError, match="'epochs': task distillation has no single epochs"):
+        TaskDistillConfig(teacher=encoder, epochs=3)
+    with pytest.raises(DistilleryError, match="model '/nope': no such folder"):
+        distill.task_distill(data, "train", TaskDistillConfig(teacher="/nope"), tmp_path / "run")
+    task_help = CliRunner().invoke(cli_group(), ["distill", "task", "--help"]).output
+    assert "--epochs " not in task_help and "--lr " not in task_help and "--stage1-epochs" in task_help
 
 
 def test_student_initialised_from_teacher_layers(data, teacher, tmp_path):
     cfg = TaskDistillConfig(teacher=teacher, student="custom", student_layers=2, student_init="teacher", stage="1",
-                            stage1_epochs=1, max_steps=1, lr=1e-12, stage1_lr=1e-12, batch_size=8, num_workers=0)
+                            stage1_epochs=1, max_steps=1, stage1_lr=1e-12, batch_size=8, num_workers=0)
     student = AutoModelForSequenceClassification.from_pretrained(distill.task_distill(data, "train", cfg,
                                                                                       tmp_path / "run").path)
     reference = AutoModelForSequenceClassification.from_pretrained(teacher)
@@ -356,3 +371,4 @@ def test_model_cards_name_the_model_its_origin_and_licence(store, make_version, 
     front = yaml.safe_load(card.split("---")[1])
     assert "base_model" not in front and front["license"] == "cc-by-4.0"          # a local teacher has no hub id
     assert "# task-distilled student: 1 x 312 BERT" in card and "Made by `distillery distill task` (stage 2)" in card
+    assert '"stage1_epochs": 10.0' in card and '"stage2_lr"' in card     # the task's own settings, both stages

@@ -223,7 +223,7 @@ def test_cli_config_file_flags_and_summary(store, tmp_path):
     toml.write_text('chunk_rows = 300\n[input]\nlabel_column = "label"\n[clean]\nlowercase = true\n'
                     '[filter]\nmin_tokens = 3\n[licence]\nlicense = "wordnet"\nnotice = "WordNet 3.0"\n')
     args = ["--store", str(store.root), "preprocess", str(SAMPLE_DIR / "dev.jsonl"), "--config", str(toml),
-            "--no-lowercase", "--chunk-rows", "400", "--name", "dev", "--near-dup-threshold", "0.9"]
+            "--no-lowercase", "--chunk-rows", "400", "--name", "dev", "--near-threshold", "0.9"]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "rows:" in result.output and "path:" in result.output
@@ -268,7 +268,7 @@ def shard_bytes(store: Store, manifest: dict) -> list[bytes]:
 def test_crash_and_resume_is_byte_identical(tmp_path):
     corpus = tmp_path / "big.jsonl"
     make_big_corpus(corpus, 150_000)
-    args = [str(corpus), "--label-column", "label", "--chunk-rows", "3000", "--near-dup"]
+    args = [str(corpus), "--label-column", "label", "--chunk-rows", "3000", "--near"]
     env = {**os.environ, "DISTILLERY_PROGRESS": "0"}
     killed_store = tmp_path / "killed"
     cmd = [sys.executable, "-m", "distillery", "--store", str(killed_store), "preprocess", *args]

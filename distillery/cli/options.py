@@ -26,7 +26,7 @@ class Flag:
 
     @property
     def name(self) -> str:
-        return self.field.metadata.get("flag") or self.field.name.replace("_", "-")
+        return self.field.name.replace("_", "-")
 
     @property
     def dest(self) -> str:

@@ -57,10 +57,10 @@ class FilterConfig(Options):
 class DedupConfig(Options):
     """Exact (64-bit hash of the final text and pair) and near-duplicate (MinHash-LSH) removal."""
 
-    exact: bool = option(True, flag="dedup", help="Exact de-duplication.")
-    near: bool = option(False, flag="near-dup", help="MinHash-LSH near-duplicate removal.")
-    near_threshold: float = option(0.8, gt=0.0, lt=1.0, flag="near-dup-threshold", implies={"near": True},
-                                   help="Jaccard threshold of character n-gram sets (implies --near-dup).")
+    exact: bool = option(True, help="Exact de-duplication.")
+    near: bool = option(False, help="MinHash-LSH near-duplicate removal.")
+    near_threshold: float = option(0.8, gt=0.0, lt=1.0, implies={"near": True},
+                                   help="Jaccard threshold of character n-gram sets (implies --near).")
     num_perm: int = option(64, ge=2, help="MinHash permutations.")
     ngram: int = option(5, ge=1, help="Character n-gram size of the MinHash sets.")
     seed: int = option(0, help="Seed of the MinHash permutations.")
