@@ -212,7 +212,7 @@ def plan_augment(store: Store, ref: str, config: AugmentConfig) -> StepPlan:
     recorded = {**to_dict(config), **resolved}
     identity = {**identity_dict(config), **resolved}
     for key, digest in (("mlm", resolved["mlm_sha256"]), ("vectors", resolved["vectors_sha256"]),
-                        ("tokenizer", resolved.get("tokenizer_sha256"))):
+                        ("tokenizer", resolved.get("tokenizer_sha256") or use_mlm)):   # (the MLM's own tokenizer)
         if digest:
             identity.pop(key, None)        # identified by content, wherever the files are
     setup = _Setup(config, fields, device, precision, tokenizer_spec, model if use_mlm else None, vectors, recorded)

@@ -264,3 +264,24 @@ def test_agreement_of_the_teacher_on_copies_per_candidate_source(store, make_ver
     assert agreement["teacher_accuracy"]["originals"] == pytest.approx(sum(right) / len(right))
     not_augmented = CliRunner().invoke(cli, ["--store", str(store.root), "distill", "agreement", "src", str(teacher)])
     assert not_augmented.exit_code == 1 and "not an augmented version" in str(not_augmented.exception)
+
+
+def test_version_ids_do_not_depend_on_where_models_and_vectors_are(store, make_version, tiny_mlm_dir, glove_txt,
+                                                                    tmp_path):
+    """The same step on the same data gets the same id wherever the model, tokenizer and vectors are installed
+    (they are identified by content, never by path)."""
+    import shutil
+
+    from augment import plan_augment
+
+    make_version(store, sample_rows(4), name="src")
+    moved_mlm, moved_vectors = tmp_path / "elsewhere" / "mlm", tmp_path / "elsewhere" / "vectors.txt"
+    shutil.copytree(tiny_mlm_dir, moved_mlm)
+    moved_vectors.write_bytes(glove_txt.read_bytes())
+    for mlm in ("model", "none"):
+        here = config(tiny_mlm_dir if mlm == "model" else "none", glove_txt, tokenizer=str(tiny_mlm_dir))
+        there = config(moved_mlm if mlm == "model" else "none", moved_vectors, tokenizer=str(moved_mlm))
+        assert plan_augment(store, "src", here).version_id() == plan_augment(store, "src", there).version_id()
+    other = config(tiny_mlm_dir, glove_txt, num_aug=7)
+    assert plan_augment(store, "src", other).version_id() != plan_augment(store, "src", config(
+        tiny_mlm_dir, glove_txt)).version_id()
