@@ -6,7 +6,6 @@ states at masked positions.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from pipelines.resources import model_reference
 
 MAX_BATCH_TOKENS = 16384
 HARD_MAX_LENGTH = 512
-_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 
 
 @dataclass
@@ -120,10 +118,9 @@ def model_identity(spec: str) -> dict[str, Any]:
     folder = _local_folder(spec)
     identity: dict[str, Any] = {"id": spec, "path": str(folder) if folder else None}
     if folder is not None:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _HASHED_SUFFIXES)
-        hashes = {p.name: fingerprint.file_sha256(p) for p in files}
+        hashes = fingerprint.model_file_hashes(folder)
         identity["weights"] = {k: v for k, v in hashes.items() if k.endswith((".safetensors", ".bin"))}
-        identity["sha256"] = hashlib.sha256(fingerprint.canonical_json(hashes).encode()).hexdigest()
+        identity["sha256"] = fingerprint.model_sha256(folder)
     return identity
 
 

@@ -15,7 +15,15 @@ from distill.matches import Match, MatchSet, default_matches
 from distill.metrics import classification_metrics, regression_metrics
 from distill.mlm import distil_masked_lm
 from distill.objective import Objective
-from distill.runs import TrainedModel, data_records, finish_run, reuse_or_train, run_identity, save_model
+from distill.runs import (
+    TrainedModel,
+    data_records,
+    finish_run,
+    record_evaluation,
+    reuse_or_train,
+    run_identity,
+    save_model,
+)
 from distill.trainer import Runtime, Trainer, setup_runtime, to_device
 from pipelines.errors import DistilleryError
 from pipelines.store import Store
@@ -107,7 +115,9 @@ def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConf
     labels = _model_labels(model.config)
     cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=config.max_seq_length)
     stream = make_stream(store, ref, model_dir, cfg, labels, shuffle=False)
-    return {"version_id": store.resolve(ref), **evaluate_model(model, stream, runtime.device)}
+    scores = {"version_id": store.resolve(ref), **evaluate_model(model, stream, runtime.device)}
+    record_evaluation(Path(model_dir), store.manifest(ref), scores)
+    return scores
 
 
 def _eval_fn(store: Store, cfg: TrainConfig, tokenizer: str | Path, labels: dict[str, Any], runtime: Runtime):

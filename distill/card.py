@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import AutoConfig
 
 from pipelines.cards import card_licence
 from pipelines.resources import minilm_path
 
+CARD_INPUTS, SCORES, EVALUATIONS = "card.json", "scores.json", "evaluations.json"    # beside the model files
 KINDS = {"finetune": "fine-tuned classifier", "task-stage1": "task-distilled student (stage 1: intermediate layers)",
          "task-stage2": "task-distilled student", "general": "general-distilled student", "mlm": "masked LM"}
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -42,11 +44,17 @@ def _usage(tag: str) -> str:
                       f'model = pipeline("{tag}", model="path/to/this/folder")', f'print(model("{example}"))', "```"])
 
 
-def write_model_card(model_dir: Path, config: Any, *, mode: str, base: str, teacher: str | None,
-                     data: list[dict[str, Any]], scores: dict[str, Any], training: dict[str, Any],
-                     parameters: int) -> Path:
-    """README.md: what the model is (kind, real shape, task), where it comes from (base model, teacher, data
-    versions), its scores, its licence (the training data's), how to use it and the training configuration."""
+def write_model_card(model_dir: Path) -> Path:
+    """README.md of a saved model from what ``card.json`` records of its run, its ``scores.json`` and its
+    ``evaluations.json``: what the model is (kind, real shape, task), where it comes from (base model, teacher,
+    data versions), its scores, its licence (the training data's), how to use it and the training configuration."""
+    model_dir = Path(model_dir)
+    inputs = json.loads((model_dir / CARD_INPUTS).read_text())
+    mode, base, teacher, data = inputs["mode"], inputs["base"], inputs["teacher"], inputs["data"]
+    training, parameters = inputs["training"], inputs["parameters"]
+    scores, evaluations = ({} if not (model_dir / name).exists() else json.loads((model_dir / name).read_text())
+                           for name in (SCORES, EVALUATIONS))
+    config = AutoConfig.from_pretrained(model_dir)
     tag, task = _task(config)
     train = next((d for d in data if d["role"] == "train"), None)
     shape = (f"{config.num_hidden_layers} layers x {config.hidden_size} hidden, {config.num_attention_heads} heads, "
@@ -77,6 +85,13 @@ def write_model_card(model_dir: Path, config: Any, *, mode: str, base: str, teac
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scores.items()]
     else:
         lines += ["(no evaluation version was given)"]
+    if evaluations:
+        metrics = sorted({k for e in evaluations.values() for k, v in e["scores"].items() if isinstance(v, float)})
+        lines += ["", "## Evaluations (`distillery distill evaluate`)", "",
+                  "| version | name | rows | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
+        lines += [f"| `{vid[:12]}` | {e['name'] or ''} | {e['rows']} | "
+                  + " | ".join(f"{e['scores'].get(m, float('nan')):.4f}" for m in metrics) + " |"
+                  for vid, e in evaluations.items()]
     lines += ["", "## Use", "", _usage(tag), "", "## Licence", "",
               *[f"- **{k}**: {v}" for k, v in (licence or {"license": "unknown (the training data set none)"}).items()],
               "", "## Training configuration", "", "```json", json.dumps(training, indent=2, sort_keys=True,

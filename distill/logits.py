@@ -14,7 +14,7 @@ from distill.config import CacheLogitsConfig, TrainConfig
 from distill.data import LABEL, LOGITS, Collator, to_tensors
 from distill.trainer import setup_runtime, to_device
 from pipelines.config import identity_dict, to_dict
-from pipelines.fingerprint import path_sha256
+from pipelines.fingerprint import model_sha256
 from pipelines.progress import progress_bar
 from pipelines.runner import Step, StepPlan, run_step
 from pipelines.store import Store, VersionWriter
@@ -27,7 +27,7 @@ def plan_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, config:
     """What caching the logits of ``teacher_dir`` on ``ref`` would write (the teacher identified by content)."""
     teacher_src = models.resolve_model(teacher_dir)
     parent = store.manifest(ref)
-    resolved = {"teacher_sha256": path_sha256(teacher_src)}
+    resolved = {"teacher_sha256": model_sha256(teacher_src)}
     return StepPlan(STEP, {**to_dict(config), "teacher": teacher_src, **resolved},
                     {**identity_dict(config), **resolved}, [{"version_id": parent["version_id"]}],
                     lambda writer: _write(store, parent, teacher_src, config, writer))

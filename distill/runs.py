@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 from transformers import AutoTokenizer
 
-from distill.card import write_model_card
+from distill.card import CARD_INPUTS, EVALUATIONS, SCORES, write_model_card
 from distill.config import TrainConfig
 from distill.plots import plot_metrics
 from distill.trainer import Trainer
@@ -30,7 +30,6 @@ from pipelines.store import Store
 
 FINISHED = "finished.json"
 CHECKPOINTS = "checkpoints"
-SCORES = "scores.json"
 
 
 @dataclass
@@ -105,10 +104,24 @@ def save_model(model: nn.Module, tokenizer_src: str | Path, out: Path, *, mode: 
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(out)
     scores = {k: v for k, v in scores.items() if k != "step"}
-    write_model_card(out, model.config, mode=mode, base=base, teacher=teacher, data=data, scores=scores,
-                     training=to_dict(cfg), parameters=sum(p.numel() for p in model.parameters()))
+    write_json_atomic(out / CARD_INPUTS, {"mode": mode, "base": base, "teacher": teacher, "data": data,
+                                          "training": to_dict(cfg),
+                                          "parameters": sum(p.numel() for p in model.parameters())})
     write_scores(out, scores)
+    write_model_card(out)
     return out
+
+
+def record_evaluation(model_dir: Path, manifest: dict[str, Any], scores: dict[str, Any]) -> None:
+    """Add an evaluation (on a test version, say) to a distillery model's evaluations.json and card."""
+    if not (model_dir / CARD_INPUTS).exists():
+        return                          # not a model distillery saved: its folder is left as it is
+    path = model_dir / EVALUATIONS
+    evaluations = json.loads(path.read_text()) if path.exists() else {}
+    evaluations[manifest["version_id"]] = {"name": manifest["name"], "rows": manifest["num_rows"],
+                                           "scores": {k: v for k, v in scores.items() if k != "version_id"}}
+    write_json_atomic(path, evaluations)
+    write_model_card(model_dir)
 
 
 def finish_run(trainer: Trainer, title: str) -> None:

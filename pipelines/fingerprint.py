@@ -40,6 +40,22 @@ def path_sha256(path: str | Path) -> str:
     return tree_sha256(path) if Path(path).is_dir() else file_sha256(path)
 
 
+# What distillery writes beside a model (its card, scores, evaluations): not part of the model's identity.
+MODEL_METADATA = frozenset({"README.md", "scores.json", "evaluations.json", "card.json"})
+MODEL_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+
+
+def model_file_hashes(folder: str | Path) -> dict[str, str]:
+    """sha256 of each weight, config and tokenizer file of a model folder (its metadata left out)."""
+    return {p.name: file_sha256(p) for p in sorted(Path(folder).iterdir())
+            if p.is_file() and p.suffix in MODEL_SUFFIXES and p.name not in MODEL_METADATA}
+
+
+def model_sha256(folder: str | Path) -> str:
+    """A model folder's identity: its weights, config and tokenizer, whatever card or scores sit beside them."""
+    return hashlib.sha256(canonical_json(model_file_hashes(folder)).encode()).hexdigest()
+
+
 def canonical_json(data: Any) -> str:
     """JSON with sorted keys and no spacing: the form every hash is taken over."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

@@ -372,3 +372,22 @@ def test_model_cards_name_the_model_its_origin_and_licence(store, make_version, 
     assert "base_model" not in front and front["license"] == "cc-by-4.0"          # a local teacher has no hub id
     assert "# task-distilled student: 1 x 312 BERT" in card and "Made by `distillery distill task` (stage 2)" in card
     assert '"stage1_epochs": 10.0' in card and '"stage2_lr"' in card     # the task's own settings, both stages
+
+
+def test_an_evaluation_lands_in_the_model_card_without_changing_the_model_identity(store, make_version,
+                                                                                    tiny_bert_factory, tmp_path):
+    from pipelines.fingerprint import model_sha256
+
+    base = str(tiny_bert_factory(layers=1, hidden=16, heads=2, with_mlm_head=False))
+    make_version(store, [{"text": f"{w} {w}", "label": w[0]} for w in ["apple", "banana"] * 6], name="t",
+                 chunk_rows=6)
+    make_version(store, [{"text": "apple", "label": "a"}, {"text": "banana", "label": "b"}], name="test",
+                 config={"t": 1})
+    model = distill.finetune(store, "t", FinetuneConfig(model=base, max_steps=1, batch_size=4, num_workers=0),
+                             tmp_path / "ft").path
+    identity = model_sha256(model)
+    assert "## Evaluations" not in (model / "README.md").read_text()
+    scores = distill.evaluate(store, "test", model)
+    card = (model / "README.md").read_text()
+    assert "## Evaluations" in card and "| test | 2 |" in card and f"{scores['accuracy']:.4f}" in card
+    assert model_sha256(model) == identity           # the card and scores are not part of what the model is
