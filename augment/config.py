@@ -37,6 +37,9 @@ class AugmentConfig(Options):
     max_length: int | None = option(None, ge=8, help="Masked-LM context cap in pieces (default: the model's, "
                                                      "at most 512).")
     fields: tuple[str, ...] | None = option(None, help="Text columns to augment (default: text and text_pair).")
+    mlm_min_similarity: float = option(0.0, ge=0.0, le=1.0, help="Keep only masked-LM candidates whose word vector "
+                                                                  "has at least this cosine with the word's (0: "
+                                                                  "all, as the reference); labels drift less.")
     drop_punctuation: bool = option(False, help="Filter punctuation candidates.")
     drop_unk: bool = option(False, help="Filter [UNK] and other special tokens.")
     drop_self: bool = option(False, help="Filter the word itself.")

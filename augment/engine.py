@@ -381,6 +381,8 @@ def _candidates(prepared: Prepared, models: _Models, config: AugmentConfig, coun
             word = unit.sentence.words[i]
             raw = from_mlm[(u, i)] if (u, i) in from_mlm else neighbours[word]
             counts["mlm_words" if (u, i) in from_mlm else "vector_words"] += 1
+            if (u, i) in from_mlm and config.mlm_min_similarity > 0:
+                raw = models.index.similar(word, raw, config.mlm_min_similarity)
             kept = models.filter.apply(word, raw)
             counts["self_only_words"] += kept == [word]
             lists.append(kept)

@@ -170,6 +170,19 @@ class NeighbourIndex:
         self.stats["seconds"] += time.perf_counter() - start
         return {w: self.cache[w] for w in words}
 
+    def similar(self, word: str, candidates: list[str], threshold: float) -> list[str]:
+        """The candidates whose vector has cosine >= ``threshold`` with the word's (in order; none when the word
+        has no vector, or a candidate none)."""
+        query = self.index.get(word.lower(), self.index.get(word))
+        if query is None:
+            return []
+        kept = []
+        for candidate in candidates:
+            other = self.index.get(candidate.lower(), self.index.get(candidate))
+            if other is not None and other != query and self.unit64[other] @ self.unit64[query] >= threshold:
+                kept.append(candidate)
+        return kept
+
     def _rerank(self, word: str, query: int, candidates: np.ndarray) -> list[str]:
         candidates = candidates[candidates != query]
         exact = self.unit64[candidates] @ self.unit64[query]

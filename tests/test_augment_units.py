@@ -211,3 +211,17 @@ def _save_bin(kv, folder):
     path = folder / "other.bin"
     kv.save_word2vec_format(str(path), binary=True)
     return path
+
+
+def test_masked_lm_candidates_filtered_by_word_vector_similarity(glove_txt):
+    vectors = load_vectors(str(glove_txt))
+    index = NeighbourIndex(vectors, 20_000, 5)
+    unit = {w: v / np.linalg.norm(v) for w, v in zip(vectors.words[:20_000], np.asarray(vectors.matrix[:20_000],
+                                                                                      dtype=np.float64))}
+    candidates = ["river", "stream", "car", "Lake", "unknownword", "water"]
+    for threshold in (0.3, 0.6):
+        expected = [c for c in candidates if c.lower() in unit and unit[c.lower()] @ unit["river"] >= threshold
+                    and c.lower() != "river"]
+        assert index.similar("River", candidates, threshold) == expected
+    assert index.similar("river", candidates, 0.6) != index.similar("river", candidates, 0.0)
+    assert index.similar("notaword", candidates, 0.1) == []
