@@ -22,7 +22,6 @@ from distill.runs import (
     record_evaluation,
     reuse_or_train,
     run_identity,
-    save_model,
 )
 from distill.trainer import Runtime, Trainer, setup_runtime, to_device
 from pipelines.errors import DistilleryError
@@ -153,9 +152,8 @@ def _finetune(store: Store, train_ref: str, cfg: FinetuneConfig, output_dir: Pat
     trainer = Trainer(objective, stream, cfg, output_dir, runtime, _eval_fn(store, cfg, source, labels, runtime),
                       "finetune", {"train_version": store.resolve(train_ref), "model": source})
     scores = trainer.run(resume)
-    finish_run(trainer, "fine-tuning")
-    return save_model(model, source, output_dir / "model", mode="finetune", base=source, teacher=None,
-                      data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
+    return finish_run(trainer, "fine-tuning", model, source, output_dir / "model", mode="finetune", base=source,
+                      teacher=None, data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
 
 
 # ---- distillation ------------------------------------------------------------------------------------------
@@ -213,9 +211,8 @@ def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path,
     trainer = Trainer(objective, stream, cfg, output_dir, runtime,
                       _eval_fn(store, cfg, tokenizer, labels, runtime), mode, record)
     scores = trainer.run(resume)
-    finish_run(trainer, mode)
-    return save_model(student, tokenizer, model_dir or output_dir / "model", mode=mode, base=student_src,
-                      teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores,
+    return finish_run(trainer, mode, student, tokenizer, model_dir or output_dir / "model", mode=mode,
+                      base=student_src, teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores,
                       cfg=card_config)
 
 

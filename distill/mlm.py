@@ -26,7 +26,7 @@ from torch import nn
 from distill import losses, models
 from distill.config import DistillConfig, MLMConfig, TrainConfig
 from distill.data import ROW_ID, TEXT, Collator, ShardStream
-from distill.runs import TrainedModel, data_records, finish_run, reuse_or_train, run_identity, save_model
+from distill.runs import TrainedModel, data_records, finish_run, reuse_or_train, run_identity
 from distill.trainer import Runtime, Trainer, setup_runtime, to_device
 from pipelines.errors import DistilleryError
 from pipelines.store import Store
@@ -209,9 +209,8 @@ def _train(store: Store, train_ref: str, cfg: MLMConfig, output_dir: Path, sourc
     trainer = Trainer(objective, stream, cfg, output_dir, runtime, _eval_fn(store, cfg, source, runtime, scorer),
                       "mlm", {"train_version": store.resolve(train_ref), "model": source})
     scores = trainer.run(resume)
-    finish_run(trainer, "masked-LM training")
-    return save_model(model, source, output_dir / "model", mode="mlm", base=source, teacher=None,
-                      data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
+    return finish_run(trainer, "masked-LM training", model, source, output_dir / "model", mode="mlm", base=source,
+                      teacher=None, data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
 
 
 
@@ -282,6 +281,6 @@ def _distil(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, 
                       {"train_version": store.resolve(train_ref), "teacher": teacher_src, "student": cfg.student,
                        "objective": "distilbert"})
     scores = trainer.run(resume)
-    finish_run(trainer, "general distillation (DistilBERT)")
-    return save_model(student, teacher_src, output_dir / "model", mode="general", base=cfg.student,
-                      teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
+    return finish_run(trainer, "general distillation (DistilBERT)", student, teacher_src, output_dir / "model",
+                      mode="general", base=cfg.student, teacher=teacher_src,
+                      data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)

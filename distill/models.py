@@ -57,11 +57,11 @@ AttentionInterface.register(RAW_ATTENTION, _raw_score_attention)
 AttentionMaskInterface.register(RAW_ATTENTION, eager_mask)
 
 
-def resolve_model(name: str | Path) -> str:
-    """A model reference: the MiniLM shortcut, a local folder or a hub id."""
+def resolve_model(name: str | Path, what: str = "model") -> str:
+    """A model reference: the MiniLM shortcut, a local folder or a hub id (``what`` names it in errors)."""
     if str(name) == MINILM:
         return str(minilm_path())
-    return model_reference(str(name))
+    return model_reference(str(name), what)
 
 
 def self_attentions(model: nn.Module) -> list[nn.Module]:
@@ -218,11 +218,13 @@ def load_student(student: str, teacher_config: Any, overrides: dict[str, int], l
         if init_from is not None:
             copy_teacher_layers(model, *init_from)
         return model
+    presets = f"(or use a preset: {', '.join(PRESETS)})"
     try:
-        return cls.from_pretrained(resolve_model(student), **labels)
+        return cls.from_pretrained(resolve_model(student, "student"), **labels)
+    except DistilleryError as exc:
+        raise DistilleryError(f"{exc} {presets}") from None
     except OSError as exc:
-        raise DistilleryError(f"cannot load student '{student}': {exc} (or use a preset: {', '.join(PRESETS)})") \
-            from None
+        raise DistilleryError(f"cannot load student '{student}': {exc} {presets}") from None
 
 
 def teacher_width(teacher_config: Any, overrides: dict[str, int]) -> dict[str, int]:

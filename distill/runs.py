@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import AutoTokenizer
 
 from distill.card import CARD_INPUTS, EVALUATIONS, SCORES, write_model_card
 from distill.config import TrainConfig
 from distill.plots import plot_metrics
-from distill.trainer import Trainer
+from distill.trainer import Trainer, is_main_process
 from pipelines.atomic import write_json_atomic
 from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
@@ -78,9 +79,10 @@ def reuse_or_train(run_dir: Path, identity: dict[str, Any], train: Callable[[], 
         model = Path(os.path.normpath(run_dir / done["model"]))
         return TrainedModel(model, read_scores(model), up_to_date=True)
     model = train()
-    write_json_atomic(marker, {"run": identity, "model": Path(os.path.relpath(model, run_dir)).as_posix()})
-    if prune_checkpoints:
-        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    if is_main_process():
+        write_json_atomic(marker, {"run": identity, "model": Path(os.path.relpath(model, run_dir)).as_posix()})
+        if prune_checkpoints:
+            shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     return TrainedModel(model, read_scores(model))
 
 
@@ -124,10 +126,16 @@ def record_evaluation(model_dir: Path, manifest: dict[str, Any], scores: dict[st
     write_model_card(model_dir)
 
 
-def finish_run(trainer: Trainer, title: str) -> None:
-    """The run's loss plot (main process)."""
+def finish_run(trainer: Trainer, title: str, model: nn.Module, tokenizer_src: str | Path, out: Path,
+               **card: Any) -> Path:
+    """The run's loss plot and its saved model (``save_model``'s ``card`` arguments), written by the main process
+    alone while the other ranks wait; returns the model folder."""
     if trainer.runtime.is_main:
         plot_metrics(trainer.metrics_path, trainer.output_dir / "loss.png", title)
+        save_model(model, tokenizer_src, out, **card)
+    if trainer.runtime.distributed:
+        torch.distributed.barrier()
+    return out
 
 
 # ---- fine-tuning -------------------------------------------------------------------------------------

@@ -48,6 +48,11 @@ class Runtime:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or the only one), from torchrun's environment."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Device, rank and world size (from torchrun's environment), thread count."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

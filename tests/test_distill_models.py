@@ -68,7 +68,7 @@ def test_student_presets_and_custom_shapes(tiny_bert_factory):
     assert a.config.num_labels == 3
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)       # seeded initialisation
-    with pytest.raises(DistilleryError, match="cannot load student"):
+    with pytest.raises(DistilleryError, match="student '/nonexistent/student': no such folder .or use a preset"):
         load_student("/nonexistent/student", teacher, {}, {}, "none", 0)
 
 

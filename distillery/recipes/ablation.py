@@ -44,6 +44,7 @@ from distillery.demo import SAMPLE_DIR
 from distillery.recipes.ablation_report import write_report
 from pipelines.config import ConfigError, Options, load_config, option, to_dict
 from pipelines.preprocess import PreprocessConfig, plan_preprocess
+from pipelines.preprocess.readers import detect_format, expand_folders
 from pipelines.runner import run_step
 from pipelines.store import Store
 
@@ -231,7 +232,7 @@ def prepare_data(x: Experiment) -> None:
             x.names[split] = x.store.resolve(source)
             continue
         name = x.names[split] = f"{exp.name_prefix}-{split}"
-        cfg = cfgs.preprocess if split != "unlabelled" else _text_only(cfgs.preprocess)
+        cfg = cfgs.preprocess if split != "unlabelled" else _text_only(cfgs.preprocess, [Path(source)])
         x.clock.run(f"preprocess/{name}", _preprocess, x.store, [Path(source)], cfg, name)
 
 
@@ -243,8 +244,9 @@ def train_mlm(x: Experiment) -> None:
     exp, name = x.exp, f"{x.exp.name_prefix}-mlm-text"
     text = x.names["unlabelled"]
     if Path(exp.unlabelled).exists() and Path(exp.train).exists():
-        x.clock.run(f"preprocess/{name}", _preprocess, x.store, [Path(exp.unlabelled), Path(exp.train)],
-                    _text_only(x.cfgs.preprocess), name)
+        sources = [Path(exp.unlabelled), Path(exp.train)]
+        x.clock.run(f"preprocess/{name}", _preprocess, x.store, sources, _text_only(x.cfgs.preprocess, sources),
+                    name)
         text = name
     cfg = dataclasses.replace(x.cfgs.mlm, eval_ref=x.names["dev"])
     x.mlm = x.clock.run("mlm", train_augmentation_mlm, x.store, text, cfg, x.out / "mlm", resume=True)
@@ -313,8 +315,12 @@ def _train_seed(x: Experiment, schedule: str, seed: int, init: Path) -> None:
                                      scheduled(cfg, x.exp, schedule, x.rows(ref), train_rows))
 
 
-def _text_only(cfg: PreprocessConfig) -> PreprocessConfig:
-    return dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, label_column=None))
+def _text_only(cfg: PreprocessConfig, sources: list[Path]) -> PreprocessConfig:
+    """The labelled splits' preprocessing without labels; plain-text files alone have no columns to name."""
+    columns: dict[str, Any] = {"label_column": None}
+    if all(detect_format(str(p), cfg.input.format) == "txt" for p in expand_folders(sources, cfg.input.format)):
+        columns.update(text_column="text", text_pair_column=None)
+    return dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, **columns))
 
 
 def _preprocess(store: Store, sources: list[Path], cfg: PreprocessConfig, name: str) -> Any:
