@@ -143,6 +143,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cfg.amp == "fp16")
         self.step, self.epoch, self.position, self.nonfinite = 0, 0, 0, 0
         self.last_eval: dict[str, Any] = {}
+        self.checkpointed_step = -1    # the step of the last checkpoint saved or loaded (the same on every rank)
         self._last_batch: dict[str, torch.Tensor] | None = None
 
     # ---- state -----------------------------------------------------------------------------------
@@ -161,11 +162,13 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.nonfinite, self.last_eval = state["nonfinite"], state.get("last_eval", {})
+        self.checkpointed_step = self.step
         checkpoint.set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
         if self.runtime.is_main:
             checkpoint.save(self.ckpt_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints)
+        self.checkpointed_step = self.step
         if self.runtime.distributed:
             torch.distributed.barrier()
 
@@ -294,7 +297,7 @@ class Trainer:
         bar.close()
         if self.evaluate is not None and self.last_eval.get("step") != self.step:
             self._run_eval()
-        if not (self.ckpt_dir / f"step-{self.step:08d}.pt").exists():
+        if self.checkpointed_step != self.step:     # decided alike on every rank (never from the files rank 0 writes)
             self.save_checkpoint()
         return self.last_eval
 

@@ -38,7 +38,7 @@ from distill.api import evaluate, finetune, general_distill, task_distill
 from distill.logits import plan_teacher_logits
 from distill.models import layer_mapping, load_student, load_teacher, num_layers, resolve_model
 from distill.models import load_config as load_model_config
-from distill.runs import TrainedModel
+from distill.runs import TrainedModel, read_scores
 from distillery.compose import train_augmentation_mlm
 from distillery.demo import SAMPLE_DIR
 from distillery.recipes.ablation_report import write_report
@@ -386,7 +386,7 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
         "config": {"experiment": to_dict(x.exp), **{s: to_dict(getattr(cfgs, s)) for s in SECTIONS}},
         "data": {n: {"version_id": store.resolve(v), "rows": x.rows(v),
                      "labels": store.manifest(v)["stats"].get("label_counts")} for n, v in x.names.items()},
-        "mlm": {"model": str(x.mlm.path), "scores": x.mlm.scores} if x.mlm else None,
+        "mlm": _mlm_record(x),
         "augmentation": {variant: {"version_id": m["version_id"], "rows": m["num_rows"],
                                    "counts": m["extra"].get("counts", {}), "agreement": m.get("agreement")}
                          for variant, m in x.augmented.items()},
@@ -398,6 +398,15 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     write_report(results, out)
     return results
+
+
+def _mlm_record(x: Experiment) -> dict[str, Any] | None:
+    """Variant 5's masked LM and its scores: the one trained here, or a given distillery-trained one's."""
+    if x.mlm:
+        return {"model": str(x.mlm.path), "scores": x.mlm.scores}
+    if x.exp.mlm != "none" and Path(x.exp.mlm).is_dir():
+        return {"model": x.exp.mlm, "scores": read_scores(Path(x.exp.mlm))}
+    return None
 
 
 # ---- measurements -----------------------------------------------------------------------------------------

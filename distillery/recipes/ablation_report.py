@@ -128,7 +128,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "equal-epochs = as many epochs per stage as those steps make on the original split (TinyBERT's setting).", "",
     ]
     if results.get("mlm"):
-        body += ["## The domain masked LM", "", f"`{results['mlm']['model']}`, held-out (dev) scores: "
+        body += ["## The masked LM", "", f"`{results['mlm']['model']}`, held-out (dev) scores: "
                  + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                              for k, v in results["mlm"]["scores"].items()), ""]
     body += ["## Augmentation", "", *augmentation_lines(results["augmentation"]), ""]
