@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from augment import AugmentConfig, augment_version  # noqa: E402
-from augment.mlm import HARD_MAX_LENGTH, MaskedLM, build_requests, load_mlm  # noqa: E402
+from augment.mlm import MaskedLM, build_requests, load_mlm  # noqa: E402
 from augment.quality import candidate_recall  # noqa: E402
 from augment.words import WordSplitter  # noqa: E402
 from distill import DistillConfig, general_distill  # noqa: E402
@@ -82,8 +82,7 @@ def main(teacher: str, steps: int, student_layers: int, lr: float, store_root: s
               "layers": {role: m.model.config.num_hidden_layers for role, m in loaded.items()}}
     for role, mlm in loaded.items():
         report[f"{role}_recall"] = candidate_recall(mlm.model, mlm.tokenizer, texts)
-    lists = {role: top_candidates(MaskedLM(m.model, m.tokenizer, "cpu", "fp32", {}, HARD_MAX_LENGTH), texts, 15)
-             for role, m in loaded.items()}
+    lists = {role: top_candidates(m, texts, 15) for role, m in loaded.items()}
     pairs = list(zip(lists["teacher"], lists["student"]))
     report["agreement_with_teacher"] = {
         "words": len(pairs),
