@@ -74,7 +74,7 @@ def compute_stats(shards: Iterable[Path]) -> dict[str, Any]:
                 if pa.types.is_floating(column.type):
                     numeric_labels.extend(column.drop_null().to_pylist()[: 100_000 - len(numeric_labels)])
                 else:
-                    for item in pc.value_counts(column).to_pylist():
+                    for item in pc.value_counts(column.drop_null()).to_pylist():   # rows without one: no label
                         key = str(item["values"])
                         labels[key] = labels.get(key, 0) + item["counts"]
     stats: dict[str, Any] = {f"{c}_chars": s.summary() for c, s in chars.items()}

@@ -137,6 +137,13 @@ def test_data_card_front_matter_and_content(store, make_version):
     assert "| a | 4 |" in body and "## Lineage" in body and "raw input `memory`" in body
 
 
+def test_rows_without_a_label_are_not_a_label(store, make_version):
+    """Text without labels mixed with labelled rows (a masked LM's text): the missing labels are no class."""
+    rows = [{**r, "label": None if r["row_id"] < 3 else r["label"]} for r in ROWS]
+    stats = make_version(store, rows, name="mixed", chunk_rows=7)["stats"]
+    assert stats["num_labels"] == 2 and stats["label_counts"] == {"a": 2, "b": 2}
+
+
 def test_length_statistics_are_exact(store, make_version):
     rows = [{"text": "x" * n} for n in (1, 2, 3, 10, 100)]
     stats = make_version(store, rows)["stats"]["text_chars"]
