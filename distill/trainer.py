@@ -26,7 +26,7 @@ from distill.data import EpochLoaders, ShardStream
 from pipelines.atomic import write_bytes_atomic
 from pipelines.config import runtime_fields, to_dict
 from pipelines.errors import DistilleryError
-from pipelines.progress import progress_bar
+from pipelines.progress import progress_bar, say
 
 PREFETCH_BATCHES = 32   # open the next epoch's loader when this many batches of the current one are left
 EvalFn = Callable[[nn.Module], dict[str, Any]]
@@ -177,8 +177,9 @@ class Trainer:
         if latest is not None and not resume:
             raise DistilleryError(f"{self.output_dir} already holds a run (checkpoint {latest.name}); "
                                   f"continue it with --resume or choose another --output")
-        if latest is not None:
-            state = checkpoint.load(latest)
+        found = checkpoint.load_newest_good(self.ckpt_dir, say) if latest is not None else None
+        if found is not None:
+            state = found[1]
             changed = {k: (v, getattr(self.cfg, k, None)) for k, v in state["config"].items()
                        if k not in runtime_fields(self.cfg) and v != getattr(self.cfg, k, None)}
             if changed or state.get("record", self.record) != self.record:

@@ -217,9 +217,16 @@ class Store:
         return json.loads((self.version_path(self.resolve(ref)) / MANIFEST).read_text())
 
     def shard_paths(self, ref: str) -> list[Path]:
-        """Absolute paths of the data shards, in row order."""
+        """Absolute paths of the data shards, in row order, each checked against the manifest's size and sha256
+        (once per process while the file is unchanged): every read of a version goes through here, so a damaged
+        shard stops the read before any of its rows reaches the user."""
         vid = self.resolve(ref)
-        return [self.version_path(vid) / s["path"] for s in self.manifest(vid)["shards"]]
+        paths = []
+        for entry in self.manifest(vid)["shards"]:
+            path = self.version_path(vid) / entry["path"]
+            _check_shard(vid, path, entry)
+            paths.append(path)
+        return paths
 
     def reject_paths(self, ref: str) -> list[Path]:
         """Absolute paths of the rejects shards."""
@@ -360,6 +367,25 @@ def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     diff["identical"] = a["version_id"] == b["version_id"] or (
         diff["same_data"] and not (diff["step"] or diff["config"] or diff["schema"] or diff["accounting"]))
     return diff
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()     # (path, size, mtime) of the shards this process checked
+
+
+def _check_shard(vid: str, path: Path, entry: dict[str, Any]) -> None:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise DistilleryError(f"version {vid[:12]}: shard {entry['path']} cannot be read ({exc.strerror}); run "
+                              f"`distillery versions verify {vid[:12]}`") from None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    if stat.st_size != entry["bytes"] or fingerprint.file_sha256(path) != entry["sha256"]:
+        raise DistilleryError(f"version {vid[:12]}: shard {entry['path']} is damaged (its bytes differ from the "
+                              f"manifest's sha256); nothing was read from it; run `distillery versions verify "
+                              f"{vid[:12]}`")
+    _VERIFIED.add(key)
 
 
 def iter_parquet_batches(paths: Iterable[Path], columns: list[str] | None = None,

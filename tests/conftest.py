@@ -47,6 +47,17 @@ def make_version():
     return write_version
 
 
+def damage_shard(store: Store, ref: str, index: int = 0) -> str:
+    """Flip one byte in the middle of a version's shard (same size, as bit rot does); returns the shard's name."""
+    vid = store.resolve(ref)
+    entry = store.manifest(vid)["shards"][index]
+    path = store.version_path(vid) / entry["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    path.write_bytes(bytes(data))
+    return entry["path"]
+
+
 def build_tiny_bert(folder, *, layers: int = 2, hidden: int = 32, heads: int = 2, intermediate: int = 64,
                     with_mlm_head: bool = True, seed: int = 0, num_labels: int | None = None):
     """Save a tiny random-weight BERT (real bert-base-uncased vocabulary and tokenizer) to ``folder``."""

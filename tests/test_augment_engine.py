@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import damage_shard
 
 from augment import AugmentConfig, augment_version
 from distillery.cli.main import cli
@@ -285,3 +286,10 @@ def test_version_ids_do_not_depend_on_where_models_and_vectors_are(store, make_v
     other = config(tiny_mlm_dir, glove_txt, num_aug=7)
     assert plan_augment(store, "src", other).version_id() != plan_augment(store, "src", config(
         tiny_mlm_dir, glove_txt)).version_id()
+
+
+def test_a_damaged_shard_stops_the_augmentation(store, make_version, tiny_mlm_dir, glove_txt):
+    make_version(store, sample_rows(6), name="src", chunk_rows=3)
+    shard = damage_shard(store, "src", 1)
+    with pytest.raises(DistilleryError, match=f"shard {shard} is damaged"):
+        augment_version(store, "src", AugmentConfig(mlm=str(tiny_mlm_dir), vectors=str(glove_txt)))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import damage_shard
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -84,6 +85,48 @@ def test_resume_after_crash_gives_identical_losses(data, teacher, tmp_path, monk
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class RunsCode:
+    """A pickle that runs code when unpickled (what a crafted checkpoint would carry)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_previous_one_resumes(data, teacher, tmp_path,
+                                                                                  monkeypatch, capsys):
+    cfg = general_cfg(teacher)
+    distill.general_distill(data, "train", cfg, tmp_path / "full")
+
+    def crash_after_8(self):
+        if self.step == 8:
+            raise Crash
+    monkeypatch.setattr(Trainer, "after_step", crash_after_8)
+    with pytest.raises(Crash):
+        distill.general_distill(data, "train", cfg, tmp_path / "cut")
+    monkeypatch.undo()
+    folder = tmp_path / "cut" / "checkpoints"
+    assert [p.name for p in checkpoint.saved(folder)] == ["step-00000006.pt", "step-00000003.pt"]
+    marker = tmp_path / "pwned"
+    torch.save({"step": 6, "config": {}, "objective": RunsCode(marker)}, folder / "step-00000006.pt")
+    with pytest.raises(DistilleryError, match="step-00000006.pt: damaged, or not a distillery checkpoint"):
+        checkpoint.load(folder / "step-00000006.pt")
+    distill.general_distill(data, "train", cfg, tmp_path / "cut", resume=True)
+    assert not marker.exists()                                          # nothing in the file ran
+    assert "step-00000006.pt: damaged, or not a distillery checkpoint" in capsys.readouterr().err
+    assert losses_of(tmp_path / "cut") == losses_of(tmp_path / "full")  # resumed from step 3, same losses
+
+
+def test_a_run_whose_checkpoints_are_all_unreadable_says_so(data, teacher, tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "step-00000002.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DistilleryError, match="no checkpoint in .* can be read .1 tried."):
+        distill.general_distill(data, "train", general_cfg(teacher), tmp_path / "run", resume=True)
+
+
 def test_a_finished_run_is_reused_and_other_settings_refused(data, teacher, tmp_path):
     from distillery.cli.main import cli
 
@@ -119,9 +162,9 @@ def test_resume_after_sigkill_of_the_cli(data, teacher, tmp_path):
            "--output", str(tmp_path / "killed")]
     env = {**os.environ, "DISTILLERY_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+    while not list(checkpoints.glob("step-*.pt")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -391,3 +434,15 @@ def test_an_evaluation_lands_in_the_model_card_without_changing_the_model_identi
     card = (model / "README.md").read_text()
     assert "## Evaluations" in card and "| test | 2 |" in card and f"{scores['accuracy']:.4f}" in card
     assert model_sha256(model) == identity           # the card and scores are not part of what the model is
+
+
+def test_a_damaged_shard_stops_training_and_teacher_logits(store, make_version, teacher, tmp_path):
+    make_version(store, rows(12), name="bad", chunk_rows=4)
+    shard = damage_shard(store, "bad", 2)
+    damaged = f"shard {shard} is damaged"
+    with pytest.raises(DistilleryError, match=damaged):
+        distill.general_distill(store, "bad", general_cfg(teacher), tmp_path / "general")
+    with pytest.raises(DistilleryError, match=damaged):
+        distill.finetune(store, "bad", FinetuneConfig(model=teacher, num_workers=0), tmp_path / "ft")
+    with pytest.raises(DistilleryError, match=damaged):
+        distill.cache_teacher_logits(store, "bad", teacher)

@@ -6,7 +6,7 @@ import json
 import pyarrow as pa
 import pytest
 import yaml
-from conftest import new_writer
+from conftest import damage_shard, new_writer
 
 from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
 from pipelines.store import diff_manifests
@@ -238,3 +238,21 @@ def test_the_data_card_is_a_valid_hub_card_that_datasets_loads_quietly(store, ma
     with caplog.at_level(logging.WARNING):
         loaded = datasets.load_dataset(str(store.version_path(manifest["version_id"])), split="train")
     assert loaded.num_rows == 7 and not [r for r in caplog.records if "dataset_info" in r.getMessage()]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "hf"])
+def test_a_damaged_shard_stops_every_read_of_the_store(store, make_version, tmp_path, fmt):
+    from pipelines.export import export_version
+
+    vid = make_version(store, ROWS, name="toy")["version_id"]
+    assert store.read_table("toy").num_rows == 7                        # read (and checked) once while intact
+    shard = damage_shard(store, "toy", 1)
+    assert store.verify("toy")
+    damaged = f"version {vid[:12]}: shard {shard} is damaged .*distillery versions verify {vid[:12]}"
+    for read in (lambda: list(store.iter_batches("toy")), lambda: store.read_table("toy"),
+                 lambda: store.shard_paths("toy")):
+        with pytest.raises(DistilleryError, match=damaged):
+            read()
+    with pytest.raises(DistilleryError, match=damaged):
+        export_version(store, "toy", tmp_path / f"out.{fmt}", fmt)
+    assert list(tmp_path.glob("out*")) == []                             # nothing half-written either
