@@ -6,7 +6,6 @@ previous good checkpoint, with a one-line warning naming it.
 """
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.atomic import replace_atomic
 from pipelines.errors import DistilleryError
 
 
@@ -41,12 +41,7 @@ def save(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``step-NNNNNNNN.pt`` through a temporary file; prune old ones."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:08d}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    replace_atomic(path, lambda tmp: torch.save(state, tmp))
     for old in sorted(folder.glob("step-*.pt"))[:-max(1, keep)]:
         old.unlink()
     return path

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines import fingerprint
+from pipelines.errors import VersionExistsError
 from pipelines.store import Store, VersionWriter, check_name
 
 
@@ -67,8 +68,15 @@ def run_step(store: Store, plan: StepPlan, name: str | None = None, resume: bool
         if name:
             store.tag(name, "latest", vid)
         return StepResult(store.manifest(vid), up_to_date=True)
-    writer = store.create_version(vid, plan.step.name, plan.config, plan.parents, name=name, resume=resume,
-                                  code_version=plan.step.code_version())
-    resumed = bool(writer.committed_chunks())
-    extra = plan.write(writer)
-    return StepResult(writer.finalize(extra), resumed=resumed)
+    try:
+        writer = store.create_version(vid, plan.step.name, plan.config, plan.parents, name=name, resume=resume,
+                                      code_version=plan.step.code_version())
+    except VersionExistsError:                 # another process finished it since we looked
+        if name:
+            store.tag(name, "latest", vid)
+        return StepResult(store.manifest(vid), up_to_date=True)
+    try:
+        resumed = bool(writer.committed_chunks())
+        return StepResult(writer.finalize(plan.write(writer)), resumed=resumed)
+    finally:
+        writer.close()

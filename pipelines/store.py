@@ -12,10 +12,12 @@ Layout (see docs/ARCHITECTURE.md)::
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import fingerprint
-from pipelines.atomic import write_bytes_atomic, write_json_atomic
+from pipelines.atomic import replace_atomic, write_bytes_atomic, write_json_atomic
 from pipelines.cards import compute_stats, write_card
 from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
 
@@ -37,12 +39,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> dict[str, Any]:
     """Write a zstd Parquet file atomically; return its {rows, bytes, sha256}."""
-    tmp = path.with_name(path.name + ".tmp")
     table = table.replace_schema_metadata(None)
-    pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_statistics=True)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    replace_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS,
+                                                    write_statistics=True))
     return {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": fingerprint.file_sha256(path)}
 
 
@@ -63,11 +62,54 @@ def _sum_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
     return total
 
 
+class WriterLock:
+    """An exclusive ``flock`` on ``<store>/locks/<version id>.lock``, held while that version is written. The
+    kernel drops it when its process dies, so the lock of a crashed writer is simply taken over; the file says
+    who holds it."""
+
+    def __init__(self, path: Path, version_id: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise DistilleryError(f"version {version_id[:12]} is being written by {holder}; wait for it to finish "
+                                  f"(then this step finds it up to date) or stop that process") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        self.fh.write(f"process {os.getpid()} on {socket.gethostname()} (since {started})\n")
+        self.fh.flush()
+
+    @classmethod
+    def held(cls, path: Path) -> bool:
+        """Whether a live process holds the lock at ``path``."""
+        if not path.exists():
+            return False
+        with open(path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+    def release(self) -> None:
+        if not self.fh.closed:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+
+
 class VersionWriter:
-    """Writes one version chunk by chunk; ``finalize`` makes it visible as complete."""
+    """Writes one version chunk by chunk, holding its writer lock; ``finalize`` makes it visible as complete and
+    releases the lock (``close`` releases it when the write stops early)."""
 
     def __init__(self, store: Store, version_id: str, step: str, config: dict[str, Any],
-                 parents: list[dict[str, Any]], name: str | None, code_version: str):
+                 parents: list[dict[str, Any]], name: str | None, code_version: str, lock: WriterLock):
+        self.lock = lock
         self.store = store
         self.version_id = version_id
         self.step = step
@@ -157,7 +199,12 @@ class VersionWriter:
         write_json_atomic(self.path / MANIFEST, manifest)
         if self.name:
             self.store.tag(self.name, "latest", self.version_id)
+        self.close()
         return manifest
+
+    def close(self) -> None:
+        """Release the writer lock (the version stays as written: complete after ``finalize``, else resumable)."""
+        self.lock.release()
 
 
 class Store:
@@ -178,6 +225,10 @@ class Store:
     def version_path(self, version_id: str) -> Path:
         """Folder of a version (complete or not)."""
         return self.versions_dir / version_id
+
+    def lock_path(self, version_id: str) -> Path:
+        """The writer lock of a version (``WriterLock``)."""
+        return self.root / "locks" / f"{version_id}.lock"
 
     def is_complete(self, version_id: str) -> bool:
         """True when the version's manifest exists."""
@@ -252,15 +303,21 @@ class Store:
         """
         check_name(name)
         path = self.version_path(vid)
-        if self.is_complete(vid):
-            raise VersionExistsError(f"version {vid[:12]} ({step}) already exists and is complete; versions are "
-                                     f"immutable (same input, config and code give the same version)", version_id=vid)
-        if path.exists() and any((path / "chunks").glob("*.json")) and not resume:
-            raise DistilleryError(f"an interrupted write of version {vid[:12]} exists at {path}; "
-                                  f"rerun with --resume to continue it, or `distillery versions gc` to discard it")
-        if path.exists() and not resume:
-            shutil.rmtree(path)
-        return VersionWriter(self, vid, step, config, parents, name, code_version)
+        lock = WriterLock(self.lock_path(vid), vid)     # one writer per version: a second one stops here
+        try:
+            if self.is_complete(vid):
+                raise VersionExistsError(f"version {vid[:12]} ({step}) already exists and is complete; versions "
+                                         f"are immutable (same input, config and code give the same version)",
+                                         version_id=vid)
+            if path.exists() and any((path / "chunks").glob("*.json")) and not resume:
+                raise DistilleryError(f"an interrupted write of version {vid[:12]} exists at {path}; rerun with "
+                                      f"--resume to continue it, or `distillery versions gc` to discard it")
+            if path.exists() and not resume:
+                shutil.rmtree(path)
+            return VersionWriter(self, vid, step, config, parents, name, code_version, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     # ---- names ----------------------------------------------------------------------------
     def tag(self, name: str, tag: str, ref: str) -> str:
@@ -320,8 +377,10 @@ class Store:
         return chain
 
     def gc(self, unreferenced: bool = False, dry_run: bool = False) -> list[str]:
-        """Remove interrupted (partial) versions and, if asked, complete versions no name reaches."""
-        doomed = [v for v in self.version_ids(include_partial=True) if not self.is_complete(v)]
+        """Remove interrupted (partial) versions, never one a live process is writing, and, if asked, complete
+        versions no name reaches."""
+        doomed = [v for v in self.version_ids(include_partial=True)
+                  if not self.is_complete(v) and not WriterLock.held(self.lock_path(v))]
         if unreferenced:
             keep: set[str] = set()
             for vid in set(self.refs().values()):

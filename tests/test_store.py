@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -61,6 +64,9 @@ def test_partial_version_is_invisible_and_resumable(store):
     assert store.version_ids() == []
     with pytest.raises(VersionNotFoundError):
         store.resolve("half")
+    with pytest.raises(DistilleryError, match=f"being written by process {os.getpid()} on "):
+        new_writer(store, "preprocess", {"x": 1}, parents, resume=True)     # one writer at a time
+    writer.close()                                                          # as a crash would
     with pytest.raises(DistilleryError, match="--resume"):
         new_writer(store, "preprocess", {"x": 1}, parents)
     resumed = new_writer(store, "preprocess", {"x": 1}, parents, name="half", resume=True)
@@ -118,8 +124,10 @@ def test_tags_prefixes_lineage_and_diff(store, make_version):
 def test_gc_removes_partial_and_unreferenced(store, make_version):
     keep = make_version(store, ROWS, name="keep")
     orphan = make_version(store, ROWS[:2], config={"other": 1})
-    new_writer(store, "preprocess", {"p": 1}, [{"kind": "raw", "sha256": "5"}]).write_chunk(
-        0, pa.Table.from_pylist(ROWS))
+    writer = new_writer(store, "preprocess", {"p": 1}, [{"kind": "raw", "sha256": "5"}])
+    writer.write_chunk(0, pa.Table.from_pylist(ROWS))
+    assert store.gc(dry_run=True) == []                                  # being written: not garbage
+    writer.close()
     assert len(store.gc(dry_run=True)) == 1
     removed = store.gc(unreferenced=True)
     assert orphan["version_id"] in removed and keep["version_id"] not in removed
@@ -256,3 +264,40 @@ def test_a_damaged_shard_stops_every_read_of_the_store(store, make_version, tmp_
     with pytest.raises(DistilleryError, match=damaged):
         export_version(store, "toy", tmp_path / f"out.{fmt}", fmt)
     assert list(tmp_path.glob("out*")) == []                             # nothing half-written either
+
+
+WRITER = """
+import sys, pyarrow as pa
+from pipelines.store import Store
+writer = Store(sys.argv[1]).create_version(sys.argv[2], "preprocess", {}, [], name="shared", code_version="t")
+writer.write_chunk(0, pa.Table.from_pylist([{"text": "first writer", "row_id": 0}]))
+print("writing", flush=True)
+sys.stdin.readline()
+writer.finalize()
+"""
+
+
+def test_a_second_writer_is_told_who_writes_and_the_version_stays_intact(store):
+    vid = "ab" * 32
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(store.root), vid], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "writing\n"
+    with pytest.raises(DistilleryError, match=f"version {vid[:12]} is being written by process {child.pid} on "):
+        store.create_version(vid, "preprocess", {}, [], resume=True)
+    child.communicate("go\n", timeout=60)
+    assert child.returncode == 0 and store.verify(vid) == []
+    assert store.read_table("shared").to_pylist() == [{"text": "first writer", "row_id": 0}]
+    with pytest.raises(VersionExistsError):
+        store.create_version(vid, "preprocess", {}, [])                 # the lock is free again: it is complete
+
+
+def test_a_dead_writers_lock_is_taken_over(store):
+    vid = "cd" * 32
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(store.root), vid], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "writing\n"
+    child.kill()
+    child.wait()
+    resumed = store.create_version(vid, "preprocess", {}, [], name="shared", resume=True)
+    assert resumed.committed_chunks() == [0]
+    assert resumed.finalize()["num_rows"] == 1
