@@ -1,6 +1,7 @@
 """Preprocessing: bad input, accounting, cleaning, filters, de-duplication, determinism, resume, immutability."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -344,3 +345,44 @@ def test_max_rows_reads_only_the_first_rows_over_all_inputs(store, tmp_path):
     texts = store.read_table(manifest["version_id"]).column("text").to_pylist()
     assert texts == [f"first file line {i}" for i in range(5)] + ["second file line 0", "second file line 1"]
     assert manifest["accounting"]["input_rows"] == 7 and len(manifest["shards"]) == 3
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
+def test_a_full_disk_or_a_refused_write_then_resume_gives_identical_bytes(tmp_path, monkeypatch, capsys, code):
+    """The third shard write fails (as a full disk or a permission change would): one line, nothing visible,
+    no temporary file left; once the cause is gone, --resume finishes with the bytes of an uninterrupted run."""
+    from distillery.cli.main import main
+
+    corpus = tmp_path / "corpus.jsonl"
+    make_big_corpus(corpus, 5000)
+    argv = ["distillery", "--store", str(tmp_path / "store"), "preprocess", str(corpus), "--label-column", "label",
+            "--chunk-rows", "1000", "--workers", "1"]
+    real_write, calls = pq.write_table, []
+
+    def failing_write(table, where, **kwargs):
+        calls.append(where)
+        if len(calls) == 3:
+            raise OSError(code, os.strerror(code), str(where))
+        return real_write(table, where, **kwargs)
+    monkeypatch.setattr(pq, "write_table", failing_write)
+    def exit_code(args: list[str]) -> int:
+        monkeypatch.setattr(sys, "argv", args)
+        try:
+            main()
+        except SystemExit as exc:
+            return exc.code
+        return 0
+    assert exit_code(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume" in err
+    assert {errno.ENOSPC: "no space left on device", errno.EACCES: "permission denied"}[code] in err
+    store = Store(tmp_path / "store")
+    [vid] = store.version_ids(include_partial=True)
+    assert not store.is_complete(vid) and not list((tmp_path / "store").rglob("*.tmp"))
+    monkeypatch.setattr(pq, "write_table", real_write)
+    assert exit_code([*argv, "--resume"]) == 0
+    clean_store = Store(tmp_path / "clean")
+    clean = preprocess(clean_store, [corpus], PreprocessConfig(input=InputConfig(label_column="label"),
+                                                               chunk_rows=1000))
+    assert store.manifest(vid)["shards"] == clean["shards"] and clean["version_id"] == vid
+    assert shard_bytes(store, store.manifest(vid)) == shard_bytes(clean_store, clean)

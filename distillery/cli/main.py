@@ -1,6 +1,7 @@
 """The `distillery` command line: one click group (versions and export here, each step's commands loaded lazily)."""
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -183,6 +184,17 @@ def export(ref: str, destination: str, fmt: str) -> None:
     click.echo(f"wrote {path}")
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: what, where, and how to go on."""
+    what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EROFS: "read-only file system"}.get(exc.errno, exc.strerror or str(exc))
+    where = f" ({exc.filename})" if exc.filename else ""
+    return (f"cannot write or read a file: {what}{where}; nothing half-written is visible: fix the cause, then "
+            f"rerun the same command (with --resume where it has one) to continue from the last finished chunk "
+            f"or checkpoint")
+
+
 def main() -> None:
     """Entry point: run the CLI, turning user errors into one-line messages and exit code 1."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("DISTILLERY_DEBUG") == "1"
@@ -201,6 +213,11 @@ def main() -> None:
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:              # a full disk, a read-only store, missing permissions
+        if debug:
+            raise
+        click.echo(f"error: {describe_os_error(exc)}", err=True)
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         if debug:
