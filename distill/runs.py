@@ -23,7 +23,7 @@ from distill.card import CARD_INPUTS, EVALUATIONS, SCORES, write_model_card
 from distill.config import TrainConfig
 from distill.plots import plot_metrics
 from distill.trainer import Trainer, is_main_process
-from pipelines.atomic import write_json_atomic
+from pipelines.atomic import WriterLock, write_json_atomic
 from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
 from pipelines.fingerprint import canonical_json
@@ -78,7 +78,13 @@ def reuse_or_train(run_dir: Path, identity: dict[str, Any], train: Callable[[], 
                                   f"rerun with its settings to reuse it, or choose another --output")
         model = Path(os.path.normpath(run_dir / done["model"]))
         return TrainedModel(model, read_scores(model), up_to_date=True)
-    model = train()
+    lock = WriterLock(run_dir / ".lock", f"run folder {run_dir}") \
+        if is_main_process() else None                   # one process trains into a folder (all ranks of one run)
+    try:
+        model = train()
+    finally:
+        if lock is not None:
+            lock.release()
     if is_main_process():
         write_json_atomic(marker, {"run": identity, "model": Path(os.path.relpath(model, run_dir)).as_posix()})
         if prune_checkpoints:

@@ -1,17 +1,22 @@
 """Atomic file writes: a temporary file, fsync, then a rename, so a reader never sees half a file.
 
 Temporary names are unique per writer (process id and a random part), so two writers never share one, and a
-failed write removes its temporary file.
+failed write removes its temporary file. ``WriterLock`` keeps a second writer away from what one is writing.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import fcntl
 import json
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from pipelines.errors import DistilleryError
 
 
 @contextlib.contextmanager
@@ -42,3 +47,44 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Atomically write pretty, key-sorted JSON."""
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
                        .encode())
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``path``, held while one process writes something (a version, a run folder).
+    The kernel drops it when its process dies, so the lock of a crashed writer is simply taken over; the file says
+    who holds it. ``what`` names the thing in the error a second writer gets."""
+
+    def __init__(self, path: Path, what: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise DistilleryError(f"{what} is being written by {holder}; wait for it to finish (then this "
+                                  f"command finds it up to date) or stop that process") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        self.fh.write(f"process {os.getpid()} on {socket.gethostname()} (since {started})\n")
+        self.fh.flush()
+
+    @classmethod
+    def held(cls, path: Path) -> bool:
+        """Whether a live process holds the lock at ``path``."""
+        if not path.exists():
+            return False
+        with open(path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+    def release(self) -> None:
+        if not self.fh.closed:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()

@@ -12,12 +12,9 @@ Layout (see docs/ARCHITECTURE.md)::
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
-import os
 import re
 import shutil
-import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import fingerprint
-from pipelines.atomic import replace_atomic, write_bytes_atomic, write_json_atomic
+from pipelines.atomic import WriterLock, replace_atomic, write_bytes_atomic, write_json_atomic
 from pipelines.cards import compute_stats, write_card
 from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
 
@@ -60,47 +57,6 @@ def _sum_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
         else:
             total[key] = value
     return total
-
-
-class WriterLock:
-    """An exclusive ``flock`` on ``<store>/locks/<version id>.lock``, held while that version is written. The
-    kernel drops it when its process dies, so the lock of a crashed writer is simply taken over; the file says
-    who holds it."""
-
-    def __init__(self, path: Path, version_id: str):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "another process"
-            self.fh.close()
-            raise DistilleryError(f"version {version_id[:12]} is being written by {holder}; wait for it to finish "
-                                  f"(then this step finds it up to date) or stop that process") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        self.fh.write(f"process {os.getpid()} on {socket.gethostname()} (since {started})\n")
-        self.fh.flush()
-
-    @classmethod
-    def held(cls, path: Path) -> bool:
-        """Whether a live process holds the lock at ``path``."""
-        if not path.exists():
-            return False
-        with open(path) as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-        return False
-
-    def release(self) -> None:
-        if not self.fh.closed:
-            fcntl.flock(self.fh, fcntl.LOCK_UN)
-            self.fh.close()
 
 
 class VersionWriter:
@@ -303,7 +259,7 @@ class Store:
         """
         check_name(name)
         path = self.version_path(vid)
-        lock = WriterLock(self.lock_path(vid), vid)     # one writer per version: a second one stops here
+        lock = WriterLock(self.lock_path(vid), f"version {vid[:12]}")   # one writer per version
         try:
             if self.is_complete(vid):
                 raise VersionExistsError(f"version {vid[:12]} ({step}) already exists and is complete; versions "

@@ -446,3 +446,13 @@ def test_a_damaged_shard_stops_training_and_teacher_logits(store, make_version, 
         distill.finetune(store, "bad", FinetuneConfig(model=teacher, num_workers=0), tmp_path / "ft")
     with pytest.raises(DistilleryError, match=damaged):
         distill.cache_teacher_logits(store, "bad", teacher)
+
+
+def test_one_process_trains_into_a_run_folder(data, teacher, tmp_path):
+    from pipelines.atomic import WriterLock
+
+    other = WriterLock(tmp_path / "run" / ".lock", "run folder")          # as a second process holding it would
+    with pytest.raises(DistilleryError, match=f"run folder .*run is being written by process {os.getpid()} on "):
+        distill.general_distill(data, "train", general_cfg(teacher, max_steps=1), tmp_path / "run")
+    other.release()
+    assert distill.general_distill(data, "train", general_cfg(teacher, max_steps=1), tmp_path / "run").path.exists()
