@@ -61,6 +61,17 @@ class Crash(Exception):
     pass
 
 
+def crash_at_step_8(monkeypatch, train) -> None:
+    """Run ``train`` with the trainer raising after optimizer step 8 (checkpoints every 3 steps: 3 and 6)."""
+    def crash_after_8(self):
+        if self.step == 8:
+            raise Crash
+    monkeypatch.setattr(Trainer, "after_step", crash_after_8)
+    with pytest.raises(Crash):
+        train()
+    monkeypatch.undo()
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_resume_after_crash_gives_identical_losses(data, teacher, tmp_path, monkeypatch, workers):
     cfg = general_cfg(teacher, num_workers=workers)
@@ -68,13 +79,7 @@ def test_resume_after_crash_gives_identical_losses(data, teacher, tmp_path, monk
     expected = losses_of(tmp_path / "full")
     assert [s for s, *_ in expected] == list(range(1, 13))     # 11 batches, accum 2 -> 6 steps x 2 epochs
 
-    def crash_after_8(self):
-        if self.step == 8:
-            raise Crash
-    monkeypatch.setattr(Trainer, "after_step", crash_after_8)
-    with pytest.raises(Crash):
-        distill.general_distill(data, "train", cfg, tmp_path / "cut")
-    monkeypatch.undo()
+    crash_at_step_8(monkeypatch, lambda: distill.general_distill(data, "train", cfg, tmp_path / "cut"))
     assert checkpoint.latest(tmp_path / "cut" / "checkpoints").name == "step-00000006.pt"   # mid second epoch
     assert max(s for s, *_ in losses_of(tmp_path / "cut")) == 8
     with pytest.raises(DistilleryError, match="--resume"):
@@ -100,13 +105,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_previous_one_resume
     cfg = general_cfg(teacher)
     distill.general_distill(data, "train", cfg, tmp_path / "full")
 
-    def crash_after_8(self):
-        if self.step == 8:
-            raise Crash
-    monkeypatch.setattr(Trainer, "after_step", crash_after_8)
-    with pytest.raises(Crash):
-        distill.general_distill(data, "train", cfg, tmp_path / "cut")
-    monkeypatch.undo()
+    crash_at_step_8(monkeypatch, lambda: distill.general_distill(data, "train", cfg, tmp_path / "cut"))
     folder = tmp_path / "cut" / "checkpoints"
     assert [p.name for p in checkpoint.saved(folder)] == ["step-00000006.pt", "step-00000003.pt"]
     marker = tmp_path / "pwned"
