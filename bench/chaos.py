@@ -2,14 +2,14 @@
 
     .venv/bin/python bench/chaos.py [--trials 3] [--rows 1200] [--seed 0] [--report chaos.json]
 
-The chain preprocess -> augment -> cache-logits -> finetune -> task distillation runs once uninterrupted
+The chain preprocess -> augment -> finetune -> cache-logits -> task distillation runs once uninterrupted
 (the reference, with tiny random-weight BERTs on the real bert-base vocabulary and the bundled GloVe vectors),
-timing each step. Then, per trial and in a fresh store and run folder, each step is started through the CLI,
-killed with SIGKILL at a random moment of its reference duration, resumed with ``--resume`` and killed again at a
-random moment, then resumed to the end. Data steps must give the reference's version id and shard bytes
-(sha256 per shard); training steps the reference's losses step for step and the same weights. Prints one line per
-step (runs, kills, kills that found the step still running, kills that left half-done work, resumes,
-mismatches) and writes the details as JSON.
+timing each step. Then, per trial and in a fresh store and run folder, each step is started through the CLI and
+SIGKILLed at a random moment after it saved new work (a chunk of its version, a checkpoint), resumed with
+``--resume`` and killed the same way again, then resumed to the end. Data steps must give the reference's version
+id and shard bytes (sha256 per shard); training steps the reference's losses step for step and the same weights.
+Prints one line per step (runs, kills, kills that found the step still running, kills that left half-done work,
+resumes, mismatches) and writes the details as JSON.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +52,8 @@ def steps(models: Path, runs: Path, source: Path) -> list[tuple[str, str, list[s
     return [
         ("preprocess", "src", ["preprocess", str(source), "--label-column", "label",
                                "--chunk-rows", "100", "--name", "src"]),
-        ("augment", "aug", ["augment", "src", "--name", "aug", "--mlm", str(mlm), "--num-aug", "3"]),
+        ("augment", "aug", ["augment", "src", "--name", "aug", "--mlm", str(mlm), "--num-aug", "3",
+                            "--chunk-rows", "60"]),
         ("cache-logits", "logits", ["distill", "cache-logits", "aug", str(runs / "finetune" / "model"),
                                     "--name", "logits"]),
         ("finetune", "finetune", ["distill", "finetune", "src", "--model", str(base), "--output",
@@ -82,17 +85,30 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_killed(cmd: list[str], after: float) -> bool:
-    """Start ``cmd``, SIGKILL it (and its children) after ``after`` seconds; True when it was still running."""
+def progress(store: Path, kind: str, runs: Path) -> int:
+    """Work the step has saved so far: checkpoints of a run, or committed chunks of an unfinished version."""
+    if kind in ("finetune", "task"):
+        return len(list((runs / kind).rglob("step-*.pt")))
+    versions = Store(store)
+    return sum(len(list((versions.version_path(v) / "chunks").glob("*.json")))
+               for v in versions.version_ids(include_partial=True) if not versions.is_complete(v))
+
+
+def run_killed(cmd: list[str], delay: float, saved: Callable[[], int]) -> bool:
+    """Start ``cmd``; once it has saved new work (``saved()`` grows) or ``delay`` seconds passed, wait a random
+    part of ``delay`` more and SIGKILL it (and its children); True when it was still running then."""
+    before = saved()
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    try:
-        proc.wait(timeout=after)
+    deadline = time.perf_counter() + delay
+    while proc.poll() is None and saved() <= before and time.perf_counter() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0, 0.25) * delay)
+    if proc.poll() is not None:
         return False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return True
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
 
 
 def outcome(store: Path, kind: str, runs: Path) -> dict:
@@ -138,8 +154,7 @@ def main() -> None:
             seconds[name] = run(command(work / "reference" / "store", step_args))
             reference[name] = outcome(work / "reference" / "store", kind, ref_runs)
             print(f"reference {name}: {seconds[name]:.1f} s", flush=True)
-        report = {name: {"runs": 0, "kills_mid_run": 0, "left_partial": 0, "resumes": 0, "mismatches": 0,
-                         "kill_points_s": []}
+        report = {name: {"runs": 0, "kills_mid_run": 0, "left_partial": 0, "resumes": 0, "mismatches": 0}
                   for name in seconds}
         for trial in range(args.trials):
             root = work / f"trial-{trial}"
@@ -149,9 +164,9 @@ def main() -> None:
                 entry = report[name]
                 entry["runs"] += 1
                 for attempt in range(2):                         # kill, resume and kill again
-                    point = rng.uniform(0.1, 0.95) * seconds[name]
-                    entry["kill_points_s"].append(round(point, 2))
-                    entry["kills_mid_run"] += run_killed(cmd + (["--resume"] if attempt else []), point)
+                    random.seed(rng.random())
+                    entry["kills_mid_run"] += run_killed(cmd + (["--resume"] if attempt else []), seconds[name],
+                                                         partial(progress, root / "store", kind, runs))
                     entry["left_partial"] += left_partial(root / "store", kind, runs)
                     entry["resumes"] += attempt
                 run(cmd + ["--resume"])
