@@ -2,7 +2,8 @@
 on any labelled data with a config whose [experiment] names train / dev / test / unlabelled files or versions.
 
     python bench/quality_bench.py [--quick] [--config configs/ablation.toml] [--compute equal-steps,equal-epochs]
-                                  [--seeds 1,2,3] [--mlm domain|PATH|none] [--store DIR] [--output DIR]
+                                  [--seeds 1,2,3] [--variants task,task-aug-mlm] [--mlm domain|PATH|none]
+                                  [--store DIR] [--output DIR]
 
 Writes ``results.json``, a results card ``README.md`` and PNG plots into the output folder. Finished stages are
 reused, so rerunning after an interruption continues the experiment.
@@ -36,17 +37,20 @@ quiet_libraries()
 @click.option("--mlm", default=None, help="Variant 5's masked LM: domain (trained by the recipe), a model, or none.")
 @click.option("--seeds", default=None, help="Comma-separated seeds (overrides the config's), e.g. 1,2.")
 @click.option("--compute", default=None, help="Comma-separated schedules: equal-steps, equal-epochs.")
+@click.option("--variants", default=None, help="Comma-separated students to train (default: all), e.g. "
+                                                "task,task-aug-mlm.")
 @click.option("--store", "store_root", default="distillery_store", show_default=True)
 @click.option("--output", default=None, help="Experiment folder (default runs/ablation[-quick]).")
 def main(quick: bool, config_path: str | None, mlm: str | None, seeds: str | None, compute: str | None,
-         store_root: str, output: str | None) -> None:
+         variants: str | None, store_root: str, output: str | None) -> None:
     """Run the ablation and print its results table."""
     config = Path(config_path or REPO_ROOT / "configs" / ("ablation_quick.toml" if quick else "ablation.toml"))
     out = Path(output or ("runs/ablation-quick" if quick else "runs/ablation"))
     start = time.perf_counter()
     results = run_experiment(Store(store_root), load_experiment(config, {
         "mlm": mlm, "seeds": tuple(int(s) for s in seeds.split(",")) if seeds else None,
-        "compute": tuple(compute.split(",")) if compute else None}), out)
+        "compute": tuple(compute.split(",")) if compute else None,
+        "variants": tuple(variants.split(",")) if variants else None}), out)
     for line in augmentation_lines(results["augmentation"]):
         click.echo(line)
     for schedule, part in results["schedules"].items():

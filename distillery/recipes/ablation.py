@@ -77,6 +77,8 @@ class ExperimentConfig(Options):
     mlm: str = option("domain", help="Variant 5's masked LM: domain (trained here, [mlm] section), a model folder / "
                                      "hub id, or none (no variant 5).")
     compute: tuple[str, ...] = option(("equal-steps",), help="Schedules: equal-steps and / or equal-epochs.")
+    variants: tuple[str, ...] = option((), help="Only these students (direct, task, task-aug, general+task-aug, "
+                                                "task-aug-mlm); empty = all.")
     name_prefix: str = option("ablation", help="Dataset names: <prefix>-train, <prefix>-train-aug, ...")
     latency_sentences: int = option(256, ge=1, help="Test sentences timed at batch 1 and batch 32.")
     eval_every: int = option(0, ge=0, help="Dev evaluation every N steps (0 = at the end of each run).")
@@ -179,6 +181,10 @@ class Experiment:
 
     def rows(self, ref: str) -> int:
         return self.store.manifest(ref)["num_rows"]
+
+    def wanted(self, variant: str) -> bool:
+        """Whether the experiment trains ``variant`` (``variants`` empty: every one)."""
+        return not self.exp.variants or variant in self.exp.variants
 
     def dev(self) -> dict[str, Any]:
         """The dev-evaluation settings every run shares."""
@@ -286,13 +292,13 @@ def measure_agreement(x: Experiment) -> None:
 def train_students(x: Experiment) -> None:
     """Per seed: the initial student, then every variant from it under every schedule (general distillation
     once, from the first seed's initial student; runs identical under two schedules are trained once)."""
-    x.runs = {schedule: {v: {} for v in (*VARIANTS, *x.data)} for schedule in x.exp.compute}
+    x.runs = {schedule: {v: {} for v in (*VARIANTS, *x.data) if x.wanted(v)} for schedule in x.exp.compute}
     for seed in x.exp.seeds:
         init = x.out / f"student-init-seed{seed}"
         if not (init / "config.json").exists():
             initial_student(x.teacher, resolve_model(x.cfgs.teacher.model), x.exp, seed).save_pretrained(init)
             AutoTokenizer.from_pretrained(x.teacher).save_pretrained(init)
-        if x.general_student is None:
+        if x.general_student is None and x.wanted("general+task-aug"):
             general_cfg = dataclasses.replace(x.cfgs.general, teacher=resolve_model(x.cfgs.general.teacher),
                                               student=str(init), seed=seed)
             x.general_student = _train(x, "general", general_distill, x.names["unlabelled"], general_cfg)
@@ -303,13 +309,15 @@ def train_students(x: Experiment) -> None:
 def _train_seed(x: Experiment, schedule: str, seed: int, init: Path) -> None:
     train_rows, runs = x.rows(x.names["train"]), x.runs[schedule]
     direct_cfg = dataclasses.replace(x.cfgs.direct, model=str(init), seed=seed, **x.dev())
-    runs["direct"][seed] = _train(x, f"direct-seed{seed}", finetune, x.names["train"],
-                                  equal_steps(direct_cfg, x.exp, train_rows))
+    if x.wanted("direct"):
+        runs["direct"][seed] = _train(x, f"direct-seed{seed}", finetune, x.names["train"],
+                                      equal_steps(direct_cfg, x.exp, train_rows))
     task_cfg = dataclasses.replace(x.cfgs.task, teacher=str(x.teacher), student=str(init), seed=seed, **x.dev())
     students = [(variant, ref, task_cfg) for variant, ref in x.data.items()]
-    students.append(("general+task-aug", x.data["task-aug"],
-                     dataclasses.replace(task_cfg, student=str(x.general_student))))
-    for variant, ref, cfg in students:
+    if x.general_student is not None:
+        students.append(("general+task-aug", x.data["task-aug"],
+                         dataclasses.replace(task_cfg, student=str(x.general_student))))
+    for variant, ref, cfg in filter(lambda student: x.wanted(student[0]), students):
         epochs = schedule == "equal-epochs" and ref != x.names["train"]     # else the same run as equal-steps
         runs[variant][seed] = _train(x, f"{variant}-{'epochs-' if epochs else ''}seed{seed}", task_distill, ref,
                                      scheduled(cfg, x.exp, schedule, x.rows(ref), train_rows))
