@@ -40,7 +40,7 @@ def test_quick_ablation_runs_every_student_and_writes_the_report(store, tmp_path
     assert json.loads((out / "results.json").read_text())["schedules"].keys() == results["schedules"].keys()
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "| general+task-aug |" in card and "## Results: equal-epochs" in card
-    assert "## The domain masked LM" in card and "mlm_only" not in card and "MLM only" in card
+    assert "## The masked LM" in card and "mlm_only" not in card and "MLM only" in card
     assert all((out / f"{kind}-{s}.png").stat().st_size > 0 for kind in ("stage_losses", "dev_accuracy")
                for s in ("equal-steps", "equal-epochs"))
 
