@@ -7,6 +7,7 @@ settings that made it; the same settings find it again, other settings are refus
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -78,14 +79,10 @@ def reuse_or_train(run_dir: Path, identity: dict[str, Any], train: Callable[[], 
                                   f"rerun with its settings to reuse it, or choose another --output")
         model = Path(os.path.normpath(run_dir / done["model"]))
         return TrainedModel(model, read_scores(model), up_to_date=True)
-    lock = WriterLock(run_dir / ".lock", f"run folder {run_dir}") \
-        if is_main_process() else None                   # one process trains into a folder (all ranks of one run)
-    try:
+    main = is_main_process()                             # one process trains into a folder (all ranks of one run)
+    with WriterLock(run_dir / ".lock", f"run folder {run_dir}") if main else contextlib.nullcontext():
         model = train()
-    finally:
-        if lock is not None:
-            lock.release()
-    if is_main_process():
+    if main:
         write_json_atomic(marker, {"run": identity, "model": Path(os.path.relpath(model, run_dir)).as_posix()})
         if prune_checkpoints:
             shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)

@@ -88,3 +88,9 @@ class WriterLock:
         if not self.fh.closed:
             fcntl.flock(self.fh, fcntl.LOCK_UN)
             self.fh.close()
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
