@@ -65,11 +65,11 @@ def make_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig,
                 runtime: Runtime | None = None, shuffle: bool = True, batch_size: int | None = None) -> ShardStream:
     """The streaming dataset of a version for a run's config and this process's rank."""
     runtime = runtime or Runtime(torch.device("cpu"))
-    return ShardStream(store.shard_paths(ref), tokenizer, batch_size=batch_size or cfg.batch_size,
-                       max_seq_length=cfg.max_seq_length, seed=cfg.seed, shuffle=shuffle,
-                       shuffle_buffer=cfg.shuffle_buffer, group_batches=cfg.group_batches,
-                       label2id=labels.get("label2id"), regression=_is_regression(labels), rank=runtime.rank,
-                       world_size=runtime.world_size, num_rows=store.manifest(ref)["num_rows"])
+    return ShardStream.from_store(store, ref, tokenizer, batch_size=batch_size or cfg.batch_size,
+                                  max_seq_length=cfg.max_seq_length, seed=cfg.seed, shuffle=shuffle,
+                                  shuffle_buffer=cfg.shuffle_buffer, group_batches=cfg.group_batches,
+                                  label2id=labels.get("label2id"), regression=_is_regression(labels),
+                                  rank=runtime.rank, world_size=runtime.world_size)
 
 
 @torch.no_grad()

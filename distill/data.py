@@ -25,16 +25,25 @@ the workers: each tokenises the rows as it streams them (the token lengths drive
 of microseconds a row, far below a training step) and pads only its own batches, which cross to the main
 process as NumPy arrays (much cheaper than tensors, which need a shared-memory file each). Resuming at
 ``position`` skips the first ``position`` global batches.
+
+Checkpoints: the stream speaks the protocol of torchdata's ``StatefulDataLoader`` (and so of accelerate):
+``state_dict()`` says where the next batch comes from (version, epoch, position in global batches, seed, world
+size, batch size) and ``load_state_dict()`` (before ``iter()``) continues there. A copy iterated in a DataLoader
+worker reports its own next batch and, restored into the same worker, keeps taking every ``num_workers``-th batch
+from it, so a loader resumed from its state dict yields exactly the batches an uninterrupted one would. A state
+saved in the main process (no workers, or by a trainer) holds a position in global batches, valid for any world
+size: resuming with another process count deals the remaining global batches to the new ranks.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -42,6 +51,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipelines.errors import DistilleryError
+
+if TYPE_CHECKING:
+    from pipelines.store import Store
 
 IGNORE_LABEL = -100
 TEXT, PAIR, LABEL, ROW_ID, LOGITS = "text", "text_pair", "label", "row_id", "teacher_logits"
@@ -54,9 +66,6 @@ class StreamState:
     epoch: int = 0
     position: int = 0
     seed: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 class Collator:
@@ -137,7 +146,8 @@ class ShardStream(IterableDataset):
     def __init__(self, shards: Sequence[str | Path], tokenizer: str | Path, *, batch_size: int,
                  max_seq_length: int = 128, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
                  group_batches: int = 50, label2id: dict[str, int] | None = None, regression: bool = False,
-                 rank: int = 0, world_size: int = 1, num_rows: int | None = None, collator: Collator | None = None):
+                 rank: int = 0, world_size: int = 1, num_rows: int | None = None, collator: Collator | None = None,
+                 version: str | None = None):
         super().__init__()
         if batch_size < 1:
             raise DistilleryError(f"batch_size must be >= 1 (got {batch_size})")
@@ -152,8 +162,18 @@ class ShardStream(IterableDataset):
         self.collate = collator or Collator(tokenizer, max_seq_length, label2id, regression)
         self.num_rows = num_rows if num_rows is not None else sum(pq.ParquetFile(s).metadata.num_rows
                                                                   for s in self.shards)
+        self.version = version or _shards_fingerprint(self.shards)
         self.state = StreamState(seed=seed)
+        self._stride: int | None = None      # set in a worker's copy once it has yielded: its worker count
         self._columns = self._read_columns()
+
+    @classmethod
+    def from_store(cls, store: Store, ref: str, tokenizer: str | Path, **options: Any) -> ShardStream:
+        """The stream of ``store``'s version ``ref`` (its shards, row count and id); ``options`` as for the
+        constructor."""
+        vid = store.resolve(ref)
+        return cls(store.shard_paths(vid), tokenizer, num_rows=store.manifest(vid)["num_rows"], version=vid,
+                   **options)
 
     def _read_columns(self) -> list[str]:
         if not self.shards:
@@ -163,10 +183,34 @@ class ShardStream(IterableDataset):
             raise DistilleryError(f"{self.shards[0]}: no '{TEXT}' column (columns: {', '.join(names)})")
         return [c for c in (TEXT, PAIR, LABEL, ROW_ID, LOGITS) if c in names]
 
-    # ---- the global order ---------------------------------------------------------------------
+    # ---- the global order and the checkpoint protocol ------------------------------------------------
     def set_state(self, epoch: int, position: int = 0) -> None:
         """Start the next iteration at global batch ``position`` of ``epoch``."""
         self.state = StreamState(epoch=epoch, position=position, seed=self.state.seed)
+        self._stride = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start the next iteration at the beginning of ``epoch`` (what Hugging Face ``Trainer`` and accelerate call
+        each epoch); a no-op in the epoch the stream stands in, so a position restored by ``load_state_dict`` holds."""
+        if epoch != self.state.epoch:
+            self.set_state(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next batch comes from; plain data for ``load_state_dict`` and checkpoints."""
+        return {"version": self.version, "epoch": self.state.epoch, "position": self.state.position,
+                "seed": self.state.seed, "world_size": self.world_size, "batch_size": self.batch_size,
+                "workers": self._stride or 1}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where ``state`` (from ``state_dict``) stood; refused, naming the keys, when it belongs to another
+        version or order (seed, batch size), or is a worker's state for another world size."""
+        mine = self.state_dict()
+        keys = ["version", "seed", "batch_size"] + (["world_size"] if state.get("workers", 1) > 1 else [])
+        changed = [f"{k} {state.get(k)!r} != {mine[k]!r}" for k in keys if state.get(k) != mine[k]]
+        if changed:
+            raise DistilleryError(f"cannot load the stream state: it belongs to another stream ({', '.join(changed)})")
+        self.set_state(state["epoch"], state["position"])
+        self._stride = state["workers"] if state.get("workers", 1) > 1 else None
 
     @property
     def num_batches(self) -> int:
@@ -237,16 +281,30 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        epoch, position = self.state.epoch, self.state.position
-        first_local = max(0, math.ceil((position - self.rank) / self.world_size))
+        if self._stride not in (None, workers):
+            raise DistilleryError(f"the stream state was saved by one of {self._stride} DataLoader workers; "
+                                  f"resume with num_workers={self._stride}")
+        epoch, position, world = self.state.epoch, self.state.position, self.world_size
+        # this copy yields the rank's local batches first, first + workers, ...; a restored worker state starts
+        # at the worker's own next batch
+        first = max(0, math.ceil((position - self.rank) / world)) + (0 if self._stride else worker)
         for k, rows in enumerate(self.global_batches(epoch)):
-            if k < position or k % self.world_size != self.rank:
+            local = k // world
+            if k < position or k % world != self.rank or local < first or (local - first) % workers:
                 continue
-            if (k // self.world_size - first_local) % workers == worker:
-                batch = self.collate(rows, epoch)
-                # inside a worker, NumPy arrays travel to the main process far cheaper than tensors (which
-                # go through one shared-memory file each); make_loader turns them into tensors there
-                yield batch if info else to_tensors(batch)
+            batch = self.collate(rows, epoch)
+            # the state a checkpoint taken now records: this copy's next batch
+            self.state = StreamState(epoch, (local + workers) * world, self.state.seed)
+            self._stride = workers if workers > 1 else None
+            # inside a worker, NumPy arrays travel to the main process far cheaper than tensors (which
+            # go through one shared-memory file each); make_loader turns them into tensors there
+            yield batch if info else to_tensors(batch)
+
+
+def _shards_fingerprint(shards: Sequence[str]) -> str:
+    """Names a stream without a version id: its shards' folders and file names."""
+    names = "\n".join("/".join(Path(s).parts[-2:]) for s in shards)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
 
 
 def _identity(batch: Any) -> Any:

@@ -148,10 +148,10 @@ def mlm_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig, 
                runtime: Runtime, shuffle: bool = True, batch_size: int | None = None) -> ShardStream:
     """A version's rows, tokenised and masked."""
     collate = MaskingCollator(tokenizer, cfg.max_seq_length, mask_prob, whole_word, cfg.seed)
-    return ShardStream(store.shard_paths(ref), tokenizer, batch_size=batch_size or cfg.batch_size,
-                       max_seq_length=cfg.max_seq_length, seed=cfg.seed, shuffle=shuffle,
-                       shuffle_buffer=cfg.shuffle_buffer, group_batches=cfg.group_batches, rank=runtime.rank,
-                       world_size=runtime.world_size, num_rows=store.manifest(ref)["num_rows"], collator=collate)
+    return ShardStream.from_store(store, ref, tokenizer, batch_size=batch_size or cfg.batch_size,
+                                  max_seq_length=cfg.max_seq_length, seed=cfg.seed, shuffle=shuffle,
+                                  shuffle_buffer=cfg.shuffle_buffer, group_batches=cfg.group_batches,
+                                  rank=runtime.rank, world_size=runtime.world_size, collator=collate)
 
 
 @torch.no_grad()

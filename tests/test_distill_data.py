@@ -4,6 +4,7 @@ import collections
 import pytest
 
 from distill.data import ShardStream, make_loader
+from pipelines.errors import DistilleryError
 from pipelines.resources import minilm_path
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
@@ -105,3 +106,54 @@ def test_epoch_loaders_prefetch_the_next_epoch_without_changing_it(shards, worke
     got0 += [b["row_id"].tolist() for b in first]
     assert [got0, row_ids(loaders.open(1))] == expected
     assert row_ids(loaders.open(1, position=5)) == expected[1][5:]
+
+
+def taken(loader, n):
+    """The first ``n`` batches' row ids, the iterator left open (a run stopped mid-epoch)."""
+    iterator = iter(loader)
+    return [next(iterator)["row_id"].tolist() for _ in range(n)]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers,world_size", [(0, 1), (2, 1), (2, 2)])
+def test_stateful_dataloader_resumes_mid_epoch_with_the_next_batch(shards, workers, world_size):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def loader(**kw):
+        return StatefulDataLoader(stream(shards, world_size=world_size, **kw), batch_size=None, num_workers=workers)
+
+    full = row_ids(loader())
+    # with workers: stopped after an even and an odd number of batches (the next batch from worker 0, then 1)
+    for stop in (4, 5) if workers else (0, 1, 5, len(full)):
+        first = loader()
+        head = taken(first, stop)
+        state = first.state_dict()
+        resumed = loader()
+        resumed.load_state_dict(state)
+        assert head + row_ids(resumed) == full, stop
+    if not workers:
+        other = loader(seed=4)
+        other.load_state_dict(state)
+        with pytest.raises(DistilleryError, match=r"another stream \(seed 3 != 4\)"):
+            row_ids(other)
+
+
+def test_plain_loop_resumes_from_the_stream_state_also_with_another_world_size(shards):
+    full = row_ids(make_loader(stream(shards)))
+    s = stream(shards)
+    head = taken(make_loader(s), 6)
+    state = s.state_dict()
+    assert state == {"version": s.version, "epoch": 0, "position": 6, "seed": 3, "world_size": 1, "batch_size": 4,
+                     "workers": 1}
+    resumed = stream(shards)
+    resumed.load_state_dict(state)
+    assert head + row_ids(make_loader(resumed)) == full
+    ranks = [stream(shards, rank=r, world_size=2) for r in (0, 1)]   # the position is in global batches
+    for rank in ranks:
+        rank.load_state_dict(state)
+    rest = [row_ids(make_loader(rank)) for rank in ranks]
+    assert [b for pair in zip(*rest) for b in pair] == full[6:]
+    with pytest.raises(DistilleryError, match=r"another stream \(batch_size 4 != 5\)"):
+        stream(shards, batch_size=5).load_state_dict(state)
+    s.set_epoch(1)
+    assert s.state_dict()["epoch"] == 1 and s.state_dict()["position"] == 0
