@@ -152,7 +152,8 @@ class Trainer:
                 "objective": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": checkpoint.rng_state(), "data": {"epoch": self.epoch, "position": self.position,
-                                                        "seed": self.stream.state.seed},
+                                                        "seed": self.stream.state.seed,
+                                                        "world_size": self.runtime.world_size},
                 "last_eval": self.last_eval, "config": to_dict(self.cfg), "record": self.record}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -180,11 +181,14 @@ class Trainer:
         found = checkpoint.load_newest_good(self.ckpt_dir, say) if latest is not None else None
         if found is not None:
             state = found[1]
+            free = runtime_fields(self.cfg) | {"grad_accum"}     # grad_accum: with the process count, below
             changed = {k: (v, getattr(self.cfg, k, None)) for k, v in state["config"].items()
-                       if k not in runtime_fields(self.cfg) and v != getattr(self.cfg, k, None)}
+                       if k not in free and v != getattr(self.cfg, k, None)}
             if changed or state.get("record", self.record) != self.record:
                 raise DistilleryError(f"cannot resume {self.output_dir}: the run was started with other settings "
                                       f"({changed or 'data / models differ'}); use the same config or a new --output")
+            self._check_global_batch(state["config"]["grad_accum"],
+                                     state["data"].get("world_size", self.runtime.world_size))
             self.load_state_dict(state)
             if self.runtime.is_main and self.metrics_path.exists():   # drop lines written after the checkpoint
                 kept = [line for line in self.metrics_path.read_text().splitlines()
@@ -198,6 +202,18 @@ class Trainer:
                     "steps_per_epoch": self.per_epoch, "world_size": self.runtime.world_size, **self.record}
             (self.output_dir / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str)
                                                          + "\n")
+
+    def _check_global_batch(self, grad_accum: int, world_size: int) -> None:
+        """A run resumes under another process count when the global batch (batch_size x processes x grad_accum)
+        stays: the data position counts global batches and a step's rows are the same."""
+        now = self.runtime.world_size * self.cfg.grad_accum
+        if grad_accum * world_size != now:
+            hint = (f"--grad-accum {grad_accum * world_size // self.runtime.world_size}"
+                    if grad_accum * world_size % self.runtime.world_size == 0 else f"{world_size} processes")
+            raise DistilleryError(
+                f"cannot resume {self.output_dir}: the global batch would change (batch_size x processes x "
+                f"grad_accum = {self.cfg.batch_size} x {world_size} x {grad_accum} when saved, {self.cfg.batch_size} x "
+                f"{self.runtime.world_size} x {self.cfg.grad_accum} now); keep it, e.g. with {hint}")
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.runtime.is_main:
@@ -241,11 +257,23 @@ class Trainer:
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
         return bool(value.item())
 
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        if not self.runtime.distributed:
+            return values
+        summed = torch.tensor(values, dtype=torch.float64, device=self.runtime.device)
+        torch.distributed.all_reduce(summed)
+        return summed.tolist()
+
     def _train_step(self, model: nn.Module, micro: list[tuple[dict[str, torch.Tensor], float]]
                     ) -> tuple[float, dict[str, float]] | None:
-        """Forward/backward over the micro-batches and one optimizer step; None when a loss was non-finite."""
+        """Forward/backward over the micro-batches and one optimizer step; None when a loss was non-finite.
+
+        The gradient and the logged loss are the mean over the step's micro-batches of all ranks (DDP averages
+        gradients over ranks, hence the ``world_size`` factor), so any split of a global batch into processes x
+        accumulation computes the same step."""
         total, parts_sum = 0.0, {}
-        n = sum(w for _, w in micro) or 1.0
+        n = self._sum_over_ranks([sum(w for _, w in micro)])[0] or 1.0
+        scale = self.runtime.world_size / n
         for i, (batch, weight) in enumerate(micro):
             sync = i == len(micro) - 1 or not self.runtime.distributed
             with (contextlib.nullcontext() if sync else model.no_sync()), self._autocast():
@@ -253,10 +281,12 @@ class Trainer:
             if not self._all_true(bool(torch.isfinite(loss).item())):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-            self.scaler.scale(loss * (weight / n)).backward()
-            total += loss.item() * weight / n
+            self.scaler.scale(loss * (weight * scale)).backward()
+            total += loss.item() * weight
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v.item() * weight / n
+                parts_sum[k] = parts_sum.get(k, 0.0) + v.item() * weight
+        total, *sums = (x / n for x in self._sum_over_ranks([total, *parts_sum.values()]))
+        parts_sum = dict(zip(parts_sum, sums))
         if self.cfg.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.max_grad_norm)

@@ -387,6 +387,53 @@ def test_ddp_with_two_cpu_processes(data, teacher, tmp_path):
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
 
 
+def student_without_dropout(tiny_bert_factory, folder):
+    """A tiny saved student with dropout off (ranks draw dropout masks from their own generators, so only a model
+    without dropout computes the same step however a global batch is split)."""
+    import shutil
+
+    shutil.copytree(tiny_bert_factory(layers=2, hidden=16, heads=2, intermediate=32, with_mlm_head=False), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_two_processes_then_one_with_the_same_global_batch_match_one_process(data, teacher, tiny_bert_factory,
+                                                                             tmp_path):
+    """2 gloo processes x batch 4 train 4 steps (checkpoints at 2 and 4); the run resumes from step 4 in one
+    process with grad_accum 2 (the same global batch of 8 rows): the loss curve is that of one process with
+    grad_accum 2 from the start. Another global batch is refused."""
+    student = student_without_dropout(tiny_bert_factory, tmp_path / "student")
+    kw = dict(student=student, student_layers=0, student_hidden=0, student_heads=0, student_intermediate=0, epochs=1)
+    cfg = general_cfg(teacher, **kw, checkpoint_every=2, keep_checkpoints=5, prune_checkpoints=False, threads=1)
+    single = losses_of(distill.general_distill(data, "train", cfg, tmp_path / "single").path.parent)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "distillery",
+           "--store", str(data.root), "distill", "general", "train", "--output", str(tmp_path / "ddp"),
+           "--teacher", teacher, "--student", student, "--epochs", "1", "--batch-size", "4", "--grad-accum", "1",
+           "--lr", "1e-3", "--warmup", "2", "--log-every", "1", "--checkpoint-every", "2",
+           "--keep-checkpoints", "5", "--no-prune-checkpoints", "--num-workers", "0", "--device", "cpu",
+           "--threads", "1"]
+    env = {**os.environ, "DISTILLERY_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ddp = losses_of(tmp_path / "ddp")
+    assert [s for s, *_ in ddp] == [s for s, *_ in single] == list(range(1, 7))
+    np.testing.assert_allclose([x[1] for x in ddp], [x[1] for x in single], rtol=1e-4)
+    # back to step 4, as if the 2-process run had stopped there
+    (tmp_path / "ddp" / "finished.json").unlink()
+    (tmp_path / "ddp" / "checkpoints" / "step-00000006.pt").unlink()
+    with pytest.raises(DistilleryError, match=r"global batch would change \(batch_size x processes x grad_accum = "
+                                              r"4 x 2 x 1 when saved, 4 x 1 x 1 now\); keep it, e.g. with "
+                                              r"--grad-accum 2"):
+        distill.general_distill(data, "train", general_cfg(teacher, **kw, grad_accum=1), tmp_path / "ddp",
+                                resume=True)
+    distill.general_distill(data, "train", cfg, tmp_path / "ddp", resume=True)
+    resumed = losses_of(tmp_path / "ddp")
+    assert [s for s, *_ in resumed] == list(range(1, 7))
+    np.testing.assert_allclose([x[1] for x in resumed], [x[1] for x in single], rtol=1e-4)
+
+
 def test_model_cards_name_the_model_its_origin_and_licence(store, make_version, tiny_bert_factory, tmp_path):
     import yaml
 
