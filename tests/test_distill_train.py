@@ -401,9 +401,9 @@ def student_without_dropout(tiny_bert_factory, folder):
 
 def test_two_processes_then_one_with_the_same_global_batch_match_one_process(data, teacher, tiny_bert_factory,
                                                                              tmp_path):
-    """2 gloo processes x batch 4 train 4 steps (checkpoints at 2 and 4); the run resumes from step 4 in one
-    process with grad_accum 2 (the same global batch of 8 rows): the loss curve is that of one process with
-    grad_accum 2 from the start. Another global batch is refused."""
+    """2 gloo processes x batch 4 give the loss curve of one process x batch 4 x grad_accum 2 (the same global
+    batch of 8 rows); back at its step-4 checkpoint, the 2-process run resumes in one process with grad_accum 2 and
+    still follows that curve. A resume that changes the global batch is refused."""
     student = student_without_dropout(tiny_bert_factory, tmp_path / "student")
     kw = dict(student=student, student_layers=0, student_hidden=0, student_heads=0, student_intermediate=0, epochs=1)
     cfg = general_cfg(teacher, **kw, checkpoint_every=2, keep_checkpoints=5, prune_checkpoints=False, threads=1)
