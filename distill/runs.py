@@ -143,6 +143,9 @@ def finish_run(trainer: Trainer, title: str, model: nn.Module, tokenizer_src: st
 
 # ---- fine-tuning -------------------------------------------------------------------------------------
 def run_identity(store: Store, mode: str, cfg: TrainConfig, train_ref: str, **models_used: str) -> dict[str, Any]:
-    """What makes a finished run reusable: its mode, config (runtime options aside), data and models."""
-    return {"mode": mode, "config": identity_dict(cfg), "train_version": store.resolve(train_ref),
+    """What makes a finished run reusable: its mode, config (runtime options aside), data and models. Its
+    grad_accum counts the micro-batches of a step over all processes, so that the same global batch under another
+    process count (a resumed or repeated run) is the same run."""
+    config = {**identity_dict(cfg), "grad_accum": cfg.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))}
+    return {"mode": mode, "config": config, "train_version": store.resolve(train_ref),
             "eval_version": store.resolve(cfg.eval_ref) if cfg.eval_ref else None, **models_used}

@@ -432,6 +432,7 @@ def test_two_processes_then_one_with_the_same_global_batch_match_one_process(dat
     resumed = losses_of(tmp_path / "ddp")
     assert [s for s, *_ in resumed] == list(range(1, 7))
     np.testing.assert_allclose([x[1] for x in resumed], [x[1] for x in single], rtol=1e-4)
+    assert distill.general_distill(data, "train", cfg, tmp_path / "ddp").up_to_date   # the same run, one process
 
 
 def test_model_cards_name_the_model_its_origin_and_licence(store, make_version, tiny_bert_factory, tmp_path):
