@@ -102,15 +102,13 @@ def _write(store: Store, vid: str, total_rows: int, setup: Setup, writer: Versio
     config = setup.config
     if setup.mlm_identity is None:
         print(f"WARNING {MLM_NONE_WARNING}", file=sys.stderr, flush=True)
-    timing = dict.fromkeys(TIMING_KEYS, 0.0)
-    start = time.perf_counter()
+    timing = dict.fromkeys(TIMING_KEYS, 0.0)          # (each engine sets wall_s)
     if config.engine == "ray":
         from augment.ray_engine import run_ray
 
         loaded, run = run_ray(store, vid, total_rows, setup, writer, timing)
     else:
         loaded, run = _run_local(store, vid, total_rows, setup, writer, timing)
-    timing["wall_s"] = time.perf_counter() - start
     counts: dict[str, int] = {}
     for index in writer.committed_chunks():
         for key, value in writer.chunk_record(index)["accounting"].items():
@@ -144,13 +142,16 @@ def augment_version(store: Store, ref: str, config: AugmentConfig, name: str | N
 
 def _run_local(store: Store, vid: str, total_rows: int, setup: Setup, writer: VersionWriter,
                timing: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load the models here and augment every chunk not yet committed with ``workers`` helper processes."""
+    """Load the models here and augment every chunk not yet committed with ``workers`` helper processes
+    (``wall_s``: from the models loaded to the last chunk written)."""
     models = load_models(setup)
+    start = time.perf_counter()
     executor = Executor(setup.config.workers, models.tokenizer, models.spec)
     try:
         _run(store, vid, setup.config, setup.fields, models, writer, executor, total_rows, timing)
     finally:
         executor.close()
+    timing["wall_s"] = time.perf_counter() - start
     return loaded_identity(models), {"workers": setup.config.workers, "mlm": dict(models.mlm.stats)
                                      if models.mlm else None, "neighbours": dict(models.index.stats)}
 

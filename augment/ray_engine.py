@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -42,19 +43,40 @@ def ray_session(address: str | None) -> Iterator[Any]:
     """Ray, joined at ``address`` or started locally (kept if this process already joined one), with its
     logs and progress bars off the terminal."""
     ray = import_ray()
+    quiet = os.environ.get("DISTILLERY_DEBUG") != "1"
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level=logging.ERROR)
+        if quiet:       # Ray's C++ core logs an error-level note for every actor Ray Data starts
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        with _stderr_closed() if quiet else nullcontext():     # (and notes on stderr while it starts)
+            ray.init(address=address, log_to_driver=not quiet, include_dashboard=False,
+                     logging_level=logging.ERROR if quiet else logging.INFO)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
+    context.enable_progress_bars = False        # ours shows rows/s
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    if quiet:
+        for name in ("ray", "ray.data"):        # (Ray Data logs to its own handlers, not through "ray")
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         yield ray
     finally:
         if started:
             ray.shutdown()
+
+
+@contextmanager
+def _stderr_closed() -> Iterator[None]:
+    """File descriptor 2 on /dev/null (what C++ code and started processes write there is dropped)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 # ---- actors ----------------------------------------------------------------------------------------------
@@ -135,8 +157,9 @@ def _fault_point() -> None:
 def run_ray(store: Store, vid: str, total_rows: int, setup: Setup, writer: VersionWriter,
             timing: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Augment every chunk not yet committed in Ray actors and write it here, in chunk order; returns what the
-    manifest records of the loaded models and of the run."""
+    manifest records of the loaded models and of the run (``wall_s``: actors started and loading included)."""
     config = setup.config
+    start = time.perf_counter()
     chunks = -(-total_rows // config.chunk_rows)
     todo = [i for i in range(chunks) if not writer.is_committed(i)]
     loaded: dict[str, Any] = {"vectors": setup.vectors.identity, "max_pieces": None}
@@ -168,6 +191,7 @@ def run_ray(store: Store, vid: str, total_rows: int, setup: Setup, writer: Versi
                     run[name] = _add(run[name] or {}, stats)
             bar.update(_input_rows(index, config.chunk_rows, total_rows))
     bar.close()
+    timing["wall_s"] = time.perf_counter() - start
     return loaded, run
 
 
@@ -183,7 +207,7 @@ def _augmented(ray: Any, store: Store, vid: str, total_rows: int, setup: Setup, 
     shards = [(str(p), s["rows"]) for p, s in zip(store.shard_paths(vid), store.manifest(vid)["shards"])]
     dataset = ray.data.from_items([{"index": i} for i in todo], override_num_blocks=len(todo)).map_batches(
         ChunkAugmenter, fn_constructor_args=(setup, shards, total_rows), batch_size=1, batch_format="pyarrow",
-        concurrency=min(actors, len(todo)), num_cpus=1, num_gpus=1 if gpu else 0)
+        compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))), num_cpus=1, num_gpus=1 if gpu else 0)
     return iter(dataset.iter_rows())
 
 
