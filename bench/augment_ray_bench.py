@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +33,7 @@ from augment_bench import ReferenceAugmentor  # noqa: E402
 
 from augment import AugmentConfig, augment_version  # noqa: E402
 from augment.mlm import load_mlm  # noqa: E402
+from augment.ray_engine import ray_session  # noqa: E402
 from augment.vectors import load_vectors  # noqa: E402
 from distillery.demo import SAMPLE_DIR  # noqa: E402
 from pipelines.fingerprint import version_id  # noqa: E402
@@ -63,6 +64,31 @@ def source_store(root: Path, rows: list[str]) -> Store:
     return store
 
 
+def measure(args: argparse.Namespace, rows: list[str], root: Path, mlm: str, report: dict) -> None:
+    """Time each run of --runs on a fresh store; records whether all wrote the same bytes."""
+    hashes = set()
+    print(f"{'run':10} {'end to end':>16} {'processing':>16} {'output rows':>12}", flush=True)
+    for run in args.runs.split(","):
+        engine, count = run.split(":")
+        n = int(count)
+        parallel = {"workers": n} if engine == "local" else {"ray_actors": n, "workers": 0}
+        config = AugmentConfig(mlm=mlm, num_aug=args.num_aug, chunk_rows=args.chunk_rows, device=args.device,
+                               engine=engine, **parallel)
+        store = source_store(root, rows)
+        start = time.perf_counter()
+        manifest = augment_version(store, "src", config)
+        total_s = time.perf_counter() - start
+        wall_s = manifest["extra"]["run"]["timing_s"]["wall_s"]
+        hashes.add(tuple(s["sha256"] for s in manifest["shards"]))
+        report["runs"][run] = {"end_to_end_s": total_s, "end_to_end_rows_s": len(rows) / total_s,
+                               "processing_s": wall_s, "processing_rows_s": len(rows) / wall_s,
+                               "output_rows": manifest["num_rows"]}
+        print(f"{run:10} {len(rows) / total_s:9.1f} rows/s {len(rows) / wall_s:9.1f} rows/s "
+              f"{manifest['num_rows']:12}", flush=True)
+    report["same_bytes"] = len(hashes) == 1
+    print(f"every run wrote the same bytes: {report['same_bytes']}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300, help="sample rows (train split, in order)")
@@ -90,35 +116,13 @@ def main() -> None:
                     "load_before": os.getloadavg()[0], "runs": {}}
     print(f"rows={len(rows)} N={args.num_aug} chunk_rows={args.chunk_rows} device={args.device} "
           f"cpus={os.cpu_count()} load={report['load_before']:.2f}", flush=True)
-    if any(run.startswith("ray") for run in args.runs.split(",")):
-        import ray
-
-        start = time.perf_counter()
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-        report["ray_init_s"] = time.perf_counter() - start
-        print(f"ray.init: {report['ray_init_s']:.1f}s (not in the figures below)", flush=True)
-    hashes = set()
-    print(f"{'run':10} {'end to end':>16} {'processing':>16} {'output rows':>12}", flush=True)
-    for run in args.runs.split(","):
-        engine, count = run.split(":")
-        n = int(count)
-        parallel = {"workers": n} if engine == "local" else {"ray_actors": n, "workers": 0}
-        config = AugmentConfig(mlm=mlm, num_aug=args.num_aug, chunk_rows=args.chunk_rows, device=args.device,
-                               engine=engine, **parallel)
-        store = source_store(root, rows)
-        start = time.perf_counter()
-        manifest = augment_version(store, "src", config)
-        total_s = time.perf_counter() - start
-        wall_s = manifest["extra"]["run"]["timing_s"]["wall_s"]
-        hashes.add(tuple(s["sha256"] for s in manifest["shards"]))
-        report["runs"][run] = {"end_to_end_s": total_s, "end_to_end_rows_s": len(rows) / total_s,
-                               "processing_s": wall_s, "processing_rows_s": len(rows) / wall_s,
-                               "output_rows": manifest["num_rows"]}
-        print(f"{run:10} {len(rows) / total_s:9.1f} rows/s {len(rows) / wall_s:9.1f} rows/s "
-              f"{manifest['num_rows']:12}", flush=True)
-    report["same_bytes"] = len(hashes) == 1
-    print(f"every run wrote the same bytes: {report['same_bytes']}", flush=True)
+    with ExitStack() as stack:
+        if any(run.startswith("ray") for run in args.runs.split(",")):
+            start = time.perf_counter()
+            stack.enter_context(ray_session(None))
+            report["ray_init_s"] = time.perf_counter() - start
+            print(f"ray.init: {report['ray_init_s']:.1f}s (not in the figures below)", flush=True)
+        measure(args, rows, root, mlm, report)
     if args.reference:
         model = load_mlm(mlm, args.device, "fp32")
         vectors = load_vectors(None)
