@@ -11,6 +11,7 @@ DEFAULT_ROUNDS = 30
 INPUT_MODES = ("pair", "single")
 OUTPUT_FORMS = ("surface", "reference")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -51,6 +52,12 @@ class AugmentConfig(Options):
     mlm_batch_size: int = option(256, ge=1, runtime=True, help="Sequences per masked-LM batch (at most 16384 "
                                                                "tokens).")
     device: str = option("auto", runtime=True, help="auto, cpu, cuda or cuda:N.")
+    engine: str = option("local", choices=ENGINES, runtime=True, help="local: this machine's processes; ray: Ray "
+                                                                      "actors (pip install -e '.[ray]'), same bytes.")
+    ray_address: str | None = option(None, runtime=True, help="Ray cluster to join with --engine ray (auto or "
+                                                               "host:port; default: start a local Ray instance).")
+    ray_actors: int | None = option(None, ge=1, runtime=True, help="Ray actors, each loading the models once "
+                                                                   "(default: one per GPU, else one per 2 CPUs).")
 
     def check(self) -> None:
         if self.task is not None and self.task.lower() not in TASK_ROUNDS:

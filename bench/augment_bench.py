@@ -66,8 +66,8 @@ class ReferenceAugmentor:
         start = time.perf_counter()
         first = ["[CLS]", *masked, "[SEP]"]
         tokens = first + pieces + ["[SEP]"] if self.mode == "pair" else first
-        ids = torch.tensor([self.tokenizer.convert_tokens_to_ids(tokens)])
-        segments = torch.tensor([[0] * len(first) + [1] * (len(tokens) - len(first))])
+        ids = torch.tensor([self.tokenizer.convert_tokens_to_ids(tokens)], device=self.model.device)
+        segments = torch.tensor([[0] * len(first) + [1] * (len(tokens) - len(first))], device=self.model.device)
         with torch.no_grad():
             logits = self.model(ids, token_type_ids=segments).logits
         top = torch.argsort(logits[0, position], descending=True)[:self.k].tolist()

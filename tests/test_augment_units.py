@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from augment.chunk import _init_worker, _prepare_part
 from augment.config import AugmentConfig
-from augment.engine import _init_worker, _prepare_part
 from augment.mlm import build_requests, load_mlm, load_tokenizer
 from augment.sampling import CandidateFilter, augment_sentence, row_rng
 from augment.vectors import NeighbourIndex, WordVectors, load_vectors
