@@ -80,7 +80,7 @@ class DistillConfig(TrainConfig):
     student_layers: int = option(0, ge=0, help="Student layers (overrides the preset when > 0; bilstm: stacked "
                                                "LSTM layers, 1).")
     student_hidden: int = option(0, ge=0, help="Student hidden size (overrides the preset when > 0; bilstm: LSTM "
-                                               "width per direction, 300; textcnn: filters per width 3/4/5, 100).")
+                                               "width per direction, 150; textcnn: filters per width 3/4/5, 100).")
     student_heads: int = option(0, ge=0, help="Student attention heads (overrides the preset when > 0).")
     student_intermediate: int = option(0, ge=0, help="Student feed-forward size (overrides the preset when > 0).")
     student_embeddings: str = option("teacher", choices=("teacher", "glove"),

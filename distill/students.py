@@ -29,7 +29,7 @@ from pipelines.resources import glove_6b_50d_files
 
 PAD, UNK = "[PAD]", "[UNK]"
 WEIGHTS = "model.safetensors"
-SHAPES = {"bilstm": {"num_hidden_layers": 1, "hidden_size": 300}, "textcnn": {"num_hidden_layers": 1,
+SHAPES = {"bilstm": {"num_hidden_layers": 1, "hidden_size": 150}, "textcnn": {"num_hidden_layers": 1,
                                                                                "hidden_size": 100}}
 KERNEL_SIZES = (3, 4, 5)
 DROPOUT = 0.1
