@@ -89,12 +89,14 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path, o
     return path
 
 
-def onnx_classifier(path: Path) -> Classifier:
-    """Logits from an ONNX classifier run by onnxruntime (fed only the inputs its graph kept)."""
+def onnx_classifier(path: Path, threads: int = 0) -> Classifier:
+    """Logits from an ONNX classifier run by onnxruntime (fed only the inputs its graph kept; ``threads`` 0: its
+    default)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     return lambda batch: torch.from_numpy(session.run(["logits"], {n: batch[n].numpy() for n in names})[0])
