@@ -200,8 +200,12 @@ def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path,
                               "attention matches (prediction, kl and hard weights must be 0)")
     match_set = MatchSet(matches, models.hidden_size(student), models.hidden_size(teacher_config),
                          _is_regression(labels))
-    if isinstance(student, students.SequenceStudent) and (match_set.needs_hidden or match_set.needs_attentions):
-        raise DistilleryError(f"a {student.config.model_type} student is distilled from logits (and labels) only")
+    if isinstance(student, students.SequenceStudent):
+        if match_set.needs_hidden or match_set.needs_attentions:
+            raise DistilleryError(f"a {student.config.model_type} student is distilled from logits (and labels) only")
+        if teacher_needed and student.config.vocab_size != teacher_config.vocab_size:
+            raise DistilleryError(f"student {student_src} reads other tokens than the teacher: give the teacher's "
+                                  f"logits with --logits-ref (`distillery distill cache-logits`)")
     match_set.check_layers(models.num_layers(student), models.num_layers(teacher_config))
     objective = Objective(student, match_set, teacher)
     stream = make_stream(store, train_ref, tokenizer, cfg, labels, runtime)

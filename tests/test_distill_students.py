@@ -86,17 +86,22 @@ def test_bilstm_logits_do_not_depend_on_padding(one_torch_thread):
     assert reverse_within(x, torch.tensor([3, 5]))[:, :, 0].tolist() == [[2, 1, 0, 3, 4], [9, 8, 7, 6, 5]]
 
 
-def test_students_refuse_what_they_cannot_do(data, teacher, tmp_path):
-    with pytest.raises(DistilleryError, match="no intermediate layers"):
-        distill.task_distill(data, "train", student_cfg(teacher, "bilstm", "teacher", stage="1"), tmp_path / "a")
-    with pytest.raises(DistilleryError, match="--logits-ref"):
-        distill.task_distill(data, "train", student_cfg(teacher, "bilstm", "glove", logits_ref=""), tmp_path / "b")
-
-
 @pytest.fixture
 def bilstm(data, teacher, tmp_path, one_torch_thread):
     cfg = student_cfg(teacher, "bilstm", "glove", stage2_epochs=1, student_hidden=16)
     return distill.task_distill(data, "train", cfg, tmp_path / "bilstm").path
+
+
+def test_students_refuse_what_they_cannot_do(data, teacher, bilstm, tmp_path):
+    with pytest.raises(DistilleryError, match="no intermediate layers"):
+        distill.task_distill(data, "train", student_cfg(teacher, "bilstm", "teacher", stage="1"), tmp_path / "a")
+    with pytest.raises(DistilleryError, match="--logits-ref"):
+        distill.task_distill(data, "train", student_cfg(teacher, "bilstm", "glove", logits_ref=""), tmp_path / "b")
+    with pytest.raises(DistilleryError, match="reads other tokens than the teacher"):    # its own word vocabulary
+        distill.task_distill(data, "train", student_cfg(teacher, str(bilstm), "teacher", stage="2", logits_ref=""),
+                             tmp_path / "c")
+    with pytest.raises(DistilleryError, match="from logits .and labels. only"):
+        distill.task_distill(data, "train", student_cfg(teacher, str(bilstm), "teacher", stage="1"), tmp_path / "d")
 
 
 def test_int8_and_onnx_copies_agree_with_fp32(data, teacher, bilstm, tmp_path, one_torch_thread):
