@@ -6,9 +6,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification
 
-from distill import models
+from distill import models, students
 from distill.config import DistillConfig, EvaluateConfig, FinetuneConfig, TaskDistillConfig, TrainConfig, stage_config
 from distill.data import IGNORE_LABEL, LOGITS, ShardStream, make_loader
 from distill.matches import Match, MatchSet, default_matches
@@ -101,16 +100,9 @@ def evaluate_model(model: nn.Module, stream: ShardStream, device: torch.device, 
 def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConfig | None = None) -> dict[str, Any]:
     """accuracy / macro-F1 / Matthews (classification) or Pearson / Spearman (regression) of a saved model."""
     config = config or EvaluateConfig()
-    model_dir = models.resolve_model(model_dir)
-    folder = Path(model_dir)
-    if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        if (folder / "model" / "config.json").exists():      # a run folder: its model
-            model_dir = str(folder / "model")
-        else:
-            raise DistilleryError(f"{folder} is not a saved model (no weights; a run's model is in its model/ "
-                                  f"folder)")
+    model_dir = models.saved_model_dir(model_dir)
     runtime = setup_runtime(TrainConfig(device=config.device, num_workers=0))
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(runtime.device)
+    model = models.load_saved_classifier(model_dir).to(runtime.device)
     labels = _model_labels(model.config)
     cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=config.max_seq_length)
     stream = make_stream(store, ref, model_dir, cfg, labels, shuffle=False)
@@ -165,7 +157,7 @@ def build_matches(cfg: DistillConfig, student_layers: int, teacher_layers: int, 
     return default_matches(mapping, embedding=cfg.embedding_weight, hidden=cfg.hidden_weight,
                            attention=cfg.attention_weight, prediction=cfg.prediction_weight, kl=cfg.kl_weight,
                            cosine=cfg.cosine_weight, hard=cfg.hard_weight, temperature=cfg.temperature,
-                           regression=regression)
+                           regression=regression, prediction_loss=cfg.prediction_loss)
 
 
 def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str,
@@ -193,8 +185,14 @@ def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path,
                               f"{teacher_config.architectures}); make one with `distillery distill finetune`")
     labels = _model_labels(teacher_config) if with_head else {}
     teacher = models.load_teacher(teacher_src, with_head, runtime.device) if teacher_needed else None
-    student = models.build_student(cfg, student_src, teacher, teacher_config, labels,
-                                   "classifier" if with_head else "none")
+    if student_src in students.STUDENTS:
+        student, tokenizer = models.build_sequence_student(
+            cfg, student_src, teacher_src, teacher_config, labels,
+            students.version_texts(store.shard_paths(train_ref)), output_dir / "words")
+    else:
+        student = models.build_student(cfg, student_src, teacher, teacher_config, labels,
+                                       "classifier" if with_head else "none")
+        tokenizer = teacher_src if teacher_needed else models.resolve_model(student_src)
     matches = build_matches(cfg, models.num_layers(student), models.num_layers(teacher_config),
                             _is_regression(labels))
     if not with_head and any(m.feature in ("logits", "labels") for m in matches):
@@ -202,9 +200,14 @@ def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path,
                               "attention matches (prediction, kl and hard weights must be 0)")
     match_set = MatchSet(matches, models.hidden_size(student), models.hidden_size(teacher_config),
                          _is_regression(labels))
+    if isinstance(student, students.SequenceStudent):
+        if match_set.needs_hidden or match_set.needs_attentions:
+            raise DistilleryError(f"a {student.config.model_type} student is distilled from logits (and labels) only")
+        if teacher_needed and student.config.vocab_size != teacher_config.vocab_size:
+            raise DistilleryError(f"student {student_src} reads other tokens than the teacher: give the teacher's "
+                                  f"logits with --logits-ref (`distillery distill cache-logits`)")
     match_set.check_layers(models.num_layers(student), models.num_layers(teacher_config))
     objective = Objective(student, match_set, teacher)
-    tokenizer = teacher_src if teacher_needed else models.resolve_model(student_src)
     stream = make_stream(store, train_ref, tokenizer, cfg, labels, runtime)
     record = {"train_version": store.resolve(train_ref), "teacher": teacher_src, "student": student_src,
               "matches": [m.to_dict() for m in matches]}
@@ -228,7 +231,8 @@ def general_distill(store: Store, train_ref: str, config: DistillConfig, output_
 
 def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output_dir: str | Path,
                  resume: bool = False) -> TrainedModel:
-    """TinyBERT task distillation: stage 1 (intermediate layers) then stage 2 (prediction layer).
+    """TinyBERT task distillation: stage 1 (intermediate layers) then stage 2 (prediction layer); a bilstm or
+    textcnn student has only stage 2.
 
     ``config.stage`` picks 1, 2 or both; each stage is a run folder (``stage1/``, ``stage2/``) that resumes and is
     reused on its own; the final student is ``output_dir/model``. Stage 2 starts from stage 1's student (or from
@@ -240,12 +244,20 @@ def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output
         raise DistilleryError("task distillation needs a fine-tuned teacher (`distill finetune`'s model folder), "
                               "e.g. --teacher runs/teacher/model")
     stage1_model = output_dir / "stage1" / "model"
+    sequence = cfg.student in students.STUDENTS
+    if sequence and cfg.stage == "1":
+        raise DistilleryError(f"a {cfg.student} student has no intermediate layers to distil: run stage 2 (the "
+                              f"default 'both' runs only it)")
+    if sequence and cfg.student_embeddings == "glove" and not cfg.logits_ref:
+        raise DistilleryError("a word-vocabulary student (--student-embeddings glove) reads other tokens than the "
+                              "teacher: give the teacher's logits with --logits-ref (`distillery distill "
+                              "cache-logits`)")
     runs = []
-    if cfg.stage in ("1", "both"):
+    if cfg.stage in ("1", "both") and not sequence:
         runs.append(_distill_run(store, train_ref, stage_config(cfg, 1), output_dir / "stage1", mode="task-stage1",
                                  with_head=True, student_src=cfg.student, resume=resume, card_config=cfg))
     if cfg.stage in ("2", "both"):
-        student = str(stage1_model) if (stage1_model / "config.json").exists() else cfg.student
+        student = str(stage1_model) if (stage1_model / "config.json").exists() and not sequence else cfg.student
         if student in models.PRESETS:
             raise DistilleryError("stage 2 needs a student: run stage 1 first (same --output) or give --student PATH")
         data_ref = cfg.logits_ref or train_ref

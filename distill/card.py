@@ -8,10 +8,12 @@ from typing import Any
 import yaml
 from transformers import AutoConfig
 
+from distill import students
 from pipelines.cards import card_licence
 from pipelines.resources import minilm_path
 
 CARD_INPUTS, SCORES, EVALUATIONS = "card.json", "scores.json", "evaluations.json"    # beside the model files
+EXPORTS = "exports.json"                                                                # export-model's copies
 KINDS = {"finetune": "fine-tuned classifier", "task-stage1": "task-distilled student (stage 1: intermediate layers)",
          "task-stage2": "task-distilled student", "general": "general-distilled student", "mlm": "masked LM"}
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -44,6 +46,21 @@ def _usage(tag: str) -> str:
                       f'model = pipeline("{tag}", model="path/to/this/folder")', f'print(model("{example}"))', "```"])
 
 
+def deployment_lines(model_dir: Path) -> list[str]:
+    """The card's section on the int8 / ONNX copies ``distillery export-model`` wrote (none: no lines)."""
+    path = model_dir / EXPORTS
+    if not path.exists():
+        return []
+    copies = json.loads(path.read_text())
+    lines = ["", "## Deployment copies (`distillery export-model`)", "",
+             "| copy | path | size (MB) | top-1 agreement with fp32 | max abs logit diff | checked on |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | `{c['path']}` | {c['size_bytes'] / 1e6:.1f} | {c['agreement']:.4f} | "
+              f"{c['max_abs_diff']:.2e} | {c['check_name'] or c['check_version'][:12]} ({c['rows']} rows) |"
+              for name, c in copies.items()]
+    return lines + ["", *(copies[name]["load"] for name in copies)]
+
+
 def write_model_card(model_dir: Path) -> Path:
     """README.md of a saved model from what ``card.json`` records of its run, its ``scores.json`` and its
     ``evaluations.json``: what the model is (kind, real shape, task), where it comes from (base model, teacher,
@@ -57,13 +74,21 @@ def write_model_card(model_dir: Path) -> Path:
     config = AutoConfig.from_pretrained(model_dir)
     tag, task = _task(config)
     train = next((d for d in data if d["role"] == "train"), None)
-    shape = (f"{config.num_hidden_layers} layers x {config.hidden_size} hidden, {config.num_attention_heads} heads, "
-             f"{config.intermediate_size} feed-forward, {parameters / 1e6:.1f} M parameters")
-    title = (f"{KINDS.get(mode, mode)}: {config.num_hidden_layers} x {config.hidden_size} BERT, {task}"
+    if config.model_type in students.MODEL_TYPES:
+        architecture, shape = students.describe(config)
+        usage, library = students.USAGE, "distillery"
+    else:
+        architecture = f"{config.num_hidden_layers} x {config.hidden_size} BERT"
+        shape = (f"{config.num_hidden_layers} layers x {config.hidden_size} hidden, {config.num_attention_heads} "
+                 f"heads, {config.intermediate_size} feed-forward")
+        usage, library = _usage(tag), "transformers"
+    shape += f", {parameters / 1e6:.1f} M parameters"
+    title = (f"{KINDS.get(mode, mode)}: {architecture}, {task}"
              + (f", trained on {train['name'] or train['version_id'][:12]}" if train else ""))
     licence = (train or {}).get("licence") or {}
-    front: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": tag,
-                             "tags": ["distillery", "distillation" if teacher else "fine-tuned", "bert"],
+    front: dict[str, Any] = {"library_name": library, "pipeline_tag": tag,
+                             "tags": ["distillery", "distillation" if teacher else "fine-tuned",
+                                      architecture.split()[-1].lower()],
                              **card_licence(licence or {"license": "unknown"})}
     origin = hub_id(teacher) or hub_id(base)
     if origin:
@@ -92,7 +117,8 @@ def write_model_card(model_dir: Path) -> Path:
         lines += [f"| `{vid[:12]}` | {e['name'] or ''} | {e['rows']} | "
                   + " | ".join(f"{e['scores'].get(m, float('nan')):.4f}" for m in metrics) + " |"
                   for vid, e in evaluations.items()]
-    lines += ["", "## Use", "", _usage(tag), "", "## Licence", "",
+    lines += deployment_lines(model_dir)
+    lines += ["", "## Use", "", usage, "", "## Licence", "",
               *[f"- **{k}**: {v}" for k, v in (licence or {"license": "unknown (the training data set none)"}).items()],
               "", "## Training configuration", "", "```json", json.dumps(training, indent=2, sort_keys=True,
                                                                               default=str), "```", ""]

@@ -72,14 +72,23 @@ class DistillConfig(TrainConfig):
 
     teacher: str = option(MINILM, help="Teacher: folder, hub id or minilm; task modes need a fine-tuned "
                                        "classifier.")
-    student: str = option("tinybert-4", help="Student: a saved model (folder / hub id) or a preset: tinybert-4, "
-                                             "tinybert-6, custom.")
+    student: str = option("tinybert-4", help="Student: a saved model (folder / hub id), a BERT preset (tinybert-4, "
+                                             "tinybert-6, custom) or, in task distillation, bilstm (Tang et al.) "
+                                             "or textcnn (Kim), distilled from logits only.")
     student_init: str = option("random", choices=("random", "teacher"),
                                help="teacher: copy the teacher's embeddings and mapped layers g(m).")
-    student_layers: int = option(0, ge=0, help="Student layers (overrides the preset when > 0).")
-    student_hidden: int = option(0, ge=0, help="Student hidden size (overrides the preset when > 0).")
+    student_layers: int = option(0, ge=0, help="Student layers (overrides the preset when > 0; bilstm: stacked "
+                                               "LSTM layers, 1).")
+    student_hidden: int = option(0, ge=0, help="Student hidden size (overrides the preset when > 0; bilstm: LSTM "
+                                               "width per direction, 150; textcnn: filters per width 3/4/5, 100).")
     student_heads: int = option(0, ge=0, help="Student attention heads (overrides the preset when > 0).")
     student_intermediate: int = option(0, ge=0, help="Student feed-forward size (overrides the preset when > 0).")
+    student_embeddings: str = option("teacher", choices=("teacher", "glove"),
+                                     help="bilstm / textcnn: teacher = the teacher's tokenizer and input embeddings; "
+                                          "glove = a word vocabulary built from the training version, with word "
+                                          "vectors (--word-vectors; needs --logits-ref).")
+    word_vectors: str = option("", help="student_embeddings=glove: a GloVe .txt or word2vec .bin file (default: the "
+                                        "bundled GloVe 6B 50d, as the augmentation).")
     mapping: str = option("uniform", choices=("uniform", "top", "bottom", "explicit"),
                           help="Layer mapping: uniform g(m) = m*N/M, top, bottom or explicit (--layer-map).")
     layer_map: list[int] = option(default_factory=list, help="mapping=explicit: the teacher layer of each "
@@ -90,6 +99,9 @@ class DistillConfig(TrainConfig):
     hidden_weight: float = option(1.0, ge=0, help="Hidden-state MSE through the projection.")
     attention_weight: float = option(1.0, ge=0, help="Raw attention-score MSE.")
     prediction_weight: float = option(0.0, ge=0, help="Soft cross-entropy (MSE for regression) on logits.")
+    prediction_loss: str = option("soft_ce", choices=("soft_ce", "mse"),
+                                  help="Loss of --prediction-weight: soft cross-entropy at --temperature (TinyBERT) "
+                                       "or MSE between the logits (Tang et al.); regression always MSE.")
     kl_weight: float = option(0.0, ge=0, help="DistilBERT: KL(teacher || student) at temperature, x T^2.")
     cosine_weight: float = option(0.0, ge=0, help="DistilBERT: cosine loss on the last hidden states.")
     hard_weight: float = option(0.0, ge=0, help="Cross-entropy (MSE for regression) with the gold labels.")
@@ -186,3 +198,18 @@ def stage_config(cfg: TaskDistillConfig, stage: int) -> DistillConfig:
         base.update(epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, embedding_weight=0.0, hidden_weight=0.0,
                     attention_weight=0.0, cosine_weight=0.0, matches=prediction)
     return DistillConfig(**base)
+
+
+@dataclass
+class ExportConfig(Options):
+    """Deployment copies of a saved classifier (int8, ONNX), each checked against it on a version."""
+
+    int8: bool = option(False, help="Dynamic int8 quantization of the linear (and LSTM) layers: int8/model.pt "
+                                    "(neither --int8 nor --onnx: both).")
+    onnx: bool = option(False, help="ONNX export with dynamic batch and sequence axes, run with onnxruntime: "
+                                    "onnx/model.onnx.")
+    check_ref: str = option("", help="Version the copies are checked on, top-1 agreement and logits (default: the "
+                                 "model's evaluation version).")
+    batch_size: int = option(64, ge=1, runtime=True, help="Rows per batch of the check.")
+    max_seq_length: int = option(128, ge=8, help="Tokens per row after truncation.")
+    opset: int = option(17, ge=14, help="ONNX opset version.")

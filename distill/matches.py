@@ -63,8 +63,10 @@ class Match:
 
 def default_matches(mapping: list[int], *, embedding: float = 0.0, hidden: float = 0.0, attention: float = 0.0,
                     prediction: float = 0.0, kl: float = 0.0, cosine: float = 0.0, hard: float = 0.0,
-                    temperature: float = 1.0, regression: bool = False) -> list[Match]:
-    """The TinyBERT / DistilBERT recipe as matches; zero weights leave a loss out."""
+                    temperature: float = 1.0, regression: bool = False, prediction_loss: str = "soft_ce"
+                    ) -> list[Match]:
+    """The TinyBERT / DistilBERT recipe as matches; zero weights leave a loss out; ``prediction_loss`` soft_ce or
+    mse (MSE between the logits, as Tang et al.; always for regression)."""
     matches: list[Match] = []
     if embedding:
         matches.append(Match("embedding", "mse", embedding, 0, 0, "fit_dense"))
@@ -76,7 +78,8 @@ def default_matches(mapping: list[int], *, embedding: float = 0.0, hidden: float
     if cosine:
         matches.append(Match("hidden", "cosine", cosine, mapping[-1], len(mapping), "fit_dense"))
     if prediction:
-        matches.append(Match("logits", "logits_mse" if regression else "soft_ce", prediction,
+        mse = regression or prediction_loss == "mse"
+        matches.append(Match("logits", "logits_mse" if mse else "soft_ce", prediction,
                              temperature=temperature))
     if kl:
         matches.append(Match("logits", "logits_mse" if regression else "kl", kl, temperature=temperature))

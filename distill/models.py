@@ -7,7 +7,7 @@ eager one) that, when a capture list is attached to a self-attention module, app
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,12 @@ from transformers import (
     AutoModel,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     BertConfig,
 )
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from distill import students
 from distill.config import MINILM, DistillConfig
 from pipelines.errors import DistilleryError
 from pipelines.progress import say
@@ -219,12 +221,56 @@ def load_student(student: str, teacher_config: Any, overrides: dict[str, int], l
             copy_teacher_layers(model, *init_from)
         return model
     presets = f"(or use a preset: {', '.join(PRESETS)})"
+    if head == "classifier" and students.is_student_folder(student):
+        return students.load_student_model(student)
     try:
         return cls.from_pretrained(resolve_model(student, "student"), **labels)
     except DistilleryError as exc:
         raise DistilleryError(f"{exc} {presets}") from None
     except OSError as exc:
         raise DistilleryError(f"cannot load student '{student}': {exc} {presets}") from None
+
+
+def build_sequence_student(cfg: DistillConfig, kind: str, teacher_src: str, teacher_config: Any,
+                           labels: dict[str, Any], texts: Iterable[str], words_dir: Path) -> tuple[nn.Module, str]:
+    """(a fresh bilstm / textcnn student, its tokenizer): the teacher's word pieces with the teacher's input
+    embeddings, or (``cfg.student_embeddings`` glove) a word vocabulary of ``texts`` saved in ``words_dir`` with
+    word vectors."""
+    if cfg.student_embeddings == "glove":
+        tokenizer = students.words_tokenizer(texts, words_dir)
+        vocab = AutoTokenizer.from_pretrained(tokenizer).get_vocab()
+        vectors, found = students.vocabulary_vectors(vocab, cfg.word_vectors, cfg.seed)
+        say(f"{kind} student: {len(vocab)} words, {found} with a word vector")
+        pad = vocab[students.PAD]
+    else:
+        tokenizer = Path(teacher_src)
+        embeddings = AutoModelForSequenceClassification.from_pretrained(teacher_src).get_input_embeddings()
+        vectors = embeddings.weight.detach().clone()
+        pad = getattr(teacher_config, "pad_token_id", 0) or 0
+    model = students.build_student_model(kind, vectors.shape[0], vectors, student_shape(cfg), labels, cfg.seed, pad)
+    return model, str(tokenizer)
+
+
+def saved_model_dir(path: str | Path) -> Path:
+    """The saved model a path names: the folder itself, or a run folder's ``model/``; refused otherwise."""
+    folder = Path(resolve_model(path))
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        if (folder / "model" / "config.json").exists():
+            return folder / "model"
+        raise DistilleryError(f"{folder} is not a saved model (no weights; a run's model is in its model/ folder)")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise DistilleryError(f"{folder} is not a saved model (no config.json)")
+    return folder
+
+
+def load_saved_classifier(folder: str | Path) -> nn.Module:
+    """A saved sequence classifier in eval mode: a BERT-family model or a bilstm / textcnn student."""
+    if students.is_student_folder(folder):
+        return students.load_student_model(folder)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    except (OSError, ValueError) as exc:
+        raise DistilleryError(f"cannot load the classifier in {folder}: {exc}") from None
 
 
 def teacher_width(teacher_config: Any, overrides: dict[str, int]) -> dict[str, int]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedModel
 
 from distill.card import CARD_INPUTS, EVALUATIONS, SCORES, write_model_card
 from distill.config import TrainConfig
@@ -105,7 +105,8 @@ def save_model(model: nn.Module, tokenizer_src: str | Path, out: Path, *, mode: 
     """save_pretrained (safetensors) + tokenizer + model card + scores.json. ``base``: the model it started
     from (a hub id, a folder or a preset name); ``teacher``: the model it was distilled from."""
     out.mkdir(parents=True, exist_ok=True)
-    model.set_attn_implementation("sdpa")
+    if isinstance(model, PreTrainedModel):
+        model.set_attn_implementation("sdpa")
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(str(tokenizer_src)).save_pretrained(out)
     scores = {k: v for k, v in scores.items() if k != "step"}

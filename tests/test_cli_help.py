@@ -7,7 +7,14 @@ import pytest
 from click.testing import CliRunner
 
 from augment import AugmentConfig
-from distill.config import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, TaskDistillConfig
+from distill.config import (
+    CacheLogitsConfig,
+    DistillConfig,
+    EvaluateConfig,
+    ExportConfig,
+    FinetuneConfig,
+    TaskDistillConfig,
+)
 from distillery.cli.main import cli
 from distillery.cli.options import config_flags
 from pipelines.preprocess import PreprocessConfig
@@ -16,7 +23,7 @@ CONFIG_COMMANDS = [
     (["preprocess"], PreprocessConfig), (["augment"], AugmentConfig),
     (["distill", "finetune"], FinetuneConfig), (["distill", "general"], DistillConfig),
     (["distill", "task"], TaskDistillConfig), (["distill", "evaluate"], EvaluateConfig),
-    (["distill", "cache-logits"], CacheLogitsConfig),
+    (["distill", "cache-logits"], CacheLogitsConfig), (["export-model"], ExportConfig),
 ]
 
 

@@ -21,6 +21,7 @@ LAZY_COMMANDS = {
     "augment": "distillery.cli.augment:augment_command",
     "distill": "distillery.cli.distill:distill_group",
     "demo": "distillery.demo:demo_command",
+    "export-model": "distillery.cli.export_model:export_model_command",
 }
 
 

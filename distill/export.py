@@ -1,0 +1,183 @@
+"""Deployment copies of a saved classifier: dynamic int8 quantization and ONNX, each checked against the fp32 model.
+
+``export_model`` writes, beside the model, ``int8/model.pt`` (the state dict of ``quantize(model)``: int8 weights of
+the linear and LSTM layers, read with ``torch.load(weights_only=True)``; ``load_int8`` puts it back into the
+quantized model) and ``onnx/model.onnx`` (logits from ``input_ids``, ``attention_mask`` (and ``token_type_ids``),
+any batch size and length; onnxruntime runs it without distillery or torch). Each copy's top-1 agreement with the
+fp32 model and largest logit difference on a version go to ``exports.json`` and the model card.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill import models
+from distill.api import _model_labels, make_stream
+from distill.card import CARD_INPUTS, EXPORTS, write_model_card
+from distill.config import ExportConfig, TrainConfig
+from distill.data import make_loader
+from pipelines.atomic import replace_atomic, write_json_atomic
+from pipelines.errors import DistilleryError
+from pipelines.store import Store
+
+INT8, ONNX = "int8/model.pt", "onnx/model.onnx"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LOAD = {"int8": "int8: `distill.export.load_int8(folder)` (the fp32 model quantized with `distill.export.quantize`, "
+                "then this state dict, read with `torch.load(weights_only=True)`).",
+        "onnx": "onnx: `onnxruntime.InferenceSession('onnx/model.onnx')`, fed the inputs it lists from this folder's "
+                "tokenizer (`AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors='np')`)."}
+Classifier = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Deprecation and tracer warnings of torch's quantization and ONNX exporter stay off the terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def quantize(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its linear and LSTM layers dynamically quantized to int8 (CPU inference)."""
+    with _quiet():
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear, nn.LSTM},
+                                                      dtype=torch.qint8)
+
+
+def load_int8(folder: str | Path) -> nn.Module:
+    """The int8 copy ``export_model`` saved beside the model in ``folder``."""
+    folder = Path(folder)
+    model = quantize(models.load_saved_classifier(folder))
+    # packed int8 weights are torch ScriptObjects: rebuilt by torch's own C++ classes, no Python code runs
+    with torch.serialization.safe_globals([torch.ScriptObject]), _quiet():
+        model.load_state_dict(torch.load(folder / INT8, weights_only=True))
+    return model.eval()
+
+
+class _Logits(nn.Module):
+    """The model as a function of plain tensors returning its logits (what the ONNX graph computes)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path, opset: int = 17) -> Path:
+    """Write ``model`` as ONNX (traced on ``sample``; batch and sequence axes dynamic), through a temporary file."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")             # plain ops the exporter knows
+    wrapper = _Logits(model).eval()                         # eval: no dropout traced into the graph
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {"logits": {0: "batch"}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet(), torch.no_grad():
+        replace_atomic(path, lambda tmp: torch.onnx.export(
+            wrapper, tuple(sample[k] for k in INPUTS), str(tmp), dynamo=False, input_names=list(INPUTS),
+            output_names=["logits"], dynamic_axes=axes, opset_version=opset))
+    return path
+
+
+def onnx_classifier(path: Path, threads: int = 0) -> Classifier:
+    """Logits from an ONNX classifier run by onnxruntime (fed only the inputs its graph kept; ``threads`` 0: its
+    default)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return lambda batch: torch.from_numpy(session.run(["logits"], {n: batch[n].numpy() for n in names})[0])
+
+
+def _torch_classifier(model: nn.Module) -> Classifier:
+    return lambda batch: model(**{k: batch[k] for k in INPUTS}).logits.float()
+
+
+@torch.no_grad()
+def compare(reference: Classifier, copies: dict[str, Classifier], batches: Any) -> dict[str, dict[str, Any]]:
+    """Each copy's top-1 agreement with ``reference`` and its largest absolute logit difference over ``batches``."""
+    agree = dict.fromkeys(copies, 0)
+    diff = dict.fromkeys(copies, 0.0)
+    rows = 0
+    for batch in batches:
+        expected = reference(batch)
+        rows += expected.shape[0]
+        for name, run in copies.items():
+            logits = run(batch)
+            agree[name] += int((logits.argmax(-1) == expected.argmax(-1)).sum())
+            diff[name] = max(diff[name], float((logits - expected).abs().max()))
+    if not rows:
+        raise DistilleryError("the check version has no rows")
+    return {name: {"agreement": agree[name] / rows, "max_abs_diff": diff[name], "rows": rows} for name in copies}
+
+
+def _check_ref(store: Store, folder: Path, check: str) -> str:
+    """The version to check on: the one asked for, or the model's evaluation version when the store has it."""
+    if check:
+        return check
+    inputs = folder / CARD_INPUTS
+    data = json.loads(inputs.read_text())["data"] if inputs.exists() else []
+    for record in data:
+        if record["role"] == "eval" and store.root.is_dir() and store.is_complete(record["version_id"]):
+            return record["version_id"]
+    raise DistilleryError(f"{folder}: no evaluation version of the model in this store; give the version to check "
+                          f"the copies on with --check-ref REF")
+
+
+def export_model(store: Store, model_dir: str | Path, config: ExportConfig | None = None) -> dict[str, Any]:
+    """Write the int8 and / or ONNX copies of the saved classifier in ``model_dir`` (or a run folder's model) beside
+    it, each checked against it on a version; returns (and records in ``exports.json`` and the card) the figures."""
+    config = config or ExportConfig()
+    if not Path(model_dir).is_dir():
+        raise DistilleryError(f"{model_dir}: no such model folder")
+    folder = models.saved_model_dir(model_dir)
+    model = models.load_saved_classifier(folder)
+    if _model_labels(model.config).get("problem_type") == "regression":
+        raise DistilleryError(f"{folder}: a regression model has no top-1 prediction to check copies on")
+    ref = _check_ref(store, folder, config.check_ref)
+    manifest = store.manifest(ref)
+    cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=config.max_seq_length)
+    stream = make_stream(store, ref, folder, cfg, _model_labels(model.config), shuffle=False)
+    batches = list(make_loader(stream))
+    both = not (config.int8 or config.onnx)
+    copies: dict[str, Classifier] = {}
+    if config.int8 or both:
+        quantized = quantize(model)
+        buffer = io.BytesIO()
+        torch.save(quantized.state_dict(), buffer)
+        (folder / INT8).parent.mkdir(exist_ok=True)
+        replace_atomic(folder / INT8, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+        copies["int8"] = _torch_classifier(load_int8(folder))
+    if config.onnx or both:
+        sample = batches[0] if len(batches[0]["input_ids"]) > 1 else _two_rows(batches[0])
+        export_onnx(copy.deepcopy(model), sample, folder / ONNX, config.opset)
+        copies["onnx"] = onnx_classifier(folder / ONNX)
+    figures = compare(_torch_classifier(model), copies, batches)
+    path = folder / EXPORTS
+    records = json.loads(path.read_text()) if path.exists() else {}
+    for name, result in figures.items():
+        relative = INT8 if name == "int8" else ONNX
+        records[name] = {**result, "path": relative, "size_bytes": (folder / relative).stat().st_size,
+                         "check_version": manifest["version_id"], "check_name": manifest["name"], "load": LOAD[name]}
+    write_json_atomic(path, records)
+    if (folder / CARD_INPUTS).exists():
+        write_model_card(folder)
+    return {"model": str(folder), **{name: records[name] for name in figures}}
+
+
+def _two_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A one-row batch doubled (the exporter would fix a batch axis traced at size 1)."""
+    return {k: torch.cat([v, v]) for k, v in batch.items()}
