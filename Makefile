@@ -20,7 +20,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2
 
 clean:
 	rm -rf $(STORE) runs
