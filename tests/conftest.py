@@ -42,6 +42,17 @@ def write_version(store: Store, rows: list[dict], step: str = "preprocess", conf
     return writer.finalize()
 
 
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+def word_store(root, rows: int, stride: int, chunk_rows: int) -> Store:
+    """A store whose version ``d`` holds ``rows`` labelled rows of 1..12 words (row ``i``: ``1 + i*stride % 12``)."""
+    store = Store(root)
+    write_version(store, [{"text": " ".join(WORDS[: 1 + (i * stride) % len(WORDS)]), "label": f"l{i % 3}",
+                           "row_id": i} for i in range(rows)], name="d", chunk_rows=chunk_rows)
+    return store
+
+
 @pytest.fixture
 def make_version():
     return write_version

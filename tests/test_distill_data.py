@@ -7,20 +7,12 @@ from distill.data import ShardStream, make_loader
 from pipelines.errors import DistilleryError
 from pipelines.resources import minilm_path
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from conftest import write_version
+    from conftest import word_store
 
-    from pipelines.store import Store
-
-    store = Store(tmp_path_factory.mktemp("store"))
-    rows = [{"text": " ".join(WORDS[: 1 + (i * 7) % len(WORDS)]), "label": f"l{i % 3}", "row_id": i}
-            for i in range(103)]
-    write_version(store, rows, name="d", chunk_rows=17)
-    return store.shard_paths("d")
+    return word_store(tmp_path_factory.mktemp("store"), rows=103, stride=7, chunk_rows=17).shard_paths("d")
 
 
 def stream(shards, **kw):

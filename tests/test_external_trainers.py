@@ -9,20 +9,12 @@ from torch import nn
 from distill.data import ShardStream
 from pipelines.resources import minilm_path
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from conftest import write_version
+    from conftest import word_store
 
-    from pipelines.store import Store
-
-    store = Store(tmp_path_factory.mktemp("store"))
-    rows = [{"text": " ".join(WORDS[: 1 + (i * 5) % len(WORDS)]), "label": f"l{i % 3}", "row_id": i}
-            for i in range(40)]
-    write_version(store, rows, name="d", chunk_rows=10)
-    return store
+    return word_store(tmp_path_factory.mktemp("store"), rows=40, stride=5, chunk_rows=10)
 
 
 def stream(store):
