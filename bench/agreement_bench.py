@@ -39,6 +39,7 @@ def settings(mlm: str) -> dict[str, AugmentConfig]:
         "MLM + GloVe, p = 0.2": dataclasses.replace(base, replace_prob=0.2),
         "MLM + GloVe, MLM candidates with cosine >= 0.3": dataclasses.replace(base, mlm_min_similarity=0.3),
         "MLM + GloVe, MLM candidates with cosine >= 0.5": dataclasses.replace(base, mlm_min_similarity=0.5),
+        "MLM + GloVe, p = 0.2, cosine >= 0.5": dataclasses.replace(base, replace_prob=0.2, mlm_min_similarity=0.5),
     }
 
 
@@ -52,7 +53,8 @@ def share(agreement: dict, group: str) -> str:
 @click.option("--teacher", required=True, type=click.Path(exists=True, file_okay=False), help="The teacher.")
 @click.option("--rows", default=1000, show_default=True, help="Training glosses augmented per setting.")
 @click.option("--store", "store_root", default="distillery_store", show_default=True)
-def main(mlm: str, teacher: str, rows: int, store_root: str) -> None:
+@click.option("--only", multiple=True, help="Run only the settings whose name contains this text (repeatable).")
+def main(mlm: str, teacher: str, rows: int, store_root: str, only: tuple[str, ...]) -> None:
     """Print, per augmentation setting, the teacher's label agreement between copies and originals."""
     store = Store(store_root)
     source = preprocess(store, [SAMPLE_DIR / "train.jsonl"],
@@ -61,6 +63,8 @@ def main(mlm: str, teacher: str, rows: int, store_root: str) -> None:
     click.echo("| setting | copies | agreement all | MLM only | vectors only | mixed | teacher acc. on copies |")
     click.echo("|---|---:|---:|---:|---:|---:|---:|")
     for name, cfg in settings(mlm).items():
+        if only and not any(part in name for part in only):
+            continue
         augmented = augment_version(store, source["version_id"], cfg)
         agreement = cache_teacher_logits(store, augmented["version_id"], teacher)["extra"]["agreement"]
         results[name] = {"version_id": augmented["version_id"], "agreement": agreement}
