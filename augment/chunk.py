@@ -17,7 +17,8 @@ from augment.sampling import CandidateFilter, augment_sentence, row_rng
 from augment.vectors import NeighbourIndex, VectorSource, WordVectors
 from augment.words import SentenceWords, WordSplitter
 
-TIMING_KEYS = ("prepare_s", "mlm_s", "neighbours_s", "sampling_s", "io_s", "wall_s")
+CHUNK_TIMING_KEYS = ("prepare_s", "mlm_s", "neighbours_s", "sampling_s")       # what one chunk's stages take
+TIMING_KEYS = (*CHUNK_TIMING_KEYS, "io_s", "wall_s")
 
 
 # ---- work units ------------------------------------------------------------------------------------------

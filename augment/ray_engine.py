@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from augment.chunk import Executor, Setup, augment_chunk, load_models, numbered, row_ids
+from augment.chunk import CHUNK_TIMING_KEYS, Executor, Setup, augment_chunk, load_models, numbered, row_ids
 from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
 from pipelines.store import Store, VersionWriter
@@ -117,7 +117,7 @@ class ChunkAugmenter:
         for index in batch.column("index").to_pylist():
             start = index * config.chunk_rows
             table = read_rows(self.shards, start, _input_rows(index, config.chunk_rows, self.total_rows))
-            timing = {"prepare_s": 0.0, "mlm_s": 0.0, "neighbours_s": 0.0, "sampling_s": 0.0}
+            timing = dict.fromkeys(CHUNK_TIMING_KEYS, 0.0)
             before = self._stats()
             result, counts = augment_chunk(table, row_ids(table, start), self.setup.fields, self.models, config,
                                            self.executor, timing)

@@ -46,7 +46,7 @@ def label_kwargs(store: Store, ref: str, cfg: TrainConfig) -> dict[str, Any]:
             "label2id": {label: i for i, label in enumerate(labels)}, "problem_type": "single_label_classification"}
 
 
-def _model_labels(config: Any) -> dict[str, Any]:
+def model_labels(config: Any) -> dict[str, Any]:
     """The label kwargs a saved model carries."""
     if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
         return {"num_labels": 1, "problem_type": "regression"}
@@ -77,7 +77,7 @@ def evaluate_model(model: nn.Module, stream: ShardStream, device: torch.device, 
     """Metrics of a sequence classifier / regressor over a stream whose labels are mapped by name."""
     was_training = model.training
     model.eval()
-    regression = _is_regression(_model_labels(model.config))
+    regression = _is_regression(model_labels(model.config))
     predictions, gold, unknown = [], [], 0
     stream.set_state(0, 0)
     for batch in make_loader(stream, num_workers):
@@ -103,7 +103,7 @@ def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConf
     model_dir = models.saved_model_dir(model_dir)
     runtime = setup_runtime(TrainConfig(device=config.device, num_workers=0))
     model = models.load_saved_classifier(model_dir).to(runtime.device)
-    labels = _model_labels(model.config)
+    labels = model_labels(model.config)
     cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=config.max_seq_length)
     stream = make_stream(store, ref, model_dir, cfg, labels, shuffle=False)
     scores = {"version_id": store.resolve(ref), **evaluate_model(model, stream, runtime.device)}
@@ -183,7 +183,7 @@ def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path,
     if with_head and not any("ForSequenceClassification" in a for a in teacher_config.architectures or []):
         raise DistilleryError(f"teacher {teacher_src} is not a fine-tuned sequence classifier (architectures: "
                               f"{teacher_config.architectures}); make one with `distillery distill finetune`")
-    labels = _model_labels(teacher_config) if with_head else {}
+    labels = model_labels(teacher_config) if with_head else {}
     teacher = models.load_teacher(teacher_src, with_head, runtime.device) if teacher_needed else None
     if student_src in students.STUDENTS:
         student, tokenizer = models.build_sequence_student(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from distill import models
-from distill.api import _model_labels, make_stream
+from distill.api import make_stream, model_labels
 from distill.card import CARD_INPUTS, EXPORTS, write_model_card
 from distill.config import ExportConfig, TrainConfig
 from distill.data import make_loader
@@ -145,21 +144,19 @@ def export_model(store: Store, model_dir: str | Path, config: ExportConfig | Non
         raise DistilleryError(f"{model_dir}: no such model folder")
     folder = models.saved_model_dir(model_dir)
     model = models.load_saved_classifier(folder)
-    if _model_labels(model.config).get("problem_type") == "regression":
+    if model_labels(model.config).get("problem_type") == "regression":
         raise DistilleryError(f"{folder}: a regression model has no top-1 prediction to check copies on")
     ref = _check_ref(store, folder, config.check_ref)
     manifest = store.manifest(ref)
     cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=config.max_seq_length)
-    stream = make_stream(store, ref, folder, cfg, _model_labels(model.config), shuffle=False)
+    stream = make_stream(store, ref, folder, cfg, model_labels(model.config), shuffle=False)
     batches = list(make_loader(stream))
     both = not (config.int8 or config.onnx)
     copies: dict[str, Classifier] = {}
     if config.int8 or both:
-        quantized = quantize(model)
-        buffer = io.BytesIO()
-        torch.save(quantized.state_dict(), buffer)
+        state = quantize(model).state_dict()
         (folder / INT8).parent.mkdir(exist_ok=True)
-        replace_atomic(folder / INT8, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+        replace_atomic(folder / INT8, lambda tmp: torch.save(state, tmp))
         copies["int8"] = _torch_classifier(load_int8(folder))
     if config.onnx or both:
         sample = batches[0] if len(batches[0]["input_ids"]) > 1 else _two_rows(batches[0])

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from distill.card import CARD_INPUTS, EVALUATIONS, SCORES, write_model_card
 from distill.config import TrainConfig
 from distill.plots import plot_metrics
-from distill.trainer import Trainer, is_main_process
+from distill.trainer import Trainer, is_main_process, process_count
 from pipelines.atomic import WriterLock, write_json_atomic
 from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
@@ -147,6 +147,6 @@ def run_identity(store: Store, mode: str, cfg: TrainConfig, train_ref: str, **mo
     """What makes a finished run reusable: its mode, config (runtime options aside), data and models. Its
     grad_accum counts the micro-batches of a step over all processes, so that the same global batch under another
     process count (a resumed or repeated run) is the same run."""
-    config = {**identity_dict(cfg), "grad_accum": cfg.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))}
+    config = {**identity_dict(cfg), "grad_accum": cfg.grad_accum * process_count()}
     return {"mode": mode, "config": config, "train_version": store.resolve(train_ref),
             "eval_version": store.resolve(cfg.eval_ref) if cfg.eval_ref else None, **models_used}

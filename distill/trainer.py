@@ -53,9 +53,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def process_count() -> int:
+    """How many processes train together (torchrun's WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Device, rank and world size (from torchrun's environment), thread count."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = process_count()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if cfg.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
