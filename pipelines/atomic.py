@@ -49,10 +49,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
                        .encode())
 
 
+_HELD: set[WriterLock] = set()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: close (never unlock: the lock is shared with the parent) the copies of the parent's lock
+    files, so that a child outliving a killed writer does not keep its version locked."""
+    for lock in _HELD:
+        lock.fh.close()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class WriterLock:
     """An exclusive ``flock`` on ``path``, held while one process writes something (a version, a run folder).
-    The kernel drops it when its process dies, so the lock of a crashed writer is simply taken over; the file says
-    who holds it. ``what`` names the thing in the error a second writer gets."""
+    The kernel drops it when its process dies (forked helpers do not inherit it), so the lock of a crashed writer
+    is simply taken over; the file says who holds it. ``what`` names the thing in the error a second writer gets."""
 
     def __init__(self, path: Path, what: str):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +84,7 @@ class WriterLock:
         started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         self.fh.write(f"process {os.getpid()} on {socket.gethostname()} (since {started})\n")
         self.fh.flush()
+        _HELD.add(self)
 
     @classmethod
     def held(cls, path: Path) -> bool:
@@ -85,6 +100,7 @@ class WriterLock:
         return False
 
     def release(self) -> None:
+        _HELD.discard(self)
         if not self.fh.closed:
             fcntl.flock(self.fh, fcntl.LOCK_UN)
             self.fh.close()

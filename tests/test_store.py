@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -301,3 +304,27 @@ def test_a_dead_writers_lock_is_taken_over(store):
     resumed = store.create_version(vid, "preprocess", {}, [], name="shared", resume=True)
     assert resumed.committed_chunks() == [0]
     assert resumed.finalize()["num_rows"] == 1
+
+
+def test_a_forked_helper_does_not_keep_a_killed_writers_lock(tmp_path):
+    """A writer's worker processes (forked) must not hold its lock after the writer is killed."""
+    from pipelines.atomic import WriterLock
+
+    lock = tmp_path / "locks" / "v.lock"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from pipelines.atomic import WriterLock
+        lock = WriterLock(Path({str(lock)!r}), "version v")
+        if os.fork() == 0:
+            time.sleep(20)          # a helper outliving its parent
+            os._exit(0)
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert child.stdout.readline().strip() == "locked" and WriterLock.held(lock)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not WriterLock.held(lock)
