@@ -158,13 +158,15 @@ def build(cls: type[T], data: Mapping[str, Any]) -> T:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                section: str | None = None) -> T:
-    """Build ``cls`` from an optional TOML file (optionally one ``[section]`` of it) and overrides.
+                section: str | tuple[str, ...] | None = None) -> T:
+    """Build ``cls`` from an optional TOML file (optionally one ``[section]`` of it, or several, each later one's
+    keys replacing the earlier ones') and overrides.
 
     Overrides whose value is ``None`` are ignored, so unset CLI flags keep the file's or the default value.
     Nested dataclasses may be overridden with dotted keys (``"filter.min_tokens"``).
     """
     data: dict[str, Any] = {}
+    sections = (section,) if isinstance(section, str) else tuple(section or ())
     if path is not None:
         try:
             with open(path, "rb") as fh:
@@ -173,9 +175,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
             raise DistilleryError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise DistilleryError(f"{path}: invalid TOML: {exc}") from None
-        if section is not None:
-            loaded = loaded.get(section, {})
-        data.update(loaded)
+        for table in [loaded.get(name, {}) for name in sections] if sections else [loaded]:
+            data.update(table)
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -187,7 +188,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
     try:
         return build(cls, data)
     except ConfigError as exc:
-        place = f"{path}{f' [{section}]' if section else ''}: " if path else ""
+        place = f"{path}{''.join(f' [{name}]' for name in sections)}: " if path else ""
         raise DistilleryError(f"{place}{exc}") from None
 
 

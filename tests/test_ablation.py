@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from transformers import AutoConfig
 
 from distillery.demo import REPO_ROOT, SAMPLE_DIR
 from distillery.recipes.ablation import MLM_VARIANT, VARIANTS, load_experiment, run_experiment
+from pipelines.errors import DistilleryError
 
 QUICK = REPO_ROOT / "configs" / "ablation_quick.toml"
 
@@ -102,3 +104,16 @@ def test_the_recipe_takes_versions_as_its_data(store, tmp_path):
     x = Experiment(store, cfgs, tmp_path / "out", Clock(tmp_path / "clock.json"))
     prepare_data(x)
     assert x.names == refs
+
+
+def test_variant_5_takes_the_augment_options_with_its_own_section_on_top(tmp_path):
+    toml = tmp_path / "experiment.toml"
+    toml.write_text('[augment]\nnum_aug = 4\nreplace_prob = 0.4\n\n'
+                    '[augment_mlm]\nreplace_prob = 0.2\nmlm_min_similarity = 0.5\n')
+    cfgs = load_experiment(toml)
+    assert (cfgs.augment.replace_prob, cfgs.augment.mlm_min_similarity) == (0.4, 0.0)
+    assert (cfgs.augment_mlm.replace_prob, cfgs.augment_mlm.mlm_min_similarity, cfgs.augment_mlm.num_aug) == \
+        (0.2, 0.5, 4)
+    toml.write_text('[augment]\nnum_aug = 4\n\n[augment_mlm]\nreplace_probability = 0.2\n')
+    with pytest.raises(DistilleryError, match=r"\[augment\] \[augment_mlm\]: .*replace_probability"):
+        load_experiment(toml)

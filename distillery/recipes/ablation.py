@@ -8,7 +8,8 @@ Students (same shape for every row, several seeds each, one initial student per 
 4. ``general+task-aug``: general distillation on the unlabelled text first, then as 3;
 5. ``task-aug-mlm``: as 3 on the split augmented TinyBERT's way: masked-LM candidates for one-piece words (from
    the domain masked LM the recipe trains on the unlabelled text and the training split, never dev or test, or
-   ``mlm`` given as a model), word-vector candidates for the rest.
+   ``mlm`` given as a model), word-vector candidates for the rest; its options are ``[augment]``'s with the keys
+   of ``[augment_mlm]`` replaced.
 
 Each runs under the compute schedules asked for: ``equal-steps`` (every student the same optimizer steps) and
 ``equal-epochs`` (TinyBERT's setting: every student as many epochs per stage as ``task`` has on the original
@@ -50,7 +51,7 @@ from pipelines.store import Store
 
 VARIANTS = ("direct", "task", "task-aug", "general+task-aug")
 MLM_VARIANT = "task-aug-mlm"
-SECTIONS = ("preprocess", "augment", "mlm", "teacher", "direct", "general", "task")
+SECTIONS = ("preprocess", "augment", "augment_mlm", "mlm", "teacher", "direct", "general", "task")
 SPLITS = ("train", "dev", "test", "unlabelled")
 SCHEDULES = ("equal-steps", "equal-epochs")
 T = TypeVar("T")
@@ -101,6 +102,7 @@ class StepConfigs:
     experiment: ExperimentConfig
     preprocess: PreprocessConfig
     augment: AugmentConfig
+    augment_mlm: AugmentConfig          # variant 5's: [augment] with the keys of [augment_mlm] replaced
     mlm: MLMConfig
     teacher: FinetuneConfig
     direct: FinetuneConfig
@@ -118,6 +120,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Step
         experiment=dataclasses.replace(exp, **local),
         preprocess=load_config(PreprocessConfig, path, section="preprocess"),
         augment=load_config(AugmentConfig, path, section="augment"),
+        augment_mlm=load_config(AugmentConfig, path, section=("augment", "augment_mlm")),
         mlm=load_config(MLMConfig, path, section="mlm"),
         teacher=load_config(FinetuneConfig, path, section="teacher"),
         direct=load_config(FinetuneConfig, path, section="direct"),
@@ -266,7 +269,7 @@ def augment_data(x: Experiment) -> None:
     if x.exp.mlm != "none":
         x.data[MLM_VARIANT] = f"{prefix}-train-aug-mlm"
         mlm = str(x.mlm.path) if x.mlm else x.exp.mlm
-        augmentations.append(("augment-mlm", MLM_VARIANT, dataclasses.replace(x.cfgs.augment, mlm=mlm)))
+        augmentations.append(("augment-mlm", MLM_VARIANT, dataclasses.replace(x.cfgs.augment_mlm, mlm=mlm)))
     for stage, variant, cfg in augmentations:
         result = x.clock.run(f"{stage}/{x.data[variant]}", _augment, x.store, x.names["train"], cfg,
                              x.data[variant])
