@@ -117,3 +117,12 @@ def test_variant_5_takes_the_augment_options_with_its_own_section_on_top(tmp_pat
     toml.write_text('[augment]\nnum_aug = 4\n\n[augment_mlm]\nreplace_probability = 0.2\n')
     with pytest.raises(DistilleryError, match=r"\[augment\] \[augment_mlm\]: .*replace_probability"):
         load_experiment(toml)
+
+
+def test_a_card_of_one_student_says_there_is_nothing_to_compare():
+    from distillery.recipes.ablation_report import comparison_lines
+
+    assert comparison_lines([]) == ["- one student in this run (`--variants`): nothing to compare it with"]
+    line, = comparison_lines([{"a": "task", "b": "task-aug", "b_minus_a": 0.012, "spread": 0.01,
+                               "larger_than_spread": True}])
+    assert line == "- task-aug vs task: +1.2 points, seed spread (sum of std) 1.0: larger than the spread"

@@ -85,7 +85,7 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     """One line per pair of students: the difference and whether it exceeds the seed spread."""
     return [f"- {c['b']} vs {c['a']}: {100 * c['b_minus_a']:+.1f} points, seed spread (sum of std) "
             f"{100 * c['spread']:.1f}: {'larger' if c['larger_than_spread'] else 'not larger'} than the spread"
-            for c in comparisons]
+            for c in comparisons] or ["- one student in this run (`--variants`): nothing to compare it with"]
 
 
 def augmentation_lines(augmentation: dict[str, Any]) -> list[str]:
