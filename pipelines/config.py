@@ -157,6 +157,17 @@ def build(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**data)
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables; a missing file or invalid TOML is a one-line error naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise DistilleryError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DistilleryError(f"{path}: invalid TOML: {exc}") from None
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                 section: str | tuple[str, ...] | None = None) -> T:
     """Build ``cls`` from an optional TOML file (optionally one ``[section]`` of it, or several, each later one's
@@ -168,13 +179,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
     data: dict[str, Any] = {}
     sections = (section,) if isinstance(section, str) else tuple(section or ())
     if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                loaded = tomllib.load(fh)
-        except FileNotFoundError:
-            raise DistilleryError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise DistilleryError(f"{path}: invalid TOML: {exc}") from None
+        loaded = read_toml(path)
         for table in [loaded.get(name, {}) for name in sections] if sections else [loaded]:
             data.update(table)
     for key, value in (overrides or {}).items():

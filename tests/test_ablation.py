@@ -117,6 +117,9 @@ def test_variant_5_takes_the_augment_options_with_its_own_section_on_top(tmp_pat
     toml.write_text('[augment]\nnum_aug = 4\n\n[augment_mlm]\nreplace_probability = 0.2\n')
     with pytest.raises(DistilleryError, match=r"\[augment\] \[augment_mlm\]: .*replace_probability"):
         load_experiment(toml)
+    toml.write_text('[augment]\nnum_aug = 4\n\n[augment-mlm]\nreplace_prob = 0.2\n')     # a typo is not ignored
+    with pytest.raises(DistilleryError, match=r"unknown section \[augment-mlm\]; the recipe reads .*\[augment_mlm\]"):
+        load_experiment(toml)
 
 
 def test_a_card_of_one_student_says_there_is_nothing_to_compare():

@@ -43,7 +43,8 @@ from distill.runs import TrainedModel, read_scores
 from distillery.compose import train_augmentation_mlm
 from distillery.demo import SAMPLE_DIR
 from distillery.recipes.ablation_report import write_report
-from pipelines.config import ConfigError, Options, load_config, option, to_dict
+from pipelines.config import ConfigError, Options, load_config, option, read_toml, to_dict
+from pipelines.errors import DistilleryError
 from pipelines.preprocess import PreprocessConfig, plan_preprocess
 from pipelines.preprocess.readers import detect_format, expand_folders
 from pipelines.runner import run_step
@@ -112,7 +113,11 @@ class StepConfigs:
 
 def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> StepConfigs:
     """Read ``[experiment]`` and one section per step from a TOML file. Data paths are taken relative to the
-    file's folder when a file is there."""
+    file's folder when a file is there; a section the recipe does not know is an error, not ignored."""
+    unknown = sorted(set(read_toml(path)) - {"experiment", *SECTIONS})
+    if unknown:
+        raise DistilleryError(f"{path}: unknown section [{unknown[0]}]; the recipe reads "
+                              f"{', '.join(f'[{name}]' for name in ('experiment', *SECTIONS))}")
     exp = load_config(ExperimentConfig, path, overrides, section="experiment")
     local = {split: str(Path(path).parent / getattr(exp, split)) for split in SPLITS
              if (Path(path).parent / getattr(exp, split)).exists()}
