@@ -24,7 +24,7 @@ from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
 from pipelines.store import Store, VersionWriter
 
-FAULT_FILE_ENV = "DISTILLERY_RAY_FAULT_FILE"  # tests: the actor that removes this file dies before returning
+FAULT_FILE_ENV = "DISTILLERY_RAY_FAULT_FILE"  # tests: the actor that augments the chunk this file names dies
 
 
 def import_ray() -> Any:
@@ -131,7 +131,7 @@ class ChunkAugmenter:
             out["counts"].append(json.dumps(counts))
             out["info"].append(json.dumps({"timing": timing, **stats, "vectors": self.models.vectors.identity,
                                            "max_pieces": self.models.spec.max_length if self.models.spec else None}))
-        _fault_point()
+        _fault_point(out["index"])
         return pa.table({"index": pa.array(out["index"], pa.int64()), "table": pa.array(out["table"], pa.binary()),
                          "counts": pa.array(out["counts"], pa.string()), "info": pa.array(out["info"], pa.string())})
 
@@ -142,15 +142,20 @@ class ChunkAugmenter:
         return stats
 
 
-def _fault_point() -> None:
-    """Tests: die here, once, like an actor process killed mid-run (see ``FAULT_FILE_ENV``)."""
+def _fault_point(chunks: list[int]) -> None:
+    """Tests: die here, once, before returning the chunk index written in the ``FAULT_FILE_ENV`` file, like an
+    actor process killed mid-run; the file is removed first, so the retried chunk goes through."""
     path = os.environ.get(FAULT_FILE_ENV)
-    if path:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            return
-        os.kill(os.getpid(), signal.SIGKILL)
+    if not path:
+        return
+    try:
+        with open(path) as fh:
+            if int(fh.read()) not in chunks:
+                return
+        os.remove(path)
+    except FileNotFoundError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---- the driver ------------------------------------------------------------------------------------------
