@@ -3,7 +3,6 @@ help, type, choices and default, plus ``--config FILE.toml``; flags override the
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +10,8 @@ from typing import Any
 
 import click
 
-from pipelines.config import load_config
+from pipelines.config import load_config, read_toml
+from pipelines.errors import DistilleryError
 
 _SCALARS = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
@@ -111,9 +111,8 @@ def _file_section(config_path: str | None, section: str) -> str | None:
     if config_path is None:
         return None
     try:
-        with open(config_path, "rb") as fh:
-            return section if isinstance(tomllib.load(fh).get(section), dict) else None
-    except (OSError, tomllib.TOMLDecodeError):
+        return section if isinstance(read_toml(config_path).get(section), dict) else None
+    except (OSError, DistilleryError):
         return None     # load_config reports the problem
 
 
