@@ -27,7 +27,7 @@ from augment.chunk import (
     submit_sample,
 )
 from augment.config import AugmentConfig
-from augment.mlm import locate_model, resolve_device, resolve_precision
+from augment.mlm import check_model_options, locate_model, resolve_device, resolve_precision
 from augment.vectors import resolve_vectors
 from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
@@ -36,7 +36,8 @@ from pipelines.resources import minilm_path
 from pipelines.runner import Step, StepPlan, run_step
 from pipelines.store import Store, VersionWriter
 
-STEP = Step("augment", module=__name__, package="augment", format=2)   # 2: aug_mlm_words / aug_vector_words
+STEP = Step("augment", module=__name__, package="augment", format=2,   # 2: aug_mlm_words / aug_vector_words
+            rows_key="output_rows")
 TEXT_FIELDS = ("text", "text_pair")
 MLM_NONE_WARNING = ("mlm: none - no masked LM: EVERY eligible word takes its candidates from the word vectors "
                     "(this is not TinyBERT's augmentation; recorded in the data card)")
@@ -71,7 +72,8 @@ def _fields(config: AugmentConfig, columns: list[str]) -> list[str]:
 
 # ---- the step --------------------------------------------------------------------------------------------
 def plan_augment(store: Store, ref: str, config: AugmentConfig) -> StepPlan:
-    """What augmenting ``ref`` would write: models and vectors located and fingerprinted, none loaded yet."""
+    """What augmenting ``ref`` would write: models and vectors located and fingerprinted, none loaded yet (the
+    masked LM's config is read to check the options that depend on it)."""
     vid = store.resolve(ref)
     source = store.manifest(vid)
     fields = _fields(config, [f["name"] for f in source["schema"]])
@@ -80,6 +82,8 @@ def plan_augment(store: Store, ref: str, config: AugmentConfig) -> StepPlan:
     use_mlm = config.mlm.strip().lower() != "none"
     tokenizer_spec = config.mlm if use_mlm else (config.tokenizer or str(minilm_path()))
     model = locate_model(tokenizer_spec)
+    if use_mlm:
+        check_model_options(config.mlm, config.top_k, config.max_length)
     vectors = resolve_vectors(config.vectors)
     resolved = {"num_aug": config.rounds(), "fields": list(fields), "compute": device.split(":")[0],
                 "precision": precision, "mlm_sha256": model.get("sha256") if use_mlm else None,

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from augment.config import MAX_CONTEXT
 from augment.words import SentenceWords
 from pipelines import fingerprint
 from pipelines.errors import DistilleryError
-from pipelines.resources import model_reference
+from pipelines.resources import load_problem, model_reference, position_limit
 
 MAX_BATCH_TOKENS = 16384
-HARD_MAX_LENGTH = 512
+HARD_MAX_LENGTH = MAX_CONTEXT     # the context is capped here whatever the model's positions allow
 
 
 @dataclass
@@ -146,7 +147,28 @@ def load_tokenizer(spec: str) -> Any:
     return tokenizer
 
 
+def check_model_options(spec: str, top_k: int, max_length: int | None) -> None:
+    """Refuse, from the masked LM's config alone (nothing else is loaded), a ``top_k`` over its vocabulary or a
+    ``max_length`` over its positions."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(spec, local_files_only=_offline(), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001
+        raise _not_available(spec, exc) from None
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and top_k > vocab:
+        raise DistilleryError(f"augment: top_k {top_k} is more than the {vocab} pieces of masked LM '{spec}'")
+    positions = position_limit(config)
+    if max_length is not None and positions is not None and max_length > positions:
+        raise DistilleryError(f"augment: max_length {max_length} is more than the {positions} positions of masked "
+                              f"LM '{spec}'")
+
+
 def _not_available(spec: str, exc: Exception | None = None) -> DistilleryError:
+    folder = _local_folder(spec) if exc is not None else None
+    if exc is not None and folder is not None:
+        return DistilleryError(f"masked LM {folder} cannot be loaded: {load_problem(exc)}")
     where = "offline and not in the Hugging Face cache" if _offline() else f"could not be loaded ({type(exc).__name__})"
     return DistilleryError(f"masked LM '{spec}' is {where}: pass a local checkpoint folder with --mlm PATH "
                            f"(a BERT-family model with an MLM head), or --mlm none to use word vectors for every word")
@@ -339,5 +361,5 @@ def load_mlm(spec: str, device: str, precision: str, identity: dict[str, Any] | 
         raise _not_available(spec, exc) from None
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model = model.to(device=device, dtype=dtype).eval()
-    limit = min(HARD_MAX_LENGTH, getattr(model.config, "max_position_embeddings", HARD_MAX_LENGTH))
+    limit = min(HARD_MAX_LENGTH, position_limit(model.config) or HARD_MAX_LENGTH)
     return MaskedLM(model, tokenizer, device, precision, identity or model_identity(spec), limit)

@@ -8,6 +8,7 @@ from typing import Any
 
 from augment.mlm import HARD_MAX_LENGTH, MaskedLM, build_requests
 from augment.words import WordSplitter
+from pipelines.resources import position_limit
 
 
 def candidate_recall(model: Any, tokenizer: Any, texts: list[str], k: int = 15, batch_size: int = 256
@@ -16,7 +17,7 @@ def candidate_recall(model: Any, tokenizer: Any, texts: list[str], k: int = 15, 
     was_training = model.training
     model.eval()
     device = str(next(model.parameters()).device)
-    limit = min(HARD_MAX_LENGTH, getattr(model.config, "max_position_embeddings", HARD_MAX_LENGTH))
+    limit = min(HARD_MAX_LENGTH, position_limit(model.config) or HARD_MAX_LENGTH)
     mlm = MaskedLM(model, tokenizer, device, "fp32", {}, limit)
     spec = mlm.input_spec("single", 1, None)
     requests, originals = [], []

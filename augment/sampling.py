@@ -69,12 +69,11 @@ def augment_sentence(sentence: SentenceWords, candidates: list[list[str]], round
         return [], counts
     seen = {sentence.text}
     copies: list[str] = []
-    draws = rng.random((rounds, len(slots), 2))
     sizes = np.array([len(c) for c in candidates], dtype=np.int64)
-    picks = np.minimum((draws[..., 0] * sizes).astype(np.int64), sizes - 1)
-    replace = draws[..., 1] < p
-    for r in range(rounds):
-        chosen = {slots[j]: candidates[j][picks[r, j]] for j in np.flatnonzero(replace[r])}
+    for _ in range(rounds):               # one round's draws at a time: the same stream as all rounds at once
+        draws = rng.random((len(slots), 2))
+        picks = np.minimum((draws[:, 0] * sizes).astype(np.int64), sizes - 1)
+        chosen = {slots[j]: candidates[j][picks[j]] for j in np.flatnonzero(draws[:, 1] < p)}
         text, changed = _render(sentence, chosen, output_form)
         if text in seen:
             counts.duplicates_dropped += 1

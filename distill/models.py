@@ -7,7 +7,8 @@ eager one) that, when a capture list is attached to a self-attention module, app
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import pickle
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from distill import students
 from distill.config import MINILM, DistillConfig
 from pipelines.errors import DistilleryError
 from pipelines.progress import say
-from pipelines.resources import minilm_path, model_reference
+from pipelines.resources import load_problem, minilm_path, model_reference, position_limit
 
 RAW_ATTENTION = "distill_raw"
 PRESETS = {
@@ -38,6 +39,7 @@ PRESETS = {
     "custom": {},
 }
 _SINK = "_distill_scores"
+MAX_STUDENT_PARAMETERS = 1 << 31     # a fresh student this large is no longer a small model (AdamW: ~34 GB)
 
 
 def _raw_score_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -111,17 +113,41 @@ def forward_features(model: nn.Module, batch: dict[str, torch.Tensor], hidden: b
     return Features(out.hidden_states if hidden else None, list(scores) if attentions else None, logits)
 
 
-def load_config(path: str | Path) -> Any:
-    return AutoConfig.from_pretrained(resolve_model(path))
+def from_pretrained(cls: Any, path: str | Path, what: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(path, **kwargs)``; a model that cannot be loaded is one line naming ``what`` and the
+    folder or hub id."""
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise DistilleryError(f"cannot load {what} '{path}': {load_problem(exc)}") from None
+
+
+def load_config(path: str | Path, what: str = "model") -> Any:
+    """The config of a model (folder, hub id or minilm; ``what`` names it in errors); nothing else is loaded."""
+    return from_pretrained(AutoConfig, resolve_model(path, what), f"the config of {what}")
+
+
+def check_against_model(model: str | Path, what: str, max_seq_length: int, train_layers: int = 0) -> None:
+    """Refuse, from the model's config alone (before any data or weights are read), a ``max_seq_length`` over its
+    position embeddings or a ``train_layers`` over its layers. A preset or bilstm / textcnn student is built later
+    with the teacher's positions or none: nothing to check."""
+    if str(model) in PRESETS or str(model) in students.STUDENTS:
+        return
+    config = load_config(model, what)
+    limit = position_limit(config)
+    if limit is not None and max_seq_length > limit:
+        raise DistilleryError(f"max_seq_length {max_seq_length} is more than the {limit} positions of {what} "
+                              f"'{model}'")
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and train_layers > layers:
+        raise DistilleryError(f"train_layers {train_layers} is more than the {layers} layers of {what} '{model}'")
 
 
 def load_classifier(path: str | Path, labels: dict[str, Any]) -> nn.Module:
     """A sequence classifier from a pre-trained encoder; weights the checkpoint lacks (a new classifier head) are
     said in one line of ours instead of the library's load report."""
-    try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **labels)
-    except OSError as exc:
-        raise DistilleryError(f"cannot load model '{path}': {exc}") from None
+    model, info = from_pretrained(AutoModelForSequenceClassification, path, "model", output_loading_info=True,
+                                  **labels)
     missing = list(info.get("missing_keys", []))
     head = [k for k in missing if k.startswith("classifier.")]
     if head:
@@ -140,10 +166,8 @@ def _display(path: str | Path) -> str:
 def load_masked_lm(path: str | Path) -> nn.Module:
     """A masked LM to train: the checkpoint's own head, or a new one whose decoder is tied to the input
     embeddings (said in one line)."""
-    try:
-        model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, tie_word_embeddings=True)
-    except (OSError, ValueError) as exc:
-        raise DistilleryError(f"cannot load '{path}' as a masked LM: {exc}") from None
+    model, info = from_pretrained(AutoModelForMaskedLM, path, "masked LM", output_loading_info=True,
+                                  tie_word_embeddings=True)
     if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
         raise DistilleryError(f"'{path}': the masked-LM decoder is not tied to the input embeddings")
     missing = list(info.get("missing_keys", []))
@@ -156,11 +180,7 @@ def load_masked_lm(path: str | Path) -> nn.Module:
 def load_teacher(path: str | Path, with_head: bool, device: torch.device) -> nn.Module:
     """A frozen teacher in eval mode (sequence classifier when ``with_head``)."""
     path = resolve_model(path)
-    cls = AutoModelForSequenceClassification if with_head else AutoModel
-    try:
-        model = cls.from_pretrained(path)
-    except OSError as exc:
-        raise DistilleryError(f"cannot load teacher '{path}': {exc}") from None
+    model = from_pretrained(AutoModelForSequenceClassification if with_head else AutoModel, path, "teacher")
     if with_head and not getattr(model.config, "label2id", None):
         raise DistilleryError(f"teacher '{path}' has no classification head labels")
     model.requires_grad_(False)
@@ -214,9 +234,12 @@ def load_student(student: str, teacher_config: Any, overrides: dict[str, int], l
         if init_from is not None:
             overrides = {**overrides, **teacher_width(teacher_config, overrides)}
         config = student_config(teacher_config, student, overrides, labels)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = cls.from_config(config)
+
+        def build() -> nn.Module:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return cls.from_config(config)
+        model = bounded(build, f"student '{student}'")
         if init_from is not None:
             copy_teacher_layers(model, *init_from)
         return model
@@ -224,11 +247,20 @@ def load_student(student: str, teacher_config: Any, overrides: dict[str, int], l
     if head == "classifier" and students.is_student_folder(student):
         return students.load_student_model(student)
     try:
-        return cls.from_pretrained(resolve_model(student, "student"), **labels)
+        return from_pretrained(cls, resolve_model(student, "student"), "student", **labels)
     except DistilleryError as exc:
         raise DistilleryError(f"{exc} {presets}") from None
-    except OSError as exc:
-        raise DistilleryError(f"cannot load student '{student}': {exc} {presets}") from None
+
+
+def bounded(build: Callable[[], nn.Module], what: str) -> nn.Module:
+    """``build()``, after building it once on the meta device (no memory, no weights) to refuse a model of more
+    than ``MAX_STUDENT_PARAMETERS`` parameters in one line."""
+    with torch.device("meta"):
+        size = sum(p.numel() for p in build().parameters())
+    if size > MAX_STUDENT_PARAMETERS:
+        raise DistilleryError(f"{what} would have {size:,} parameters, over {MAX_STUDENT_PARAMETERS:,}: choose a "
+                              f"smaller shape (student_layers, student_hidden, student_intermediate)")
+    return build()
 
 
 def build_sequence_student(cfg: DistillConfig, kind: str, teacher_src: str, teacher_config: Any,
@@ -244,10 +276,11 @@ def build_sequence_student(cfg: DistillConfig, kind: str, teacher_src: str, teac
         pad = vocab[students.PAD]
     else:
         tokenizer = Path(teacher_src)
-        embeddings = AutoModelForSequenceClassification.from_pretrained(teacher_src).get_input_embeddings()
-        vectors = embeddings.weight.detach().clone()
+        teacher = from_pretrained(AutoModelForSequenceClassification, teacher_src, "teacher")
+        vectors = teacher.get_input_embeddings().weight.detach().clone()
         pad = getattr(teacher_config, "pad_token_id", 0) or 0
-    model = students.build_student_model(kind, vectors.shape[0], vectors, student_shape(cfg), labels, cfg.seed, pad)
+    model = bounded(lambda: students.build_student_model(kind, vectors.shape[0], vectors, student_shape(cfg), labels,
+                                                         cfg.seed, pad), f"{kind} student")
     return model, str(tokenizer)
 
 
@@ -267,10 +300,7 @@ def load_saved_classifier(folder: str | Path) -> nn.Module:
     """A saved sequence classifier in eval mode: a BERT-family model or a bilstm / textcnn student."""
     if students.is_student_folder(folder):
         return students.load_student_model(folder)
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    except (OSError, ValueError) as exc:
-        raise DistilleryError(f"cannot load the classifier in {folder}: {exc}") from None
+    return from_pretrained(AutoModelForSequenceClassification, folder, "the classifier in").eval()
 
 
 def teacher_width(teacher_config: Any, overrides: dict[str, int]) -> dict[str, int]:

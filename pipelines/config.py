@@ -9,6 +9,7 @@ cross-field rules in ``check``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipelines.confine import open_regular
 from pipelines.errors import DistilleryError
 
 T = TypeVar("T")
@@ -158,12 +160,15 @@ def build(cls: type[T], data: Mapping[str, Any]) -> T:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file's tables; a missing file or invalid TOML is a one-line error naming the file."""
+    """A TOML file's tables; a missing file, one that is not a regular file, text that is not UTF-8 or invalid
+    TOML is a one-line error naming the file."""
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(open_regular(path), "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise DistilleryError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise DistilleryError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise DistilleryError(f"{path}: invalid TOML: {exc}") from None
 

@@ -15,3 +15,7 @@ class VersionExistsError(DistilleryError):
 
 class VersionNotFoundError(DistilleryError):
     """Raised when a version reference cannot be resolved."""
+
+
+class InputChangedError(DistilleryError):
+    """Raised when an input's bytes change while a step reads them: what was written from it is discarded."""

@@ -5,10 +5,13 @@ import ast
 import functools
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from pipelines.confine import open_regular
 
 _CHUNK = 1 << 20
 _LIBRARIES = ("distillery", "pyarrow", "datasets", "torch", "transformers", "tokenizers", "gensim", "numpy",
@@ -17,9 +20,9 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent      # the folder holding t
 
 
 def file_sha256(path: str | Path) -> str:
-    """Streamed sha256 of a file's bytes."""
+    """Streamed sha256 of a regular file's bytes (a FIFO or a device is refused, never read)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with os.fdopen(open_regular(path), "rb") as fh:
         for block in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -150,11 +153,19 @@ def library_versions(names: Iterable[str] = _LIBRARIES) -> dict[str, str]:
     return {name: library_version(name) for name in names}
 
 
-def version_id(step: str, config: dict[str, Any], parents: list[dict[str, Any]], code: str) -> str:
-    """Content-addressed id: sha256 over the parents' fingerprints, the step, its config (without runtime-only
-    options) and its code fingerprint (with the step's output format number)."""
-    parent_keys = [p.get("version_id") or p.get("sha256") for p in parents]
-    if any(key is None for key in parent_keys):
+def parent_key(parent: dict[str, Any]) -> Any:
+    """What a version id hashes of a parent: a version's id; for a raw input, its sha256 and everything else that
+    decides how its bytes become rows (its resolved format, ...), all but the local path."""
+    if parent.get("version_id"):
+        return parent["version_id"]
+    if not parent.get("sha256"):
         raise ValueError("every parent needs a version_id or a sha256")
+    return {k: v for k, v in parent.items() if k != "path"}
+
+
+def version_id(step: str, config: dict[str, Any], parents: list[dict[str, Any]], code: str) -> str:
+    """Content-addressed id: sha256 over the parents' keys (``parent_key``), the step, its config (without
+    runtime-only options) and its code fingerprint (with the step's output format number)."""
+    parent_keys = [parent_key(p) for p in parents]
     payload = {"parents": parent_keys, "step": step, "config": config, "code": code}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()

@@ -13,19 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines import fingerprint
-from pipelines.errors import VersionExistsError
+from pipelines.errors import InputChangedError, VersionExistsError
 from pipelines.store import Store, VersionWriter, check_name
 
 
 @dataclass(frozen=True)
 class Step:
-    """A step that writes versions: its name, the module it runs, the package holding its code, and the format
-    number of its output (bump it when the step's output changes on purpose without a code change)."""
+    """A step that writes versions: its name, the module it runs, the package holding its code, the format
+    number of its output (bump it when the step's output changes on purpose without a code change), and its rule
+    for the rows it writes: the accounting key every chunk sets to the number of rows of its shard (``rows_key``),
+    which the store checks when a chunk is written, reused on resume, and when the version is finalised."""
 
     name: str
     module: str
     package: str
     format: int = 1
+    rows_key: str = "kept"
 
     def code_version(self) -> str:
         """The distillery release plus a hash of the step's own code and format number."""
@@ -61,8 +64,14 @@ class StepResult:
 
 
 def run_step(store: Store, plan: StepPlan, name: str | None = None, resume: bool = False) -> StepResult:
-    """Write the version ``plan`` describes, or reuse it when it is complete (moving ``name@latest`` to it)."""
+    """Write the version ``plan`` describes, or reuse it when it is complete (moving ``name@latest`` to it).
+
+    The parent versions are held for reading (``versions gc`` leaves them) while the step runs; when an input
+    changes while it is read (``InputChangedError``), everything written for the version is discarded."""
     check_name(name)
+    for parent in plan.parents:
+        if "version_id" in parent:
+            store.hold(parent["version_id"])
     vid = plan.version_id()
     if store.is_complete(vid):
         if name:
@@ -70,7 +79,7 @@ def run_step(store: Store, plan: StepPlan, name: str | None = None, resume: bool
         return StepResult(store.manifest(vid), up_to_date=True)
     try:
         writer = store.create_version(vid, plan.step.name, plan.config, plan.parents, name=name, resume=resume,
-                                      code_version=plan.step.code_version())
+                                      code_version=plan.step.code_version(), rows_key=plan.step.rows_key)
     except VersionExistsError:                 # another process finished it since we looked
         if name:
             store.tag(name, "latest", vid)
@@ -78,5 +87,8 @@ def run_step(store: Store, plan: StepPlan, name: str | None = None, resume: bool
     try:
         resumed = bool(writer.committed_chunks())
         return StepResult(writer.finalize(plan.write(writer)), resumed=resumed)
+    except InputChangedError:
+        writer.discard()
+        raise
     finally:
         writer.close()

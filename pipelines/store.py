@@ -11,11 +11,15 @@ Layout (see docs/ARCHITECTURE.md)::
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +27,135 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import fingerprint
-from pipelines.atomic import WriterLock, replace_atomic, write_bytes_atomic, write_json_atomic
+from pipelines.atomic import WriterLock, shared_lock, temporary_sibling, write_bytes_atomic, write_json_atomic
 from pipelines.cards import compute_stats, write_card
+from pipelines.confine import is_regular, open_regular, real_dir, regular_member
 from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
+from pipelines.progress import say
 
 FORMAT = "distillery.version/1"
 MANIFEST = "manifest.json"
 CARD = "README.md"
 ROW_GROUP_ROWS = 10_000
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+ROW_GROUP_BYTES = 128 << 20       # a row group holds fewer rows when they reach this size in memory
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")            # names, tags (always fullmatch)
+_ID_RE = re.compile(r"[0-9a-f]{64}")                             # version ids, sha256s
+_SHARD_RE = re.compile(r"data/shard-[0-9]{5,}\.parquet")         # the only file names a version holds
+_REJECTS_RE = re.compile(r"rejects/rejects-[0-9]{5,}\.parquet")
+_ANY_FILE_RE = re.compile(f"{_SHARD_RE.pattern}|{_REJECTS_RE.pattern}")
+_RECORD_RE = re.compile(r"[0-9]{5,}\.json")
 
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> dict[str, Any]:
     """Write a zstd Parquet file atomically; return its {rows, bytes, sha256}."""
-    table = table.replace_schema_metadata(None)
-    replace_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS,
-                                                    write_statistics=True))
-    return {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": fingerprint.file_sha256(path)}
+    sink = ParquetSink(path)
+    try:
+        sink.write(table)
+        return sink.commit()
+    finally:
+        sink.abort()
+
+
+class ParquetSink:
+    """A zstd Parquet file written table by table under a new temporary name, renamed into place by ``commit``.
+
+    Row groups hold ``ROW_GROUP_ROWS`` rows (fewer when the buffered rows reach ``ROW_GROUP_BYTES``), so memory
+    stays bounded however many rows arrive, and the bytes equal one ``pq.write_table`` of the whole table whenever
+    no group reaches the byte bound."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(temporary_sibling(path))
+        self._writer: pq.ParquetWriter | None = None
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self.rows = 0
+        self.schema: pa.Schema | None = None
+
+    def write(self, table: pa.Table) -> None:
+        """Add ``table``'s rows (same schema as the first table written)."""
+        table = table.replace_schema_metadata(None)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd", write_statistics=True)
+            self.schema = table.schema
+        self._buffer.append(table)
+        self._buffered += table.num_rows
+        self.rows += table.num_rows
+        while self._buffered >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+        if self._buffered and sum(t.nbytes for t in self._buffer) >= ROW_GROUP_BYTES:
+            self._flush(self._buffered)
+
+    def _flush(self, rows: int) -> None:
+        assert self._writer is not None
+        table = pa.concat_tables(self._buffer)
+        self._writer.write_table(table.slice(0, rows).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+        rest = table.slice(rows)
+        self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def commit(self) -> dict[str, Any]:
+        """Finish the file, fsync it and rename it into place; returns its {rows, bytes, sha256}."""
+        if self._writer is None:
+            raise DistilleryError(f"{self.path.name}: nothing was written (not even a schema)")
+        if self._buffered:
+            self._flush(self._buffered)
+        elif self.rows == 0:
+            self._writer.write_table(self.schema.empty_table(), row_group_size=ROW_GROUP_ROWS)
+        self._writer.close()
+        self._writer = None
+        fd = os.open(self._tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self._tmp, self.path)
+        self._stack.close()
+        return {"rows": self.rows, "bytes": self.path.stat().st_size, "sha256": fingerprint.file_sha256(self.path)}
+
+    def abort(self) -> None:
+        """Drop what was written (no-op after ``commit``)."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        self._stack.close()
+
+
+class ChunkSink:
+    """One chunk of a version written piece by piece (``VersionWriter.open_chunk``): its data shard, its rejects
+    shard when it has rejects, and, on ``commit``, its record; until then nothing of it is visible."""
+
+    def __init__(self, writer: VersionWriter, index: int):
+        self.writer = writer
+        self.index = index
+        self._shard = ParquetSink(writer.path / f"data/shard-{index:05d}.parquet")
+        self._rejects: ParquetSink | None = None
+
+    @property
+    def rows(self) -> int:
+        return self._shard.rows
+
+    def write(self, table: pa.Table, rejects: pa.Table | None = None) -> None:
+        """Add rows (and rejected rows) to the chunk, in order."""
+        self._shard.write(table)
+        if rejects is not None and rejects.num_rows:
+            if self._rejects is None:
+                self._rejects = ParquetSink(self.writer.path / f"rejects/rejects-{self.index:05d}.parquet")
+            self._rejects.write(rejects)
+
+    def commit(self, accounting: dict[str, Any]) -> dict[str, Any]:
+        """Check the rows against the step's rule, then write the shards and the chunk's record (last)."""
+        try:
+            return self.writer._commit(self, accounting)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop what this chunk wrote (no-op after ``commit``)."""
+        self._shard.abort()
+        if self._rejects is not None:
+            self._rejects.abort()
 
 
 def schema_to_json(schema: pa.Schema) -> list[dict[str, str]]:
@@ -47,11 +163,11 @@ def schema_to_json(schema: pa.Schema) -> list[dict[str, str]]:
     return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
 
 
-def _sum_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+def sum_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
     """Add nested numeric dictionaries key by key."""
     for key, value in part.items():
         if isinstance(value, dict):
-            total[key] = _sum_counts(dict(total.get(key, {})), value)
+            total[key] = sum_counts(dict(total.get(key, {})), value)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             total[key] = total.get(key, 0) + value
         else:
@@ -59,12 +175,95 @@ def _sum_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
     return total
 
 
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _names(folder: Path) -> list[str]:
+    """The entry names of a real folder ([] when it is missing or not a real folder)."""
+    return os.listdir(folder) if _is_real_dir(folder) else []
+
+
+class _Untrusted(Exception):
+    """A chunk record (or what it names) that resume must not reuse."""
+
+
+def _read_json(path: Path, limit: int = 64 << 20) -> Any:
+    """JSON from a regular file of ours (a symlink, FIFO or device is refused unread)."""
+    with os.fdopen(open_regular(path, follow=False), "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise DistilleryError(f"{path} is larger than {limit} bytes; not a file distillery wrote")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise DistilleryError(f"{path} is not valid JSON") from None
+
+
+def _check_entry(entry: Any, pattern: re.Pattern[str]) -> None:
+    """A manifest's (or chunk record's) file entry: {path, rows, bytes, sha256} of the right forms."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"file entry {entry!r} is not an object")
+    if not isinstance(entry.get("path"), str) or not pattern.fullmatch(entry["path"]):
+        raise ValueError(f"file path {entry.get('path')!r} is not one distillery writes")
+    for key in ("rows", "bytes"):
+        if not _is_count(entry.get(key)):
+            raise ValueError(f"{entry['path']}: {key} {entry.get(key)!r} is not a count")
+    if not isinstance(entry.get("sha256"), str) or not _ID_RE.fullmatch(entry["sha256"]):
+        raise ValueError(f"{entry['path']}: sha256 {entry.get('sha256')!r} is not a sha256")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_manifest(data: Any, vid: str) -> dict[str, Any]:
+    """``data`` if it is a well-formed manifest of version ``vid``; else a one-line error naming the version."""
+    try:
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r} is not {FORMAT}")
+        if data.get("version_id") != vid:
+            raise ValueError(f"it names version {str(data.get('version_id'))[:64]!r}, not its folder's")
+        for key, kind in (("step", str), ("config", dict), ("parents", list), ("schema", list), ("shards", list),
+                          ("rejects", list), ("accounting", dict), ("stats", dict), ("extra", dict)):
+            if not isinstance(data.get(key), kind):
+                raise ValueError(f"'{key}' is not a {kind.__name__}")
+        if data.get("name") is not None and not (isinstance(data["name"], str) and _NAME_RE.fullmatch(data["name"])):
+            raise ValueError(f"name {data['name']!r} is not a valid name")
+        for parent in data["parents"]:
+            if not isinstance(parent, dict) or not (
+                    (isinstance(parent.get("version_id"), str) and _ID_RE.fullmatch(parent["version_id"]))
+                    or (isinstance(parent.get("sha256"), str) and "version_id" not in parent)):
+                raise ValueError(f"parent {parent!r} has neither a version id nor a sha256")
+        for entry in data["shards"]:
+            _check_entry(entry, _SHARD_RE)
+        for entry in data["rejects"]:
+            _check_entry(entry, _REJECTS_RE)
+        if not _is_count(data.get("num_rows")) or data["num_rows"] != sum(e["rows"] for e in data["shards"]):
+            raise ValueError(f"num_rows {data.get('num_rows')!r} is not the sum of its shards' rows")
+    except ValueError as exc:
+        raise DistilleryError(f"version {vid[:12]}: manifest.json is malformed ({exc}); the version cannot be "
+                              f"trusted: remove its folder {vid[:12]}... or restore it") from None
+    return data
+
+
 class VersionWriter:
     """Writes one version chunk by chunk, holding its writer lock; ``finalize`` makes it visible as complete and
-    releases the lock (``close`` releases it when the write stops early)."""
+    releases the lock (``close`` releases it when the write stops early).
+
+    A chunk counts as written only when its record, its shard and the shard's rows agree: a resumed write
+    re-checks every chunk it finds (the names distillery writes, regular files, sizes, sha256s, row counts and,
+    when the step names one, the accounting key that must equal the rows: ``rows_key``) and writes again any chunk
+    that fails, so nothing a record points at outside the version is ever reused."""
 
     def __init__(self, store: Store, version_id: str, step: str, config: dict[str, Any],
-                 parents: list[dict[str, Any]], name: str | None, code_version: str, lock: WriterLock):
+                 parents: list[dict[str, Any]], name: str | None, code_version: str, lock: WriterLock,
+                 rows_key: str | None = None):
         self.lock = lock
         self.store = store
         self.version_id = version_id
@@ -73,38 +272,107 @@ class VersionWriter:
         self.parents = parents
         self.name = name
         self.code_version = code_version
+        self.rows_key = rows_key
         self.path = store.version_path(version_id)
+        real_dir(self.path, "version folder", create=True)
         for sub in ("data", "rejects", "chunks"):
-            (self.path / sub).mkdir(parents=True, exist_ok=True)
+            real_dir(self.path / sub, "version folder", create=True)
+        self._records: dict[int, dict[str, Any]] = {}
+        self._load_committed()
 
     def _record_path(self, index: int) -> Path:
         return self.path / "chunks" / f"{index:05d}.json"
 
+    def _load_committed(self) -> None:
+        """Keep the chunks whose record, files and rows check out; remove (and so rewrite) the others."""
+        for entry in sorted(os.scandir(self.path / "chunks"), key=lambda e: e.name):
+            if not _RECORD_RE.fullmatch(entry.name):
+                continue                                   # not a record of ours (a temporary file, ...)
+            index = int(entry.name[:-5])
+            try:
+                self._records[index] = self._checked_record(index)
+            except (_Untrusted, DistilleryError) as exc:
+                say(f"version {self.version_id[:12]}: chunk {index} cannot be reused ({exc}); writing it again")
+                self._discard_chunk(index)
+
+    def _checked_record(self, index: int) -> dict[str, Any]:
+        record = _read_json(self._record_path(index))
+        if not isinstance(record, dict) or record.get("index") != index:
+            raise _Untrusted("its record is not a chunk record of this index")
+        if not isinstance(record.get("accounting"), dict) or not isinstance(record.get("schema"), list):
+            raise _Untrusted("its record lacks accounting or schema")
+        files = [("shard", _SHARD_RE, f"data/shard-{index:05d}.parquet")]
+        if "rejects" in record:
+            files.append(("rejects", _REJECTS_RE, f"rejects/rejects-{index:05d}.parquet"))
+        for key, pattern, expected in files:
+            try:
+                _check_entry(record.get(key), pattern)
+            except ValueError as exc:
+                raise _Untrusted(str(exc)) from None
+            entry = record[key]
+            if entry["path"] != expected:
+                raise _Untrusted(f"its {key} is {entry['path']!r}, not {expected}")
+            path = regular_member(self.path, entry["path"], pattern, f"chunk {index}")
+            if path.stat().st_size != entry["bytes"] or fingerprint.file_sha256(path) != entry["sha256"]:
+                raise _Untrusted(f"{entry['path']} differs from its record (size or sha256)")
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except (pa.ArrowException, OSError):
+                raise _Untrusted(f"{entry['path']} is not a readable Parquet file") from None
+            if rows != entry["rows"]:
+                raise _Untrusted(f"{entry['path']} holds {rows} rows, its record says {entry['rows']}")
+        self._check_rows(index, record["shard"]["rows"], record["accounting"], _Untrusted)
+        return record
+
+    def _check_rows(self, index: int, rows: int, accounting: dict[str, Any], error: type[Exception]) -> None:
+        if self.rows_key is not None and accounting.get(self.rows_key) != rows:
+            raise error(f"chunk {index}: {rows} rows written but accounting.{self.rows_key} = "
+                        f"{accounting.get(self.rows_key)!r}")
+
+    def _discard_chunk(self, index: int) -> None:
+        """Remove a chunk's record and the files of that chunk's names (only names this writer uses)."""
+        for path in (self._record_path(index), self.path / f"data/shard-{index:05d}.parquet",
+                     self.path / f"rejects/rejects-{index:05d}.parquet"):
+            if os.path.lexists(path) and not _is_real_dir(path):
+                path.unlink()
+
     def is_committed(self, index: int) -> bool:
-        """True when chunk ``index`` was fully written (its record exists)."""
-        return self._record_path(index).exists()
+        """True when chunk ``index`` was fully written (its record exists and checks out)."""
+        return index in self._records
 
     def chunk_record(self, index: int) -> dict[str, Any]:
         """The commit record of a written chunk."""
-        return json.loads(self._record_path(index).read_text())
+        return self._records[index]
 
     def committed_chunks(self) -> list[int]:
         """Indices of the chunks written so far, sorted."""
-        return sorted(int(p.stem) for p in (self.path / "chunks").glob("*.json"))
+        return sorted(self._records)
+
+    def open_chunk(self, index: int) -> ChunkSink:
+        """Start writing chunk ``index`` piece by piece (``ChunkSink.write``, then ``commit``)."""
+        if self.is_committed(index):
+            raise DistilleryError(f"chunk {index} of version {self.version_id[:12]} is already committed")
+        return ChunkSink(self, index)
 
     def write_chunk(self, index: int, table: pa.Table, rejects: pa.Table | None = None,
                     accounting: dict[str, Any] | None = None) -> dict[str, Any]:
         """Atomically write chunk ``index``: data shard, optional rejects shard, then its record."""
+        sink = self.open_chunk(index)
+        sink.write(table, rejects)
+        return sink.commit(accounting or {})
+
+    def _commit(self, sink: ChunkSink, accounting: dict[str, Any]) -> dict[str, Any]:
+        index = sink.index
         if self.is_committed(index):
             raise DistilleryError(f"chunk {index} of version {self.version_id[:12]} is already committed")
-        record: dict[str, Any] = {"index": index, "accounting": accounting or {}}
-        shard = f"data/shard-{index:05d}.parquet"
-        record["shard"] = {"path": shard, **write_parquet_atomic(self.path / shard, table)}
-        record["schema"] = schema_to_json(table.schema)
-        if rejects is not None and rejects.num_rows:
-            rpath = f"rejects/rejects-{index:05d}.parquet"
-            record["rejects"] = {"path": rpath, **write_parquet_atomic(self.path / rpath, rejects)}
+        self._check_rows(index, sink.rows, accounting, DistilleryError)
+        record: dict[str, Any] = {"index": index, "accounting": accounting}
+        record["shard"] = {"path": f"data/shard-{index:05d}.parquet", **sink._shard.commit()}
+        record["schema"] = schema_to_json(sink._shard.schema)
+        if sink._rejects is not None:
+            record["rejects"] = {"path": f"rejects/rejects-{index:05d}.parquet", **sink._rejects.commit()}
         write_json_atomic(self._record_path(index), record)
+        self._records[index] = json.loads(json.dumps(record, default=str))
         return record
 
     def _with_inherited_licence(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +395,11 @@ class VersionWriter:
         shards = [r["shard"] for r in records]
         accounting: dict[str, Any] = {}
         for record in records:
-            accounting = _sum_counts(accounting, record["accounting"])
+            accounting = sum_counts(accounting, record["accounting"])
+        num_rows = sum(s["rows"] for s in shards)
+        if self.rows_key is not None and accounting.get(self.rows_key, 0) != num_rows:
+            raise DistilleryError(f"version {self.version_id[:12]}: {num_rows} rows written but the step's "
+                                  f"accounting.{self.rows_key} = {accounting.get(self.rows_key)}; not finalised")
         schema = records[0]["schema"] if records else []
         for record in records[1:]:
             if record["schema"] != schema:
@@ -144,13 +416,14 @@ class VersionWriter:
             "library_versions": fingerprint.library_versions(),
             "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "schema": schema,
-            "num_rows": sum(s["rows"] for s in shards),
+            "num_rows": num_rows,
             "shards": shards,
             "rejects": [r["rejects"] for r in records if "rejects" in r],
             "accounting": accounting,
             "stats": compute_stats([self.path / s["path"] for s in shards]),
             "extra": self._with_inherited_licence(extra or {}),
         }
+        check_manifest(json.loads(json.dumps(manifest, default=str)), self.version_id)
         write_card(self.path / CARD, manifest, self.store.ancestry(self.parents))
         write_json_atomic(self.path / MANIFEST, manifest)
         if self.name:
@@ -158,13 +431,29 @@ class VersionWriter:
         self.close()
         return manifest
 
+    def discard(self) -> None:
+        """Delete everything written for this version (its output cannot be trusted) and release the lock."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.close()
+
     def close(self) -> None:
         """Release the writer lock (the version stays as written: complete after ``finalize``, else resumable)."""
         self.lock.release()
 
 
+@dataclass
+class GcReport:
+    """What ``Store.gc`` deleted (or would delete) and what it left, with why."""
+
+    deleted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
 class Store:
-    """A folder of dataset versions and the names that point at them."""
+    """A folder of dataset versions and the names that point at them.
+
+    Everything below the root is the store's own: its folders must be real folders (no symlink leading out),
+    ids and names have fixed forms, and every path read from a manifest or a ref is checked before use."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -179,23 +468,30 @@ class Store:
         return self.root / "refs"
 
     def version_path(self, version_id: str) -> Path:
-        """Folder of a version (complete or not)."""
+        """Folder of a version (complete or not); ``version_id`` must be a version id (64 hex digits)."""
+        if not isinstance(version_id, str) or not _ID_RE.fullmatch(version_id):
+            raise DistilleryError(f"'{str(version_id)[:80]}' is not a version id (64 hex digits)")
         return self.versions_dir / version_id
 
     def lock_path(self, version_id: str) -> Path:
-        """The writer lock of a version (``WriterLock``)."""
+        """The lock of a version: exclusive while it is written or deleted, shared while it is read."""
+        self.version_path(version_id)
         return self.root / "locks" / f"{version_id}.lock"
 
     def is_complete(self, version_id: str) -> bool:
-        """True when the version's manifest exists."""
-        return (self.version_path(version_id) / MANIFEST).exists()
+        """True when the version's manifest exists (as a regular file in a real version folder)."""
+        if not isinstance(version_id, str) or not _ID_RE.fullmatch(version_id):
+            return False
+        path = self.version_path(version_id)
+        return _is_real_dir(self.versions_dir) and _is_real_dir(path) and is_regular(path / MANIFEST)
 
     def version_ids(self, include_partial: bool = False) -> list[str]:
-        """Ids of the versions in the store (complete ones unless asked)."""
-        if not self.versions_dir.exists():
+        """Ids of the versions in the store (complete ones unless asked); other entries are ignored."""
+        if not _is_real_dir(self.versions_dir):
             return []
-        return sorted(p.name for p in self.versions_dir.iterdir()
-                      if p.is_dir() and (include_partial or (p / MANIFEST).exists()))
+        return sorted(e.name for e in os.scandir(self.versions_dir)
+                      if _ID_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+                      and (include_partial or self.is_complete(e.name)))
 
     def check_exists(self) -> None:
         """Refuse a store folder that does not exist (a mistyped --store)."""
@@ -203,13 +499,31 @@ class Store:
             raise DistilleryError(f"no dataset store at {self.root} (no such folder; pass --store or set "
                                   f"DISTILLERY_STORE)")
 
+    def _read_ref(self, name: str, tag: str) -> str | None:
+        """The version id ``refs/<name>/<tag>`` holds (None when there is no such ref)."""
+        folder = self.refs_dir / name
+        if not (_is_real_dir(self.refs_dir) and os.path.lexists(folder)):
+            return None
+        real_dir(folder, f"ref folder of '{name}'")
+        path = folder / tag
+        if not os.path.lexists(path):
+            return None
+        with os.fdopen(open_regular(path, follow=False), "rb") as fh:
+            content = fh.read(200)
+        vid = content.decode("utf-8", "replace").strip()
+        if not _ID_RE.fullmatch(vid):
+            raise DistilleryError(f"ref {name}@{tag} is malformed (it holds {content[:40]!r}, not a version id); "
+                                  f"point it again with `distillery versions tag {name}@{tag} VERSION`")
+        return vid
+
     def resolve(self, ref: str) -> str:
         """Resolve ``name@tag``, ``name`` (= ``name@latest``), a full id or a unique id prefix (4+ hex digits)."""
         self.check_exists()
         name, _, tag = ref.partition("@")
-        ref_file = self.refs_dir / name / (tag or "latest")
-        if _NAME_RE.match(name) and (not tag or _NAME_RE.match(tag)) and ref_file.is_file():
-            return ref_file.read_text().strip()
+        if _NAME_RE.fullmatch(name) and (not tag or _NAME_RE.fullmatch(tag)):
+            vid = self._read_ref(name, tag or "latest")
+            if vid is not None:
+                return vid
         if not tag and re.fullmatch(r"[0-9a-f]{4,64}", ref):
             matches = [v for v in self.version_ids() if v.startswith(ref)]
             if len(matches) == 1:
@@ -220,25 +534,52 @@ class Store:
                                    f"(see `distillery versions list`)")
 
     def manifest(self, ref: str) -> dict[str, Any]:
-        """The manifest of a complete version."""
-        return json.loads((self.version_path(self.resolve(ref)) / MANIFEST).read_text())
+        """The manifest of a complete version, checked for form (a malformed one is a one-line error)."""
+        vid = self.resolve(ref)
+        if not self.is_complete(vid):
+            raise VersionNotFoundError(f"'{ref}' points at version {vid[:12]}, which is not complete in store "
+                                       f"{self.root}")
+        return check_manifest(_read_json(self.version_path(vid) / MANIFEST), vid)
+
+    def _hold_for_reading(self, vid: str) -> None:
+        """Mark this process as a reader of ``vid`` (a shared lock until it exits), so that ``gc`` leaves it."""
+        locks = self.root / "locks"
+        try:
+            real_dir(locks, "store folder", create=True)
+        except OSError:
+            pass                                   # a read-only store: nothing can delete there either
+        if _is_real_dir(locks):
+            shared_lock(self.lock_path(vid))
+
+    def hold(self, ref: str) -> str:
+        """Resolve ``ref`` and keep it from ``gc`` while this process lives; returns its id."""
+        vid = self.resolve(ref)
+        self._hold_for_reading(vid)
+        if not self.is_complete(vid):
+            raise VersionNotFoundError(f"version {vid[:12]} was deleted from store {self.root}")
+        return vid
+
+    def _files(self, ref: str, key: str, pattern: re.Pattern[str]) -> tuple[str, list[tuple[Path, dict]]]:
+        vid = self.hold(ref)
+        entries = self.manifest(vid)[key]
+        return vid, [(regular_member(self.version_path(vid), e["path"], pattern, f"version {vid[:12]}"), e)
+                     for e in entries]
 
     def shard_paths(self, ref: str) -> list[Path]:
         """Absolute paths of the data shards, in row order, each checked against the manifest's size and sha256
         (once per process while the file is unchanged): every read of a version goes through here, so a damaged
-        shard stops the read before any of its rows reaches the user."""
-        vid = self.resolve(ref)
-        paths = []
-        for entry in self.manifest(vid)["shards"]:
-            path = self.version_path(vid) / entry["path"]
+        shard stops the read before any of its rows reaches the user. The reader holds the version (``hold``)."""
+        vid, files = self._files(ref, "shards", _SHARD_RE)
+        for path, entry in files:
             _check_shard(vid, path, entry)
-            paths.append(path)
-        return paths
+        return [path for path, _ in files]
 
     def reject_paths(self, ref: str) -> list[Path]:
-        """Absolute paths of the rejects shards."""
-        vid = self.resolve(ref)
-        return [self.version_path(vid) / s["path"] for s in self.manifest(vid)["rejects"]]
+        """Absolute paths of the rejects shards, each checked like the data shards."""
+        vid, files = self._files(ref, "rejects", _REJECTS_RE)
+        for path, entry in files:
+            _check_shard(vid, path, entry)
+        return [path for path, _ in files]
 
     def iter_batches(self, ref: str, columns: list[str] | None = None,
                      batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
@@ -251,26 +592,35 @@ class Store:
 
     # ---- writing --------------------------------------------------------------------------
     def create_version(self, vid: str, step: str, config: dict[str, Any], parents: list[dict[str, Any]],
-                       name: str | None = None, resume: bool = False, code_version: str = "") -> VersionWriter:
+                       name: str | None = None, resume: bool = False, code_version: str = "",
+                       rows_key: str | None = None) -> VersionWriter:
         """Start (or, with ``resume``, continue) writing version ``vid`` (``fingerprint.version_id``), which
-        ``step`` makes from ``parents`` with ``config`` (recorded as given).
+        ``step`` makes from ``parents`` with ``config`` (recorded as given); ``rows_key`` names the accounting
+        key that must equal each chunk's rows (None: no such rule).
 
         Raises VersionExistsError when that version is already complete (versions are immutable).
         """
         check_name(name)
         path = self.version_path(vid)
+        self.root.mkdir(parents=True, exist_ok=True)
+        real_dir(self.versions_dir, "store folder", create=True)
+        real_dir(self.root / "locks", "store folder", create=True)
+        exists = VersionExistsError(f"version {vid[:12]} ({step}) already exists and is complete; versions are "
+                                    f"immutable (same input, config and code give the same version)", version_id=vid)
+        if self.is_complete(vid):
+            raise exists
         lock = WriterLock(self.lock_path(vid), f"version {vid[:12]}")   # one writer per version
         try:
             if self.is_complete(vid):
-                raise VersionExistsError(f"version {vid[:12]} ({step}) already exists and is complete; versions "
-                                         f"are immutable (same input, config and code give the same version)",
-                                         version_id=vid)
-            if path.exists() and any((path / "chunks").glob("*.json")) and not resume:
-                raise DistilleryError(f"an interrupted write of version {vid[:12]} exists at {path}; rerun with "
-                                      f"--resume to continue it, or `distillery versions gc` to discard it")
-            if path.exists() and not resume:
-                shutil.rmtree(path)
-            return VersionWriter(self, vid, step, config, parents, name, code_version, lock)
+                raise exists
+            if os.path.lexists(path):
+                real_dir(path, "version folder")
+                if not resume and any(_RECORD_RE.fullmatch(n) for n in _names(path / "chunks")):
+                    raise DistilleryError(f"an interrupted write of version {vid[:12]} exists at {path}; rerun "
+                                          f"with --resume to continue it, or `distillery versions gc` to discard it")
+                if not resume:
+                    shutil.rmtree(path)
+            return VersionWriter(self, vid, step, config, parents, name, code_version, lock, rows_key)
         except BaseException:
             lock.release()
             raise
@@ -279,35 +629,65 @@ class Store:
     def tag(self, name: str, tag: str, ref: str) -> str:
         """Point ``name@tag`` at a complete version; returns its id."""
         for part in (name, tag):
-            if not _NAME_RE.match(part):
-                raise DistilleryError(f"invalid name or tag '{part}': use letters, digits, '.', '_' and '-'")
-        vid = ref if self.is_complete(ref) else self.resolve(ref)
-        folder = self.refs_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
+            if not isinstance(part, str) or not _NAME_RE.fullmatch(part):
+                raise DistilleryError(f"invalid name or tag {part!r}: use letters, digits, '.', '_' and '-'")
+        vid = self.resolve(ref)
+        if not self.is_complete(vid):
+            raise VersionNotFoundError(f"version {vid[:12]} is not complete in store {self.root}")
+        real_dir(self.refs_dir, "store folder", create=True)
+        folder = real_dir(self.refs_dir / name, f"ref folder of '{name}'", create=True)
         write_bytes_atomic(folder / tag, (vid + "\n").encode())
         return vid
 
+    def _ref_files(self) -> Iterator[tuple[str, Path]]:
+        if not _is_real_dir(self.refs_dir):
+            return
+        for folder in sorted(os.scandir(self.refs_dir), key=lambda e: e.name):
+            if not (_NAME_RE.fullmatch(folder.name) and folder.is_dir(follow_symlinks=False)):
+                continue
+            for entry in sorted(os.scandir(folder.path), key=lambda e: e.name):
+                if _NAME_RE.fullmatch(entry.name) and not entry.name.endswith(".tmp"):
+                    yield f"{folder.name}@{entry.name}", Path(entry.path)
+
     def refs(self) -> dict[str, str]:
-        """All ``name@tag`` -> version id."""
-        if not self.refs_dir.exists():
-            return {}
-        return {f"{f.parent.name}@{f.name}": f.read_text().strip()
-                for f in sorted(self.refs_dir.glob("*/*")) if f.is_file() and not f.name.endswith(".tmp")}
+        """All well-formed ``name@tag`` -> version id (see ``bad_refs`` for the others)."""
+        out = {}
+        for ref, _ in self._ref_files():
+            name, _, tag = ref.partition("@")
+            with contextlib.suppress(DistilleryError, OSError):
+                vid = self._read_ref(name, tag)
+                if vid is not None:
+                    out[ref] = vid
+        return out
+
+    def bad_refs(self) -> dict[str, str]:
+        """Refs that cannot be read, each with why."""
+        out = {}
+        for ref, _ in self._ref_files():
+            name, _, tag = ref.partition("@")
+            try:
+                self._read_ref(name, tag)
+            except (DistilleryError, OSError) as exc:
+                out[ref] = str(exc)
+        return out
 
     # ---- checks and housekeeping -------------------------------------------------------------
     def verify(self, ref: str) -> list[str]:
-        """Re-hash every shard; return a list of problems (empty when the version is intact)."""
+        """Re-hash every shard; return a list of problems (empty when the version is intact). A file that is not a
+        regular file inside the version (a symlink, a FIFO, a device) is a problem, never read."""
         vid = self.resolve(ref)
         manifest = self.manifest(vid)
         problems = []
         for entry in manifest["shards"] + manifest["rejects"]:
-            path = self.version_path(vid) / entry["path"]
-            if not path.exists():
-                problems.append(f"{entry['path']}: missing")
+            try:
+                path = regular_member(self.version_path(vid), entry["path"], _ANY_FILE_RE, "")
+            except DistilleryError as exc:
+                problems.append(f"{entry['path']}: {str(exc).lstrip(': ')}")
                 continue
             size = path.stat().st_size
             if size != entry["bytes"]:
                 problems.append(f"{entry['path']}: size {size} != {entry['bytes']} in manifest")
+                continue
             digest = fingerprint.file_sha256(path)
             if digest != entry["sha256"]:
                 problems.append(f"{entry['path']}: sha256 {digest[:12]} != {entry['sha256'][:12]} in manifest")
@@ -321,37 +701,73 @@ class Store:
                  "num_rows": manifest["num_rows"]}, *self.ancestry(manifest["parents"])]
 
     def ancestry(self, parents: list[dict[str, Any]], depth: int = 1) -> list[dict[str, Any]]:
-        """The lineage entries of ``parents`` and their ancestors (versions missing here have step 'missing')."""
+        """The lineage entries of ``parents`` and their ancestors (versions missing here have step 'missing',
+        unreadable ones 'unreadable')."""
         chain: list[dict[str, Any]] = []
         for parent in parents:
             if "version_id" not in parent:
                 chain.append({"depth": depth, "raw": parent.get("path"), "sha256": parent.get("sha256")})
             elif self.is_complete(parent["version_id"]):
-                chain += [{**entry, "depth": entry["depth"] + depth} for entry in self.lineage(parent["version_id"])]
+                try:
+                    lineage = self.lineage(parent["version_id"])
+                except DistilleryError:
+                    chain.append({"depth": depth, "version_id": parent["version_id"], "step": "unreadable"})
+                    continue
+                chain += [{**entry, "depth": entry["depth"] + depth} for entry in lineage]
             else:
                 chain.append({"depth": depth, "version_id": parent["version_id"], "step": "missing"})
         return chain
 
-    def gc(self, unreferenced: bool = False, dry_run: bool = False) -> list[str]:
-        """Remove interrupted (partial) versions, never one a live process is writing, and, if asked, complete
-        versions no name reaches."""
-        doomed = [v for v in self.version_ids(include_partial=True)
-                  if not self.is_complete(v) and not WriterLock.held(self.lock_path(v))]
+    def gc(self, unreferenced: bool = False, dry_run: bool = False) -> GcReport:
+        """Remove interrupted (partial) versions and, if asked, complete versions no name reaches; never one a live
+        process writes or reads (each is deleted holding its lock, so none can start meanwhile), never one whose
+        manifest cannot be read (named in ``skipped``)."""
+        report = GcReport()
+        doomed = [v for v in self.version_ids(include_partial=True) if not self.is_complete(v)]
         if unreferenced:
             keep: set[str] = set()
-            for vid in set(self.refs().values()):
-                if self.is_complete(vid):
+            unknown = []
+            for ref, vid in self.refs().items():
+                try:
                     keep.update(e["version_id"] for e in self.lineage(vid) if "version_id" in e)
-            doomed += [v for v in self.version_ids() if v not in keep]
-        if not dry_run:
-            for vid in doomed:
+                    unknown += [e["version_id"] for e in self.lineage(vid) if e.get("step") == "unreadable"]
+                except DistilleryError as exc:
+                    report.skipped[vid] = f"named by {ref}, but {exc}"
+                    unknown.append(vid)
+            for vid in self.version_ids():
+                if vid in keep:
+                    continue
+                try:
+                    self.manifest(vid)
+                except DistilleryError as exc:
+                    report.skipped[vid] = str(exc)
+                    continue
+                if unknown:
+                    report.skipped[vid] = (f"unreferenced, but kept: the lineage of {unknown[0][:12]} cannot be read, "
+                                           f"so it may need this version")
+                    continue
+                doomed.append(vid)
+        for vid in doomed:
+            if dry_run:
+                if WriterLock.held(self.lock_path(vid)):
+                    report.skipped[vid] = "in use (being written or read)"
+                else:
+                    report.deleted.append(vid)
+                continue
+            try:
+                lock = WriterLock(self.lock_path(vid), f"version {vid[:12]}")
+            except DistilleryError:
+                report.skipped[vid] = "in use (being written or read)"
+                continue
+            with lock:
                 shutil.rmtree(self.version_path(vid))
-        return doomed
+            report.deleted.append(vid)
+        return report
 
 
 def check_name(name: str | None) -> None:
     """Refuse a version name that is not letters, digits, '.', '_' and '-'."""
-    if name is not None and not _NAME_RE.match(name):
+    if name is not None and not (isinstance(name, str) and _NAME_RE.fullmatch(name)):
         raise DistilleryError(f"invalid version name '{name}': use letters, digits, '.', '_' and '-'")
 
 
@@ -389,14 +805,14 @@ _VERIFIED: set[tuple[str, int, int]] = set()     # (path, size, mtime) of the sh
 
 def _check_shard(vid: str, path: Path, entry: dict[str, Any]) -> None:
     try:
-        stat = path.stat()
+        info = os.lstat(path)
     except OSError as exc:
         raise DistilleryError(f"version {vid[:12]}: shard {entry['path']} cannot be read ({exc.strerror}); run "
                               f"`distillery versions verify {vid[:12]}`") from None
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    key = (str(path), info.st_size, info.st_mtime_ns)
     if key in _VERIFIED:
         return
-    if stat.st_size != entry["bytes"] or fingerprint.file_sha256(path) != entry["sha256"]:
+    if info.st_size != entry["bytes"] or fingerprint.file_sha256(path) != entry["sha256"]:
         raise DistilleryError(f"version {vid[:12]}: shard {entry['path']} is damaged (its bytes differ from the "
                               f"manifest's sha256); nothing was read from it; run `distillery versions verify "
                               f"{vid[:12]}`")

@@ -20,7 +20,7 @@ from distillery.demo import SAMPLE_DIR
 from pipelines.config import load_config
 from pipelines.errors import DistilleryError
 from pipelines.preprocess import CleanConfig, DedupConfig, FilterConfig, InputConfig, PreprocessConfig, preprocess
-from pipelines.store import Store
+from pipelines.store import ParquetSink, Store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -357,14 +357,14 @@ def test_a_full_disk_or_a_refused_write_then_resume_gives_identical_bytes(tmp_pa
     make_big_corpus(corpus, 5000)
     argv = ["distillery", "--store", str(tmp_path / "store"), "preprocess", str(corpus), "--label-column", "label",
             "--chunk-rows", "1000", "--workers", "1"]
-    real_write, calls = pq.write_table, []
+    real_commit, calls = ParquetSink.commit, []
 
-    def failing_write(table, where, **kwargs):
-        calls.append(where)
+    def failing_commit(sink):
+        calls.append(sink.path)
         if len(calls) == 3:
-            raise OSError(code, os.strerror(code), str(where))
-        return real_write(table, where, **kwargs)
-    monkeypatch.setattr(pq, "write_table", failing_write)
+            raise OSError(code, os.strerror(code), str(sink.path))
+        return real_commit(sink)
+    monkeypatch.setattr(ParquetSink, "commit", failing_commit)
     def exit_code(args: list[str]) -> int:
         monkeypatch.setattr(sys, "argv", args)
         try:
@@ -379,7 +379,7 @@ def test_a_full_disk_or_a_refused_write_then_resume_gives_identical_bytes(tmp_pa
     store = Store(tmp_path / "store")
     [vid] = store.version_ids(include_partial=True)
     assert not store.is_complete(vid) and not list((tmp_path / "store").rglob("*.tmp"))
-    monkeypatch.setattr(pq, "write_table", real_write)
+    monkeypatch.setattr(ParquetSink, "commit", real_commit)
     assert exit_code([*argv, "--resume"]) == 0
     clean_store = Store(tmp_path / "clean")
     clean = preprocess(clean_store, [corpus], PreprocessConfig(input=InputConfig(label_column="label"),

@@ -129,10 +129,10 @@ def test_gc_removes_partial_and_unreferenced(store, make_version):
     orphan = make_version(store, ROWS[:2], config={"other": 1})
     writer = new_writer(store, "preprocess", {"p": 1}, [{"kind": "raw", "sha256": "5"}])
     writer.write_chunk(0, pa.Table.from_pylist(ROWS))
-    assert store.gc(dry_run=True) == []                                  # being written: not garbage
+    assert store.gc(dry_run=True).deleted == []                                  # being written: not garbage
     writer.close()
-    assert len(store.gc(dry_run=True)) == 1
-    removed = store.gc(unreferenced=True)
+    assert len(store.gc(dry_run=True).deleted) == 1
+    removed = store.gc(unreferenced=True).deleted
     assert orphan["version_id"] in removed and keep["version_id"] not in removed
     assert store.version_ids(include_partial=True) == [keep["version_id"]]
 

@@ -1,6 +1,7 @@
 """The `distillery` command line: one click group (versions and export here, each step's commands loaded lazily)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -12,7 +13,7 @@ from distillery.cli.shared import current_store
 from distillery.present import describe_diff, describe_version, echo_json
 from pipelines.errors import DistilleryError
 from pipelines.export import export_version
-from pipelines.progress import quiet_libraries
+from pipelines.progress import quiet_libraries, say
 from pipelines.store import Store, diff_manifests
 
 # subcommand name -> "module:attribute"; loaded on first use so `--help` stays fast.
@@ -55,11 +56,6 @@ def cli(ctx: click.Context, store_root: str, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-def currentcurrent_store() -> Store:
-    """The store of the running command (``--store``)."""
-    return click.get_current_context().obj["store"]
-
-
 @cli.group()
 def versions() -> None:
     """List, inspect, compare, verify, name and clean up dataset versions."""
@@ -75,14 +71,28 @@ def versions_list(as_json: bool) -> None:
     for ref, vid in store.refs().items():
         names.setdefault(vid, []).append(ref)
     rows = []
+    for problem in store.bad_refs().values():
+        say(f"warning: {problem}")
     for vid in store.version_ids(include_partial=True):
         if store.is_complete(vid):
-            m = store.manifest(vid)
-            rows.append({"version_id": vid, "step": m["step"], "rows": m["num_rows"], "created_at": m["created_at"],
-                         "names": names.get(vid, [])})
+            try:
+                m = store.manifest(vid)
+            except DistilleryError as exc:
+                say(f"warning: {exc}")
+                rows.append({"version_id": vid, "step": "(unreadable)", "rows": None, "created_at": None,
+                             "names": names.get(vid, [])})
+                continue
+            rows.append({"version_id": vid, "step": m["step"], "rows": m["num_rows"],
+                         "created_at": str(m.get("created_at")), "names": names.get(vid, [])})
         else:
             rows.append({"version_id": vid, "step": "(interrupted)", "rows": None, "created_at": None, "names": []})
-    rows.sort(key=lambda r: (r["created_at"] is None, r["created_at"] or "", r["version_id"]))
+    def written(vid: str) -> int:                     # orders versions created within the same second
+        with contextlib.suppress(OSError):
+            return os.lstat(store.version_path(vid) / "manifest.json").st_mtime_ns
+        return 0
+
+    rows.sort(key=lambda r: (r["created_at"] is None, r["created_at"] or "", written(r["version_id"]),
+                             r["version_id"]))
     if as_json:
         echo_json(rows)
         return
@@ -139,10 +149,19 @@ def versions_diff(ref_a: str, ref_b: str, as_json: bool) -> None:
 def versions_verify(refs: tuple[str, ...]) -> None:
     """Re-hash every shard of the given versions (all when none given); exit 1 on corruption."""
     store = current_store()
+    if not refs:
+        store.check_exists()
     bad = 0
     for ref in refs or store.version_ids():
-        problems = store.verify(ref)
-        vid = store.resolve(ref)
+        try:
+            vid = store.resolve(ref)
+            problems = store.verify(vid)
+        except DistilleryError as exc:
+            if refs:
+                raise
+            bad += 1
+            click.echo(f"BROKEN  {ref[:12]} {exc}")
+            continue
         if problems:
             bad += 1
             for problem in problems:
@@ -168,10 +187,12 @@ def versions_tag(name_tag: str, ref: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
 def versions_gc(unreferenced: bool, dry_run: bool) -> None:
     """Delete interrupted writes (and, if asked, unreferenced versions)."""
-    doomed = current_store().gc(unreferenced=unreferenced, dry_run=dry_run)
-    for vid in doomed:
+    report = current_store().gc(unreferenced=unreferenced, dry_run=dry_run)
+    for vid in report.deleted:
         click.echo(f"{'would delete' if dry_run else 'deleted'} {vid[:12]}")
-    click.echo(f"{len(doomed)} version folder(s) {'to delete' if dry_run else 'deleted'}")
+    for vid, why in report.skipped.items():
+        click.echo(f"kept    {vid[:12]} ({why})")
+    click.echo(f"{len(report.deleted)} version folder(s) {'to delete' if dry_run else 'deleted'}")
 
 
 @cli.command("export")
@@ -180,9 +201,10 @@ def versions_gc(unreferenced: bool, dry_run: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "hf"]), required=True,
               help="jsonl / csv file, or a Hugging Face `save_to_disk` folder.")
 def export(ref: str, destination: str, fmt: str) -> None:
-    """Export a version to JSONL, CSV or a Hugging Face `save_to_disk` folder."""
+    """Export a version to JSONL, CSV (DESTINATION - : stdout) or a Hugging Face `save_to_disk` folder."""
     path = export_version(current_store(), ref, destination, fmt)
-    click.echo(f"wrote {path}")
+    if path is not None:
+        click.echo(f"wrote {path}")
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -213,7 +235,7 @@ def main() -> None:
     except DistilleryError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {' '.join(str(exc).split())}", err=True)      # one line, whatever the message holds
         sys.exit(1)
     except OSError as exc:              # a full disk, a read-only store, missing permissions
         if debug:
@@ -223,5 +245,6 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         if debug:
             raise
-        click.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        click.echo(f"error: {type(exc).__name__}: {first[:300]} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)

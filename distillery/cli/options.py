@@ -68,9 +68,19 @@ def config_flags(cls: type, prefix: str = "") -> list[Flag]:
     return flags
 
 
+def range_text(bounds: dict[str, float]) -> str:
+    """A field's bounds as ``1 <= x <= 1024`` ('' when it has none)."""
+    symbols = {"ge": "<=", "gt": "<", "le": "<=", "lt": "<"}
+    low = [f"{value:,} {symbols[key]} " for key, value in bounds.items() if key in ("ge", "gt")]
+    high = [f" {symbols[key]} {value:,}" for key, value in bounds.items() if key in ("le", "lt")]
+    return f"{''.join(low)}x{''.join(high)}" if bounds else ""
+
+
 def _click_option(flag: Flag) -> Callable:
     meta = flag.field.metadata
     text = meta.get("help", "")
+    if meta.get("bounds"):
+        text += f" ({range_text(meta['bounds'])})"
     if typing.get_origin(flag.hint) in (list, tuple):
         text += " Repeatable; commas separate values too."
     kwargs: dict[str, Any] = {"default": None, "help": f"{text}  [default: {flag.default_text()}]"}

@@ -8,6 +8,8 @@ from pipelines.preprocess.readers import FORMATS
 from pipelines.preprocess.text_clean import NORMALIZATIONS
 
 LENGTH_FILTERS = ("min_chars", "max_chars", "min_tokens", "max_tokens")
+MAX_ROW_BYTES = 1 << 26       # 64 MiB: longer than any real document; a text never has more characters than bytes
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -25,10 +27,12 @@ class InputConfig(Options):
     hf_split: str = option("train", help="Split of a Hugging Face DatasetDict or data-files folder.")
     decode_errors: str = option("replace", choices=("replace", "reject"),
                                 help="Undecodable bytes: replace with U+FFFD (counted) or reject the row.")
-    max_row_bytes: int = option(1_000_000, gt=0, help="Longer rows are rejected (row_too_long) unread.")
-    schema_sample_rows: int = option(1000, gt=0, help="Rows per input read first to derive the output schema.")
-    max_rows: int = option(0, ge=0, help="Read only the first N input rows, over all inputs (0: all), e.g. for a "
-                                         "quick trial.")
+    max_row_bytes: int = option(1_000_000, gt=0, le=MAX_ROW_BYTES,
+                                help="Longer rows are rejected (row_too_long) unread.")
+    schema_sample_rows: int = option(1000, gt=0, le=100_000, help="Rows per input read first to derive the output "
+                                                                   "schema.")
+    max_rows: int = option(0, ge=0, le=10**15, help="Read only the first N input rows, over all inputs (0: all), "
+                                                    "e.g. for a quick trial.")
 
 
 @dataclass
@@ -39,18 +43,18 @@ class CleanConfig(Options):
     control_chars: bool = option(True, help="Delete control characters (NUL too), BOM and zero-width spaces.")
     whitespace: bool = option(True, help="Collapse whitespace runs to one space and strip.")
     lowercase: bool = option(False, help="Lower-case the text.")
-    split_sentences_over: int = option(0, ge=0, help="Split texts longer than N characters into sentences "
-                                                     "(0: off).")
+    split_sentences_over: int = option(0, ge=0, le=MAX_ROW_BYTES, help="Split texts longer than N characters into "
+                                                                        "sentences (0: off).")
 
 
 @dataclass
 class FilterConfig(Options):
     """Length filters per text field (0 = no limit); tokens are words and punctuation marks."""
 
-    min_chars: int = option(0, ge=0, help="Drop texts shorter than N characters.")
-    max_chars: int = option(0, ge=0, help="Drop texts longer than N characters (0: no limit).")
-    min_tokens: int = option(0, ge=0, help="Drop texts with fewer than N word/punctuation tokens.")
-    max_tokens: int = option(0, ge=0, help="Drop texts with more than N tokens (0: no limit).")
+    min_chars: int = option(0, ge=0, le=MAX_ROW_BYTES, help="Drop texts shorter than N characters.")
+    max_chars: int = option(0, ge=0, le=MAX_ROW_BYTES, help="Drop texts longer than N characters (0: no limit).")
+    min_tokens: int = option(0, ge=0, le=MAX_ROW_BYTES, help="Drop texts with fewer than N word/punctuation tokens.")
+    max_tokens: int = option(0, ge=0, le=MAX_ROW_BYTES, help="Drop texts with more than N tokens (0: no limit).")
 
 
 @dataclass
@@ -61,9 +65,10 @@ class DedupConfig(Options):
     near: bool = option(False, help="MinHash-LSH near-duplicate removal.")
     near_threshold: float = option(0.8, gt=0.0, lt=1.0, implies={"near": True},
                                    help="Jaccard threshold of character n-gram sets (implies --near).")
-    num_perm: int = option(64, ge=2, help="MinHash permutations.")
-    ngram: int = option(5, ge=1, help="Character n-gram size of the MinHash sets.")
-    seed: int = option(0, help="Seed of the MinHash permutations.")
+    num_perm: int = option(64, ge=2, le=1024, help="MinHash permutations.")
+    ngram: int = option(5, ge=1, le=64, help="Character n-gram size of the MinHash sets (shorter texts are padded "
+                                           "to it).")
+    seed: int = option(0, ge=0, le=MAX_SEED, help="Seed of the MinHash permutations.")
 
 
 @dataclass
@@ -92,5 +97,5 @@ class PreprocessConfig(Options):
     filter: FilterConfig = option(default_factory=FilterConfig, help="Length filters.")
     dedup: DedupConfig = option(default_factory=DedupConfig, help="De-duplication.")
     licence: LicenceConfig = option(default_factory=LicenceConfig, help="The input's licence.")
-    chunk_rows: int = option(20_000, gt=0, help="Input rows per chunk / shard.")
-    workers: int = option(1, ge=1, runtime=True, help="Worker processes (never changes the output).")
+    chunk_rows: int = option(20_000, gt=0, le=1_000_000, help="Input rows per chunk / shard.")
+    workers: int = option(1, ge=1, le=256, runtime=True, help="Worker processes (never changes the output).")

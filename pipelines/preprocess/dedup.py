@@ -19,7 +19,8 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _P1 = np.uint64(0x9E3779B97F4A7C15)
 _P2 = np.uint64(0xBF58476D1CE4E5B9)
 _P3 = np.uint64(0x94D049BB133111EB)
-_BLOCK_CHARS = 1 << 16
+_BLOCK_CHARS = 1 << 16        # characters (short texts padded to the n-gram size) hashed at once
+_BLOCK_SIGNATURES = 1 << 22   # signature values (rows x permutations, 8 bytes each) of one block
 
 
 def text_hash(text: str, pair: str | None = None) -> int:
@@ -66,11 +67,13 @@ class MinHasher:
         """``(len(texts), bands)`` uint64 LSH keys; each text needs at least one character."""
         out = np.empty((len(texts), self.bands), dtype=np.uint64)
         a, b = self._perms()
+        max_rows = max(1, _BLOCK_SIGNATURES // self.num_perm)
         start = 0
         while start < len(texts):
             stop, size = start, 0
-            while stop < len(texts) and (stop == start or size + len(texts[stop]) <= _BLOCK_CHARS):
-                size += len(texts[stop])
+            while stop < len(texts) and (stop == start or (size + max(len(texts[stop]), self.ngram) <= _BLOCK_CHARS
+                                                           and stop - start < max_rows)):
+                size += max(len(texts[stop]), self.ngram)
                 stop += 1
             out[start:stop] = self._bands(self._signatures(texts[start:stop], a, b))
             start = stop

@@ -27,11 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import fingerprint
-from pipelines.errors import DistilleryError
+from pipelines.confine import check_input, open_regular
+from pipelines.errors import DistilleryError, InputChangedError
 
 LINE, ROW, BAD = 0, 1, 2
 Record = tuple[int, int, Any]
@@ -49,15 +52,45 @@ _BLOCK = 1 << 20
 
 @dataclass(frozen=True)
 class InputSource:
-    """One input: where it is, its format and the sha256 that identifies its content."""
+    """One input: where it is, its format, the sha256 that identifies its content and its file signature (sizes,
+    times and inode numbers when it was fingerprinted: ``check_unchanged`` compares them after the read)."""
 
     path: str
     format: str
     sha256: str
+    signature: tuple = ()
 
     def parent(self) -> dict[str, str]:
-        """The raw-input parent entry of a manifest."""
+        """The raw-input parent entry of a manifest (the version id hashes all of it but the path)."""
         return {"kind": "raw", "path": self.path, "sha256": self.sha256, "format": self.format}
+
+
+def file_signature(path: Path) -> tuple:
+    """What changes when a file (or any file below a folder) is written: size, modification and change times,
+    inode. The change time cannot be set back, so a file restored after a change still differs."""
+    def one(item: Path) -> tuple:
+        info = item.stat()
+        return info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev
+
+    if path.is_dir():
+        return tuple((p.relative_to(path).as_posix(), one(p)) for p in sorted(path.rglob("*")) if p.is_file())
+    return one(path)
+
+
+def _changed(path: str, detail: str) -> InputChangedError:
+    return InputChangedError(f"{path} changed while it was read ({detail}); nothing written from it is kept: "
+                             f"rerun once the file is no longer being written")
+
+
+def check_unchanged(source: InputSource) -> None:
+    """Refuse an input whose file signature differs from the one taken when it was fingerprinted."""
+    if source.signature:
+        try:
+            now = file_signature(Path(source.path))
+        except OSError:
+            now = ()
+        if now != source.signature:
+            raise _changed(source.path, "its size or times differ from when it was fingerprinted")
 
 
 def raw_text(data: bytes | str, limit: int = RAW_CHARS) -> str:
@@ -75,14 +108,17 @@ def _is_hf_saved(path: Path) -> bool:
 def expand_folders(paths: list[str | Path], fmt: str = "auto") -> list[str]:
     """The inputs with every folder that is not a saved Hugging Face dataset replaced by its data files (sorted,
     hidden ones left out), so that each file is read by its own reader with its own rejects and accounting.
-    A file whose format the extension does not tell is refused, never skipped."""
+    A file whose format the extension does not tell, or that is not a regular file, is refused, never skipped."""
     inputs: list[str] = []
     for path in map(Path, paths):
         if fmt != "auto" or not path.is_dir() or _is_hf_saved(path):
             inputs.append(str(path))
             continue
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        entries = [p for p in path.rglob("*") if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        for entry in entries:
+            if not entry.is_dir():
+                check_input(entry)          # a device, FIFO or socket (or a dangling link) among the files: refused
+        files = sorted(p for p in entries if p.is_file())
         unknown = [p.name for p in files if _extension(p.name) not in _EXTENSIONS]
         if unknown:
             raise DistilleryError(f"{path}: a folder input is its data files, and the format of {', '.join(unknown)} "
@@ -129,8 +165,7 @@ def open_source(path: str | Path, fmt: str = "auto", hf_split: str = "train") ->
         for item in sorted(f["filename"] for f in dataset.cache_files):
             digest.update(fingerprint.file_sha256(item).encode())
         return InputSource(path, fmt, digest.hexdigest())
-    if not p.exists():
-        raise DistilleryError(f"input not found: {path}")
+    check_input(p)                       # a regular file or a folder: a device or a FIFO is refused unread
     if fmt in TEXT_FORMATS + ("parquet",) and not p.is_file():
         raise DistilleryError(f"{path}: expected a {fmt} file, found a folder (use --format hf for dataset folders)")
     if fmt == "parquet":
@@ -145,25 +180,100 @@ def open_source(path: str | Path, fmt: str = "auto", hf_split: str = "train") ->
             if head.startswith(b"["):
                 raise DistilleryError(f"{path}: a JSON array is not streamed; convert it to JSON Lines "
                                       f"(one object per line, e.g. `jq -c '.[]'`)")
+        signature = file_signature(p)
         digest = fingerprint.path_sha256(p)
+        if file_signature(p) != signature:
+            raise _changed(path, "it changed while it was fingerprinted")
     except (*_read_errors(),) as exc:
         raise DistilleryError(f"{path}: cannot read ({exc})") from None
-    return InputSource(path, fmt, digest)
+    return InputSource(path, fmt, digest, signature)
 
 
-def open_binary(path: str | Path) -> BinaryIO:
-    """Open a file for binary reading, decompressing gzip / zstd transparently (detected by magic bytes)."""
-    raw = open(path, "rb")
-    magic = raw.read(4)
-    raw.seek(0)
-    if magic[:2] == _GZIP_MAGIC:
-        raw.close()
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if magic == _ZSTD_MAGIC:
+class _Tap(io.RawIOBase):
+    """A raw file that hashes every byte read through it: what a step read is what it can prove it read."""
+
+    def __init__(self, fd: int):
+        self.raw = io.FileIO(fd, "rb")
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.raw.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+        return n or 0
+
+    def hexdigest_to_end(self) -> str:
+        """The sha256 of the whole file: what was read, plus what is left (read to the end)."""
+        for block in iter(lambda: self.raw.read(_BLOCK), b""):
+            self.digest.update(block)
+        return self.digest.hexdigest()
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _ZstdReader(io.RawIOBase):
+    """zstd frames decompressed as a stream; input that ends inside a frame is an error (``EOFError``), never a
+    silent end of the rows. Input is fed in small slices, so one read never inflates to more than ~128 MiB."""
+
+    _FEED = 4096
+
+    def __init__(self, raw: BinaryIO):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))  # type: ignore
-    return raw
+        self.raw = raw
+        self.decompressor = zstandard.ZstdDecompressor()
+        self.frame = self.decompressor.decompressobj()
+        self.in_frame = False
+        self.pending = b""
+        self.out = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.out:
+            if not self.pending:
+                self.pending = self.raw.read(self._FEED)
+                if not self.pending:
+                    if self.in_frame:
+                        raise EOFError("the zstd stream ends inside a frame (the file is truncated)")
+                    return 0
+            piece, self.pending = self.pending, b""
+            self.out = self.frame.decompress(piece)
+            self.in_frame = True
+            if self.frame.eof:
+                self.pending = self.frame.unused_data
+                self.frame = self.decompressor.decompressobj()
+                self.in_frame = False
+        n = min(len(buffer), len(self.out))
+        buffer[:n] = self.out[:n]
+        self.out = self.out[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def open_binary(path: str | Path, tap: list[_Tap] | None = None) -> BinaryIO:
+    """Open a regular file for binary reading, decompressing gzip / zstd transparently (detected by magic bytes);
+    a truncated compressed file raises ``EOFError``. With ``tap`` (a list), the raw file's hashing reader is
+    appended to it, so the caller can check what was read."""
+    fd = open_regular(path)
+    magic = os.pread(fd, 4, 0)
+    raw = _Tap(fd)
+    if tap is not None:
+        tap.append(raw)
+    if magic[:2] == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb")  # type: ignore[return-value]
+    if magic == _ZSTD_MAGIC:
+        return io.BufferedReader(_ZstdReader(io.BufferedReader(raw)))  # type: ignore[return-value]
+    return io.BufferedReader(raw)  # type: ignore[return-value]
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -173,21 +283,25 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 
 
 def iter_lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, bytes]]:
-    """Yield ``(line_number, line, head)``: ``line`` without its newline (and ``\r``), or None when it is longer
-    than ``max_bytes``; then ``head`` holds its first bytes and its size, and the rest is skipped unread into
-    memory. Reads 1 MiB blocks, so memory stays below ``max_bytes`` + 2 MiB whatever the file holds."""
+    """Yield ``(line_number, line, head)``: ``line`` without its newline (``\n`` or ``\r\n``; a lone ``\r`` when
+    the first block has no ``\n`` but has one), or None when it is longer than ``max_bytes``; then ``head`` holds
+    its first bytes and its size, and the rest is skipped unread into memory. Reads 1 MiB blocks, so memory stays
+    below ``max_bytes`` + 2 MiB whatever the file holds."""
     number = 0
     carry = b""                     # start of a line continued in the next block
     skipped = -1                    # bytes of an over-long line seen so far (-1: not inside one)
     head = b""
     first = True
+    newline = b"\n"
     while True:
         block = fh.read(max(_BLOCK, len(_BOM)) if first else _BLOCK)
         if not block:
             break
         if first:
             block, first = (block[len(_BOM):] if block.startswith(_BOM) else block), False
-        parts = block.split(b"\n")
+            if b"\r" in block and b"\n" not in block:
+                newline = b"\r"            # old Mac line endings: a lone CR ends each line
+        parts = block.split(newline)
         for part in parts[:-1]:
             number += 1
             if skipped >= 0:
@@ -328,33 +442,66 @@ def arrow_schema(source: InputSource, split: str = "train") -> pa.Schema | None:
     return None
 
 
-def _arrow_batches_records(batches: Iterator[pa.RecordBatch | pa.Table]) -> Iterator[Record]:
+def _row_bytes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """The bytes of each row's string and binary values (what decides its size in memory as Python objects)."""
+    sizes = np.zeros(batch.num_rows, dtype=np.int64)
+    for column in batch.columns:
+        if pa.types.is_string(column.type) or pa.types.is_binary(column.type) or \
+                pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type):
+            sizes += pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False)
+    return sizes
+
+
+def _arrow_batches_records(batches: Iterator[pa.RecordBatch | pa.Table], max_row_bytes: int) -> Iterator[Record]:
+    """Rows of Arrow batches as dicts; a row whose text is over ``max_row_bytes`` becomes ``row_too_long``
+    before it is turned into Python objects."""
     index = 0
     for batch in batches:
-        for row in batch.to_pylist():
-            yield index, ROW, row
+        sizes = _row_bytes(batch)
+        too_long = sizes > max_row_bytes
+        rows = iter(batch.filter(pa.array(~too_long)).to_pylist()) if too_long.any() else iter(batch.to_pylist())
+        for position in range(batch.num_rows):
+            if too_long[position]:
+                yield index, BAD, ("row_too_long", f"[row of {int(sizes[position])} bytes]")
+            else:
+                yield index, ROW, next(rows)
             index += 1
+
+
+def arrow_batch_rows(average_row_bytes: float) -> int:
+    """Rows per batch read from an Arrow input: 1024, fewer for wide rows (about 32 MiB a batch)."""
+    return int(max(1, min(1024, (32 << 20) // max(1.0, average_row_bytes))))
 
 
 def iter_records(source: InputSource, *, max_row_bytes: int, csv_header: bool = True, csv_quoting: str = "auto",
                  hf_split: str = "train") -> Iterator[Record]:
-    """Stream the records of one input in order. A file that cannot be read raises DistilleryError naming it."""
+    """Stream the records of one input in order. A file that cannot be read raises DistilleryError naming it; a
+    text input whose bytes, read to the end, are not the fingerprinted ones raises ``InputChangedError``."""
     try:
-        if source.format in ("txt", "jsonl"):
-            with open_binary(source.path) as fh:
-                yield from _line_records(fh, max_row_bytes)
-        elif source.format in ("csv", "tsv"):
-            with open_binary(source.path) as fh:
-                yield from _csv_records(fh, source.format, csv_header, csv_quoting, max_row_bytes)
+        if source.format in TEXT_FORMATS:
+            tap: list[_Tap] = []
+            with open_binary(source.path, tap) as fh:
+                if source.format in ("txt", "jsonl"):
+                    yield from _line_records(fh, max_row_bytes)
+                else:
+                    yield from _csv_records(fh, source.format, csv_header, csv_quoting, max_row_bytes)
+                digest = tap[0].hexdigest_to_end()
+            if digest != source.sha256:
+                raise _changed(source.path, f"the bytes read have sha256 {digest[:12]}, not the fingerprinted "
+                                            f"{source.sha256[:12]}")
         elif source.format == "parquet":
             parquet = pq.ParquetFile(source.path)
-            yield from _arrow_batches_records(parquet.iter_batches(batch_size=1024))
+            meta = parquet.metadata
+            sizes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            batch = arrow_batch_rows(sizes / max(1, meta.num_rows))
+            yield from _arrow_batches_records(parquet.iter_batches(batch_size=batch), max_row_bytes)
         else:
             import datasets
 
             dataset = load_hf(source.path, hf_split)
             if isinstance(dataset, datasets.Dataset):
-                yield from _arrow_batches_records(dataset.with_format("arrow").iter(batch_size=1024))
+                batch = arrow_batch_rows(dataset.data.nbytes / max(1, dataset.num_rows))
+                yield from _arrow_batches_records(dataset.with_format("arrow").iter(batch_size=batch), max_row_bytes)
             else:
                 for index, row in enumerate(dataset):
                     yield index, ROW, row

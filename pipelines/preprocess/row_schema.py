@@ -4,7 +4,8 @@
 * The label keeps its type: string / int64 / float64. Parquet and saved Hugging Face datasets give it by
   their Arrow type; JSON by its values in the first rows (any string -> string, else int64 or float64);
   CSV/TSV labels (always text) become int64 or float64 when all the sampled values parse as such. A later
-  value that does not fit is rejected (``wrong_type_label``).
+  value that does not fit is rejected (``wrong_type_label``). An empty or blank label is no label: the row is
+  rejected (``missing_label``) and the label type is decided by the other values.
 * Extra columns keep their Arrow type (Parquet / Hugging Face) or the type of their JSON values in the first
   rows (nested values and mixed types -> string holding JSON). Inputs that disagree on a type fall back to
   string. A later value that does not fit is stored as null and counted (``repaired.extra_value_nulled``);
@@ -103,7 +104,13 @@ def _parses(values: list[str], kind: type) -> bool:
     return bool(values)
 
 
+def is_blank(value: Any) -> bool:
+    """A label that is no label: missing, or an empty / whitespace-only string (an empty CSV field)."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _label_kind_from_values(values: list[Any], from_text: bool) -> str | None:
+    values = [v for v in values if not is_blank(v)]        # rows without a label are rejected (missing_label)
     kinds = {_value_kind(v) for v in values} - {None}
     if not kinds:
         return None

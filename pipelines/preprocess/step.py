@@ -32,6 +32,7 @@ from pipelines.preprocess.readers import (
     ROW,
     InputSource,
     arrow_schema,
+    check_unchanged,
     expand_folders,
     iter_records,
     open_source,
@@ -47,19 +48,22 @@ from pipelines.preprocess.row_schema import (
     coerce_label,
     derive_schema,
     describe_input,
+    is_blank,
 )
 from pipelines.preprocess.text_clean import Cleaner, count_tokens, split_sentences
 from pipelines.progress import progress_bar
 from pipelines.runner import Step, StepPlan, run_step
-from pipelines.store import Store, VersionWriter
+from pipelines.store import ChunkSink, Store, VersionWriter, sum_counts
 
 STEP = Step("preprocess", module=__name__, package="pipelines.preprocess")
+PART_BYTES = 32 << 20          # a chunk is read, processed and written in parts of about this much text
 Chunk = tuple[list[int], list[int], list[int], list[Any]]     # columns: input index, origin row, kind, payload
 
 
 @dataclass
 class ChunkResult:
-    """What a worker returns for one chunk: candidate rows (before de-duplication) and their hashes."""
+    """What a worker returns for one part of a chunk (a chunk is processed in parts of bounded size; ``last``
+    marks its final part): candidate rows (before de-duplication) and their hashes."""
 
     index: int
     table: pa.Table | None                # None for an already committed chunk (resume)
@@ -67,6 +71,7 @@ class ChunkResult:
     hashes: np.ndarray | None = None
     keys: np.ndarray | None = None
     accounting: dict[str, Any] = field(default_factory=dict)
+    last: bool = True
 
 
 class _Reject(Exception):
@@ -93,11 +98,13 @@ class ChunkProcessor:
         self.known_keys = {cols.text_column, cols.text_pair_column, cols.label_column,
                            *(s for s, _, _ in schema.extras)}
 
-    def run(self, task: tuple[str, int, Any]) -> ChunkResult:
-        kind, index, payload = task
+    def run(self, task: tuple[str, int, bool, Any]) -> ChunkResult:
+        kind, index, last, payload = task
         if kind == "shard":
             return self._rehash(index, payload)
-        return self._process(index, payload)
+        result = self._process(index, payload)
+        result.last = last
+        return result
 
     # ---- de-duplication inputs ------------------------------------------------------------
     def _hashes(self, texts: list[str], pairs: list[str | None]) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -184,7 +191,7 @@ class ChunkProcessor:
         label = None
         if self.schema.label_kind:
             value = row.get(cfg.label_column)
-            if value is None:
+            if is_blank(value):
                 raise _Reject("missing_label")
             try:
                 label = coerce_label(value, self.schema.label_kind)
@@ -274,7 +281,7 @@ def _init_worker(config: PreprocessConfig, schema: OutputSchema, sources: list[I
     _PROCESSOR = ChunkProcessor(config, schema, sources)
 
 
-def _run_task(task: tuple[str, int, Any]) -> ChunkResult:
+def _run_task(task: tuple[str, int, bool, Any]) -> ChunkResult:
     assert _PROCESSOR is not None
     return _PROCESSOR.run(task)
 
@@ -324,37 +331,54 @@ def _reader_args(config: PreprocessConfig) -> dict[str, Any]:
             "hf_split": cfg.hf_split}
 
 
-def _tasks(sources: list[InputSource], config: PreprocessConfig, writer: VersionWriter,
-           rebuild_state: bool) -> Iterator[tuple[str, int, Any]]:
-    """Chunks of ``chunk_rows`` records over all inputs in order; committed chunks become rehash tasks."""
-    def task(index: int, items: Chunk) -> tuple[str, int, Any]:
-        if writer.is_committed(index):
-            shard = writer.path / writer.chunk_record(index)["shard"]["path"]
-            return "shard", index, str(shard) if rebuild_state else None
-        return "rows", index, items
+def _payload_bytes(kind: int, payload: Any) -> int:
+    """About how much memory a record's payload holds (its text bytes)."""
+    if kind == ROW:
+        return 64 + sum(len(v) for v in payload.values() if isinstance(v, (str, bytes)))
+    return 64 + len(payload if kind == LINE else payload[1])
 
+
+def _tasks(sources: list[InputSource], config: PreprocessConfig, writer: VersionWriter,
+           rebuild_state: bool) -> Iterator[tuple[str, int, bool, Any]]:
+    """Chunks of ``chunk_rows`` records over all inputs in order, each cut into parts of at most ``PART_BYTES``
+    of payload (so memory is bounded by bytes, not only rows); committed chunks become one rehash task each.
+    Once every input is read, each is checked to be unchanged since it was fingerprinted."""
     items: Chunk = ([], [], [], [])
-    index = 0
+    index, rows, size = 0, 0, 0
     records = ((src, record) for src, source in enumerate(sources)
                for record in iter_records(source, **_reader_args(config)))
     if config.input.max_rows:
         records = itertools.islice(records, config.input.max_rows)
     for src, (origin, kind, payload) in records:
-        items[0].append(src)
-        items[1].append(origin)
-        items[2].append(kind)
-        items[3].append(payload)
-        if len(items[0]) == config.chunk_rows:
-            yield task(index, items)
-            index, items = index + 1, ([], [], [], [])
-    if items[0] or index == 0:
-        yield task(index, items)
+        rows += 1
+        if not writer.is_committed(index):
+            items[0].append(src)
+            items[1].append(origin)
+            items[2].append(kind)
+            items[3].append(payload)
+            size += _payload_bytes(kind, payload)
+        if rows == config.chunk_rows:
+            yield _task(writer, index, items, rebuild_state)
+            index, rows, size, items = index + 1, 0, 0, ([], [], [], [])
+        elif size >= PART_BYTES:
+            yield "rows", index, False, items
+            size, items = 0, ([], [], [], [])
+    if rows or index == 0:
+        yield _task(writer, index, items, rebuild_state)
+    for source in sources:
+        check_unchanged(source)
 
 
-def _commit(writer: VersionWriter, result: ChunkResult, state: DedupState | None, offset: int,
-            dedup: DedupConfig) -> int:
-    """Drop a processed chunk's duplicates in row order, number its rows from ``offset`` and write it;
-    returns the number of rows kept."""
+def _task(writer: VersionWriter, index: int, items: Chunk, rebuild_state: bool) -> tuple[str, int, bool, Any]:
+    """The last task of chunk ``index``: its last part, or a rehash of its shard when it is committed."""
+    if writer.is_committed(index):
+        shard = writer.path / writer.chunk_record(index)["shard"]["path"]
+        return "shard", index, True, str(shard) if rebuild_state else None
+    return "rows", index, True, items
+
+
+def _dedup(result: ChunkResult, state: DedupState | None, dedup: DedupConfig) -> pa.Table:
+    """A processed part's rows without its duplicates (decided in row order); counts them in its accounting."""
     table, accounting = result.table, result.accounting
     assert table is not None
     if state is not None:
@@ -364,10 +388,7 @@ def _commit(writer: VersionWriter, result: ChunkResult, state: DedupState | None
             accounting["dropped"]["exact_dup"] = exact_dups
         if dedup.near:
             accounting["dropped"]["near_dup"] = near_dups
-    accounting["kept"] = table.num_rows
-    table = table.append_column("row_id", pa.array(np.arange(offset, offset + table.num_rows), pa.int64()))
-    writer.write_chunk(result.index, table, rejects=result.rejects, accounting=accounting)
-    return table.num_rows
+    return table
 
 
 def plan_preprocess(inputs: list[str | Path], config: PreprocessConfig) -> StepPlan:
@@ -393,17 +414,31 @@ def _write(writer: VersionWriter, sources: list[InputSource], schema: OutputSche
     processor = ChunkProcessor(config, schema, sources)
     state = DedupState(processor.hasher.bands if processor.hasher else 0)
     offset = 0
+    sink: ChunkSink | None = None
+    accounting: dict[str, Any] = {}
     with progress_bar(desc="preprocess", unit="rows") as bar:
-        for result in ordered_map(_run_task, _tasks(sources, config, writer, dedup), config.workers,
-                                  _init_worker, (config, schema, sources)):
-            if result.table is None:
-                state.absorb(result.hashes, result.keys)
-                record = writer.chunk_record(result.index)
-                offset += record["shard"]["rows"]
-                bar.update(record["accounting"]["input_rows"])
-                continue
-            offset += _commit(writer, result, state if dedup else None, offset, config.dedup)
-            bar.update(result.accounting["input_rows"])
+        try:
+            for result in ordered_map(_run_task, _tasks(sources, config, writer, dedup), config.workers,
+                                      _init_worker, (config, schema, sources)):
+                if result.table is None:
+                    state.absorb(result.hashes, result.keys)
+                    record = writer.chunk_record(result.index)
+                    offset += record["shard"]["rows"]
+                    bar.update(record["accounting"]["input_rows"])
+                    continue
+                table = _dedup(result, state if dedup else None, config.dedup)
+                sink = sink or writer.open_chunk(result.index)
+                sink.write(table.append_column("row_id", pa.array(np.arange(offset, offset + table.num_rows),
+                                                                  pa.int64())), result.rejects)
+                offset += table.num_rows
+                accounting = sum_counts(accounting, result.accounting)
+                bar.update(result.accounting["input_rows"])
+                if result.last:
+                    sink.commit({**accounting, "kept": sink.rows})
+                    sink, accounting = None, {}
+        finally:
+            if sink is not None:
+                sink.abort()
     extra: dict[str, Any] = {}
     if config.licence.recorded():
         extra["licence"] = config.licence.recorded()
