@@ -8,8 +8,17 @@ import torch
 from torch import nn
 
 from distill import models, students
-from distill.config import DistillConfig, EvaluateConfig, FinetuneConfig, TaskDistillConfig, TrainConfig, stage_config
-from distill.data import IGNORE_LABEL, LOGITS, ShardStream, make_loader
+from distill.card import model_seq_length
+from distill.config import (
+    DistillConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    TaskDistillConfig,
+    TrainConfig,
+    check_batch_tokens,
+    stage_config,
+)
+from distill.data import LOGITS, ShardStream, make_loader
 from distill.matches import Match, MatchSet, default_matches
 from distill.metrics import classification_metrics, regression_metrics
 from distill.mlm import distil_masked_lm
@@ -59,6 +68,26 @@ def _is_regression(labels: dict[str, Any]) -> bool:
     return labels.get("problem_type") == "regression"
 
 
+def _label_order(id2label: Any) -> list[str] | None:
+    """The labels of an id2label mapping in id order (None: not a mapping of the ids 0..n-1)."""
+    try:
+        order = {int(k): str(v) for k, v in id2label.items()}
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return [order[i] for i in range(len(order))] if set(order) == set(range(len(order))) else None
+
+
+def check_logits_labels(store: Store, ref: str, teacher: str) -> None:
+    """Refuse a version of cached teacher logits whose label order (``cache-logits`` records the teacher's id2label
+    in the version's extra) is not the order of ``teacher``'s outputs, in one line naming both orders."""
+    cached = _label_order(store.manifest(ref)["extra"].get("id2label"))
+    expected = _label_order(models.load_config(teacher, "teacher").id2label)
+    if cached != expected:
+        raise DistilleryError(f"the teacher logits in {ref} are in label order {cached or '(not recorded)'} but "
+                              f"teacher {teacher} predicts in order {expected}; cache its logits with `distillery "
+                              f"distill cache-logits`")
+
+
 # ---- streams and evaluation ------------------------------------------------------------------------------
 def make_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig, labels: dict[str, Any],
                 runtime: Runtime | None = None, shuffle: bool = True, batch_size: int | None = None) -> ShardStream:
@@ -74,11 +103,16 @@ def make_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig,
 @torch.no_grad()
 def evaluate_model(model: nn.Module, stream: ShardStream, device: torch.device, num_workers: int = 0
                    ) -> dict[str, Any]:
-    """Metrics of a sequence classifier / regressor over a stream whose labels are mapped by name."""
+    """Metrics of a sequence classifier / regressor over a stream whose labels are mapped by name, with ``rows``
+    (every row of the stream), ``unknown_labels`` and the ``max_seq_length`` the rows were truncated to.
+
+    Classification: a row whose gold label the model does not know (or that has none) is an error, counted in
+    every denominator (``classification_metrics``). Regression: a row without a gold value (NaN) has nothing to
+    correlate with; it is left out of Pearson, Spearman and MSE, which are over ``rows - unknown_labels``."""
     was_training = model.training
     model.eval()
     regression = _is_regression(model_labels(model.config))
-    predictions, gold, unknown = [], [], 0
+    predictions, gold, rows = [], [], 0
     stream.set_state(0, 0)
     for batch in make_loader(stream, num_workers):
         if "labels" not in batch:
@@ -86,25 +120,37 @@ def evaluate_model(model: nn.Module, stream: ShardStream, device: torch.device, 
         inputs = to_device({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, device)
         logits = model(**inputs).logits.float().cpu()
         labels = batch["labels"]
-        keep = ~torch.isnan(labels) if regression else labels != IGNORE_LABEL
-        unknown += int((~keep).sum())
-        predictions.append(logits.view(-1)[keep] if regression else logits.argmax(-1)[keep])
-        gold.append(labels[keep])
+        rows += len(labels)
+        if regression:
+            known = ~torch.isnan(labels)
+            predictions.append(logits.view(-1)[known])
+            gold.append(labels[known])
+        else:
+            predictions.append(logits.argmax(-1))
+            gold.append(labels)
     model.train(was_training)
     preds, gold_all = torch.cat(predictions).numpy(), torch.cat(gold).numpy()
-    scores = (regression_metrics(preds, gold_all) if regression
-              else classification_metrics(preds, gold_all, model.config.num_labels))
-    return {**scores, "rows": int(len(gold_all)), "unknown_labels": unknown}
+    if regression:
+        scores, unknown = regression_metrics(preds, gold_all), rows - len(gold_all)
+    else:
+        num_labels = model.config.num_labels
+        scores = classification_metrics(preds, gold_all, num_labels)
+        unknown = int(((gold_all < 0) | (gold_all >= num_labels)).sum())
+    return {**scores, "rows": rows, "unknown_labels": unknown, "max_seq_length": stream.collate.max_seq_length}
 
 
 def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConfig | None = None) -> dict[str, Any]:
-    """accuracy / macro-F1 / Matthews (classification) or Pearson / Spearman (regression) of a saved model."""
+    """accuracy / macro-F1 / Matthews (classification) or Pearson / Spearman (regression) of a saved model, at
+    the sequence length it was trained at unless ``config.max_seq_length`` says otherwise (``evaluate_model``)."""
     config = config or EvaluateConfig()
     model_dir = models.saved_model_dir(model_dir)
+    length = model_seq_length(model_dir, config.max_seq_length)
+    check_batch_tokens(config.batch_size, length)
+    models.check_against_model(model_dir, "model", length)
     runtime = setup_runtime(TrainConfig(device=config.device, num_workers=0))
     model = models.load_saved_classifier(model_dir).to(runtime.device)
     labels = model_labels(model.config)
-    cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=config.max_seq_length)
+    cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=length)
     stream = make_stream(store, ref, model_dir, cfg, labels, shuffle=False)
     scores = {"version_id": store.resolve(ref), **evaluate_model(model, stream, runtime.device)}
     record_evaluation(Path(model_dir), store.manifest(ref), scores)
@@ -112,6 +158,8 @@ def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConf
 
 
 def _eval_fn(store: Store, cfg: TrainConfig, tokenizer: str | Path, labels: dict[str, Any], runtime: Runtime):
+    """The evaluation on ``cfg.eval_ref`` at the run's length, over the whole version (no runtime given to the
+    stream: rank 0 evaluates alone, never only its share of the rows)."""
     if not cfg.eval_ref or not labels:
         return None
     stream = make_stream(store, cfg.eval_ref, tokenizer, cfg, labels, shuffle=False, batch_size=64)
@@ -125,6 +173,7 @@ def finetune(store: Store, train_ref: str, config: FinetuneConfig, output_dir: s
     the same settings is reused."""
     output_dir = Path(output_dir)
     source = models.resolve_model(config.model)
+    models.check_against_model(source, "model", config.max_seq_length)
     identity = run_identity(store, "finetune", config, train_ref, model=source)
     return reuse_or_train(output_dir, identity, lambda: _finetune(store, train_ref, config, output_dir, source,
                                                                   resume), config.prune_checkpoints)
@@ -166,12 +215,14 @@ def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: P
     """One distillation run (general, or one stage of task distillation), reused when finished; the model card
     records ``card_config`` (the whole task distillation's config) when given."""
     teacher_src = models.resolve_model(cfg.teacher)
+    models.check_against_model(teacher_src, "teacher", cfg.max_seq_length)
+    models.check_against_model(student_src, "student", cfg.max_seq_length)
     identity = run_identity(store, mode, cfg, train_ref, teacher=teacher_src, student=student_src,
                              teacher_forward=teacher_needed)
     return reuse_or_train(output_dir, identity, lambda: _distill(
         store, train_ref, cfg, output_dir, mode=mode, with_head=with_head, teacher_src=teacher_src,
         student_src=student_src, resume=resume, teacher_needed=teacher_needed, model_dir=model_dir,
-        card_config=card_config or cfg), cfg.prune_checkpoints)
+        card_config=card_config or cfg), cfg.prune_checkpoints, model_dir)
 
 
 def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str, with_head: bool,
@@ -261,9 +312,12 @@ def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output
         if student in models.PRESETS:
             raise DistilleryError("stage 2 needs a student: run stage 1 first (same --output) or give --student PATH")
         data_ref = cfg.logits_ref or train_ref
-        if cfg.logits_ref and LOGITS not in {f["name"] for f in store.manifest(cfg.logits_ref)["schema"]}:
+        cached_logits = LOGITS in {f["name"] for f in store.manifest(data_ref)["schema"]}
+        if cfg.logits_ref and not cached_logits:
             raise DistilleryError(f"logits_ref {cfg.logits_ref} has no '{LOGITS}' column (make one with "
                                   f"`distillery distill cache-logits`)")
+        if cached_logits:                   # stage 2 learns from these instead of the teacher's forward pass
+            check_logits_labels(store, data_ref, cfg.teacher)
         runs.append(_distill_run(store, data_ref, stage_config(cfg, 2), output_dir / "stage2", mode="task-stage2",
                                  with_head=True, student_src=student, resume=resume,
                                  teacher_needed=not cfg.logits_ref, model_dir=output_dir / "model", card_config=cfg))

@@ -9,10 +9,14 @@ import yaml
 from transformers import AutoConfig
 
 from distill import students
+from pipelines.atomic import write_bytes_atomic
 from pipelines.cards import card_licence
+from pipelines.confine import is_regular, read_own_json
+from pipelines.errors import DistilleryError
 from pipelines.resources import minilm_path
 
 CARD_INPUTS, SCORES, EVALUATIONS = "card.json", "scores.json", "evaluations.json"    # beside the model files
+DEFAULT_SEQ_LENGTH = 128        # tokens per row for a model whose training length is not recorded (not ours)
 EXPORTS = "exports.json"                                                                # export-model's copies
 KINDS = {"finetune": "fine-tuned classifier", "task-stage1": "task-distilled student (stage 1: intermediate layers)",
          "task-stage2": "task-distilled student", "general": "general-distilled student", "mlm": "masked LM"}
@@ -29,6 +33,22 @@ def hub_id(model: str | None) -> str | None:
         except Exception:  # noqa: BLE001 - the bundled model's package may be missing
             return None
     return model if "/" in model or model.startswith("bert-") else None
+
+
+def model_seq_length(model: str | Path, asked: int = 0) -> int:
+    """Tokens per row to score (or check) a model at: ``asked`` when > 0, else the ``max_seq_length`` it was trained
+    at when distillery saved it (the training config in its ``card.json``), else ``DEFAULT_SEQ_LENGTH``."""
+    if asked > 0:
+        return asked
+    path = Path(model) / CARD_INPUTS
+    if not is_regular(path):
+        return DEFAULT_SEQ_LENGTH
+    record = read_own_json(path)
+    training = record.get("training") if isinstance(record, dict) else None
+    if not isinstance(training, dict):
+        raise DistilleryError(f"{path} is damaged (no training config); it should record the model's training config")
+    length = training.get("max_seq_length")
+    return length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else DEFAULT_SEQ_LENGTH
 
 
 def _task(config: Any) -> tuple[str, str]:
@@ -49,14 +69,15 @@ def _usage(tag: str) -> str:
 def deployment_lines(model_dir: Path) -> list[str]:
     """The card's section on the int8 / ONNX copies ``distillery export-model`` wrote (none: no lines)."""
     path = model_dir / EXPORTS
-    if not path.exists():
+    copies = read_own_json(path, {})
+    if not copies:
         return []
-    copies = json.loads(path.read_text())
     lines = ["", "## Deployment copies (`distillery export-model`)", "",
              "| copy | path | size (MB) | top-1 agreement with fp32 | max abs logit diff | checked on |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {name} | `{c['path']}` | {c['size_bytes'] / 1e6:.1f} | {c['agreement']:.4f} | "
-              f"{c['max_abs_diff']:.2e} | {c['check_name'] or c['check_version'][:12]} ({c['rows']} rows) |"
+              f"{c['max_abs_diff']:.2e} | {c['check_name'] or c['check_version'][:12]} ({c['rows']} rows"
+              + (f", {c['max_seq_length']} tokens per row" if "max_seq_length" in c else "") + ") |"
               for name, c in copies.items()]
     return lines + ["", *(copies[name]["load"] for name in copies)]
 
@@ -66,11 +87,10 @@ def write_model_card(model_dir: Path) -> Path:
     ``evaluations.json``: what the model is (kind, real shape, task), where it comes from (base model, teacher,
     data versions), its scores, its licence (the training data's), how to use it and the training configuration."""
     model_dir = Path(model_dir)
-    inputs = json.loads((model_dir / CARD_INPUTS).read_text())
+    inputs = read_own_json(model_dir / CARD_INPUTS)
     mode, base, teacher, data = inputs["mode"], inputs["base"], inputs["teacher"], inputs["data"]
     training, parameters = inputs["training"], inputs["parameters"]
-    scores, evaluations = ({} if not (model_dir / name).exists() else json.loads((model_dir / name).read_text())
-                           for name in (SCORES, EVALUATIONS))
+    scores, evaluations = (read_own_json(model_dir / name, {}) for name in (SCORES, EVALUATIONS))
     config = AutoConfig.from_pretrained(model_dir)
     tag, task = _task(config)
     train = next((d for d in data if d["role"] == "train"), None)
@@ -113,8 +133,9 @@ def write_model_card(model_dir: Path) -> Path:
     if evaluations:
         metrics = sorted({k for e in evaluations.values() for k, v in e["scores"].items() if isinstance(v, float)})
         lines += ["", "## Evaluations (`distillery distill evaluate`)", "",
-                  "| version | name | rows | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
-        lines += [f"| `{vid[:12]}` | {e['name'] or ''} | {e['rows']} | "
+                  "| version | name | rows | tokens per row | " + " | ".join(metrics) + " |",
+                  "|---|---|---|---|" + "---|" * len(metrics)]
+        lines += [f"| `{vid[:12]}` | {e['name'] or ''} | {e['rows']} | {e['scores'].get('max_seq_length', '')} | "
                   + " | ".join(f"{e['scores'].get(m, float('nan')):.4f}" for m in metrics) + " |"
                   for vid, e in evaluations.items()]
     lines += deployment_lines(model_dir)
@@ -123,5 +144,5 @@ def write_model_card(model_dir: Path) -> Path:
               "", "## Training configuration", "", "```json", json.dumps(training, indent=2, sort_keys=True,
                                                                               default=str), "```", ""]
     path = Path(model_dir) / "README.md"
-    path.write_text("\n".join(lines))
+    write_bytes_atomic(path, "\n".join(lines).encode())
     return path

@@ -9,6 +9,19 @@ from pipelines.config import ConfigError, Options, option
 
 MINILM = "minilm"  # stands for pipelines.resources.minilm_path() (the bundled all-MiniLM-L6-v2 encoder)
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+MAX_SEQ_LENGTH = 8192          # tokens per row; a model's own position limit is checked against it before a run
+MAX_BATCH_TOKENS = 1 << 19     # rows x max_seq_length of one batch: more than one accelerator holds for any BERT
+MAX_STREAM_TOKENS = 1 << 28    # tokenised rows the training stream holds (shuffle buffer + length-grouping window)
+MAX_STEPS = 100_000_000
+MAX_SEED = 2**32 - 1          # numpy and torch generators (and seed + epoch sums) stay in range
+MAX_WEIGHT = 1000.0
+
+
+def check_batch_tokens(batch_size: int, max_seq_length: int) -> None:
+    """Refuse a batch of more than ``MAX_BATCH_TOKENS`` tokens (batch_size x max_seq_length)."""
+    if batch_size * max_seq_length > MAX_BATCH_TOKENS:
+        raise ConfigError("batch_size", f"{batch_size} rows x max_seq_length {max_seq_length} = "
+                                        f"{batch_size * max_seq_length:,} tokens per batch, over {MAX_BATCH_TOKENS:,}")
 
 
 def check_device(device: str) -> None:
@@ -24,32 +37,37 @@ class TrainConfig(Options):
     Fields marked runtime may change when a run is resumed: they never change what is computed.
     """
 
-    epochs: float = option(1.0, gt=0, help="Passes over the training version (fractional allowed).")
-    max_steps: int = option(0, ge=0, help="Optimizer steps; > 0 overrides epochs.")
-    batch_size: int = option(32, ge=1, help="Rows per micro-batch per process.")
-    grad_accum: int = option(1, ge=1, help="Micro-batches per optimizer step.")
-    lr: float = option(5e-5, gt=0, help="Peak learning rate (AdamW).")
-    weight_decay: float = option(0.01, ge=0, help="AdamW weight decay (not on biases and LayerNorm).")
-    warmup: float = option(0.1, ge=0, help="Warm-up: a fraction of the steps (< 1) or a number of steps (>= 1).")
-    max_grad_norm: float = option(1.0, ge=0, help="Gradient clipping norm (0 disables clipping).")
-    max_seq_length: int = option(128, ge=8, help="Tokens per row after truncation.")
-    seed: int = option(42, help="Seed of the data order, initialisation and dropout.")
-    shuffle_buffer: int = option(10_000, ge=1, help="Rows in the bounded shuffle buffer.")
-    group_batches: int = option(50, ge=1, help="Length grouping: sort windows of this many batches by length.")
-    num_workers: int = option(1, ge=0, runtime=True, help="DataLoader workers (tokenisation happens there).")
-    threads: int = option(0, ge=0, runtime=True, help="torch intra-op threads (0 = the cores per process).")
+    epochs: float = option(1.0, gt=0, le=10_000, help="Passes over the training version (fractional allowed).")
+    max_steps: int = option(0, ge=0, le=MAX_STEPS, help="Optimizer steps; > 0 overrides epochs.")
+    batch_size: int = option(32, ge=1, le=65_536, help="Rows per micro-batch per process.")
+    grad_accum: int = option(1, ge=1, le=4096, help="Micro-batches per optimizer step.")
+    lr: float = option(5e-5, gt=0, le=1, help="Peak learning rate (AdamW).")
+    weight_decay: float = option(0.01, ge=0, le=1, help="AdamW weight decay (not on biases and LayerNorm).")
+    warmup: float = option(0.1, ge=0, le=MAX_STEPS, help="Warm-up: a fraction of the steps (< 1) or a number of "
+                                                         "steps (>= 1).")
+    max_grad_norm: float = option(1.0, ge=0, le=1e6, help="Gradient clipping norm (0 disables clipping).")
+    max_seq_length: int = option(128, ge=8, le=MAX_SEQ_LENGTH, help="Tokens per row after truncation (at most "
+                                                                     "the model's positions).")
+    seed: int = option(42, ge=0, le=MAX_SEED, help="Seed of the data order, initialisation and dropout.")
+    shuffle_buffer: int = option(10_000, ge=1, le=10_000_000, help="Rows in the bounded shuffle buffer.")
+    group_batches: int = option(50, ge=1, le=10_000, help="Length grouping: sort windows of this many batches by "
+                                                          "length.")
+    num_workers: int = option(1, ge=0, le=64, runtime=True, help="DataLoader workers (tokenisation happens there).")
+    threads: int = option(0, ge=0, le=1024, runtime=True, help="torch intra-op threads (0 = the cores per process).")
     device: str = option("auto", runtime=True, help=DEVICE_HELP)
     amp: str = option("none", choices=("none", "bf16", "fp16"), help="Mixed precision (fp16 needs CUDA).")
     compile: bool = option(False, runtime=True, help="torch.compile the student.")
-    checkpoint_every: int = option(0, ge=0, runtime=True, help="Optimizer steps between checkpoints (0 = only at "
-                                                               "the end).")
-    keep_checkpoints: int = option(2, ge=1, runtime=True, help="Newest checkpoints kept during a run.")
+    checkpoint_every: int = option(0, ge=0, le=MAX_STEPS, runtime=True, help="Optimizer steps between checkpoints "
+                                                                             "(0 = only at the end).")
+    keep_checkpoints: int = option(2, ge=1, le=1000, runtime=True, help="Newest checkpoints kept during a run.")
     prune_checkpoints: bool = option(True, runtime=True, help="Delete checkpoints/ (optimizer state and all) once "
                                                               "the run has finished and its model is saved.")
-    log_every: int = option(10, ge=1, runtime=True, help="Steps between metrics lines.")
+    log_every: int = option(10, ge=1, le=MAX_STEPS, runtime=True, help="Steps between metrics lines.")
     eval_ref: str = option("", runtime=True, help="Version evaluated at the end (and every --eval-every steps).")
-    eval_every: int = option(0, ge=0, runtime=True, help="Optimizer steps between evaluations (0 = at the end).")
-    max_nonfinite: int = option(10, ge=1, runtime=True, help="Stop after this many steps with a non-finite loss.")
+    eval_every: int = option(0, ge=0, le=MAX_STEPS, runtime=True, help="Optimizer steps between evaluations (0 = "
+                                                                       "at the end).")
+    max_nonfinite: int = option(10, ge=1, le=MAX_STEPS, runtime=True, help="Stop after this many steps with a "
+                                                                           "non-finite loss.")
     labels: list[str | int] = option(default_factory=list, help="Label vocabulary (default: the training version's "
                                                           "labels).")
     task: str = option("auto", choices=("auto", "classification", "regression"),
@@ -57,6 +75,13 @@ class TrainConfig(Options):
 
     def check(self) -> None:
         check_device(self.device)
+        check_batch_tokens(self.batch_size, self.max_seq_length)
+        held = (self.shuffle_buffer + self.group_batches * self.batch_size) * self.max_seq_length
+        if held > MAX_STREAM_TOKENS:
+            raise ConfigError("shuffle_buffer", f"shuffle_buffer {self.shuffle_buffer} + group_batches "
+                                                f"{self.group_batches} x batch_size {self.batch_size} rows of up to "
+                                                f"{self.max_seq_length} tokens = {held:,} tokens held, over "
+                                                f"{MAX_STREAM_TOKENS:,}")
 
 
 @dataclass
@@ -77,12 +102,14 @@ class DistillConfig(TrainConfig):
                                              "or textcnn (Kim), distilled from logits only.")
     student_init: str = option("random", choices=("random", "teacher"),
                                help="teacher: copy the teacher's embeddings and mapped layers g(m).")
-    student_layers: int = option(0, ge=0, help="Student layers (overrides the preset when > 0; bilstm: stacked "
+    student_layers: int = option(0, ge=0, le=64, help="Student layers (overrides the preset when > 0; bilstm: stacked "
                                                "LSTM layers, 1).")
-    student_hidden: int = option(0, ge=0, help="Student hidden size (overrides the preset when > 0; bilstm: LSTM "
-                                               "width per direction, 150; textcnn: filters per width 3/4/5, 100).")
-    student_heads: int = option(0, ge=0, help="Student attention heads (overrides the preset when > 0).")
-    student_intermediate: int = option(0, ge=0, help="Student feed-forward size (overrides the preset when > 0).")
+    student_hidden: int = option(0, ge=0, le=8192, help="Student hidden size (overrides the preset when > 0; "
+                                                        "bilstm: LSTM width per direction, 150; textcnn: filters per "
+                                                        "width 3/4/5, 100).")
+    student_heads: int = option(0, ge=0, le=128, help="Student attention heads (overrides the preset when > 0).")
+    student_intermediate: int = option(0, ge=0, le=32_768, help="Student feed-forward size (overrides the preset "
+                                                                "when > 0).")
     student_embeddings: str = option("teacher", choices=("teacher", "glove"),
                                      help="bilstm / textcnn: teacher = the teacher's tokenizer and input embeddings; "
                                           "glove = a word vocabulary built from the training version, with word "
@@ -95,17 +122,21 @@ class DistillConfig(TrainConfig):
                                                              "student layer 1..M.")
     matches: list[dict[str, Any]] = option(default_factory=list, cli=False,
                                            help="Explicit matches (TOML); empty = built from the weights.")
-    embedding_weight: float = option(1.0, ge=0, help="TinyBERT: embedding MSE through the projection.")
-    hidden_weight: float = option(1.0, ge=0, help="Hidden-state MSE through the projection.")
-    attention_weight: float = option(1.0, ge=0, help="Raw attention-score MSE.")
-    prediction_weight: float = option(0.0, ge=0, help="Soft cross-entropy (MSE for regression) on logits.")
+    embedding_weight: float = option(1.0, ge=0, le=MAX_WEIGHT, help="TinyBERT: embedding MSE through the projection.")
+    hidden_weight: float = option(1.0, ge=0, le=MAX_WEIGHT, help="Hidden-state MSE through the projection.")
+    attention_weight: float = option(1.0, ge=0, le=MAX_WEIGHT, help="Raw attention-score MSE.")
+    prediction_weight: float = option(0.0, ge=0, le=MAX_WEIGHT, help="Soft cross-entropy (MSE for regression) on "
+                                                                     "logits.")
     prediction_loss: str = option("soft_ce", choices=("soft_ce", "mse"),
                                   help="Loss of --prediction-weight: soft cross-entropy at --temperature (TinyBERT) "
                                        "or MSE between the logits (Tang et al.); regression always MSE.")
-    kl_weight: float = option(0.0, ge=0, help="DistilBERT: KL(teacher || student) at temperature, x T^2.")
-    cosine_weight: float = option(0.0, ge=0, help="DistilBERT: cosine loss on the last hidden states.")
-    hard_weight: float = option(0.0, ge=0, help="Cross-entropy (MSE for regression) with the gold labels.")
-    temperature: float = option(1.0, gt=0, help="Softmax temperature of soft cross-entropy and KL.")
+    kl_weight: float = option(0.0, ge=0, le=MAX_WEIGHT, help="DistilBERT: KL(teacher || student) at temperature, "
+                                                             "x T^2.")
+    cosine_weight: float = option(0.0, ge=0, le=MAX_WEIGHT, help="DistilBERT: cosine loss on the last hidden "
+                                                                 "states.")
+    hard_weight: float = option(0.0, ge=0, le=MAX_WEIGHT, help="Cross-entropy (MSE for regression) with the gold "
+                                                               "labels.")
+    temperature: float = option(1.0, gt=0, le=100, help="Softmax temperature of soft cross-entropy and KL.")
     objective: str = option("tinybert", choices=("tinybert", "distilbert"),
                             help="General distillation: tinybert (the weights above) or distilbert (a masked-LM "
                                  "teacher: KL on its MLM logits at the masked pieces x T^2 with --kl-weight, the "
@@ -120,16 +151,17 @@ class TaskDistillConfig(DistillConfig):
 
     teacher: str = option("", help="The fine-tuned teacher: a `distill finetune` model folder or a hub id "
                                    "(required).")
-    epochs: float = option(1.0, gt=0, cli=False, help="Not used: stage1_epochs and stage2_epochs set the stages.")
-    lr: float = option(5e-5, gt=0, cli=False, help="Not used: stage1_lr and stage2_lr set the stages.")
+    epochs: float = option(1.0, gt=0, le=10_000, cli=False, help="Not used: stage1_epochs and stage2_epochs set "
+                                                                 "the stages.")
+    lr: float = option(5e-5, gt=0, le=1, cli=False, help="Not used: stage1_lr and stage2_lr set the stages.")
     stage: str = option("both", choices=("1", "2", "both"), runtime=True, help="Stages to run.")
-    stage1_epochs: float = option(10.0, gt=0, help="Stage 1 (intermediate layers) epochs.")
-    stage1_lr: float = option(5e-5, gt=0, help="Stage 1 learning rate.")
-    stage2_epochs: float = option(3.0, gt=0, help="Stage 2 (prediction layer) epochs.")
-    stage2_lr: float = option(3e-5, gt=0, help="Stage 2 learning rate.")
+    stage1_epochs: float = option(10.0, gt=0, le=10_000, help="Stage 1 (intermediate layers) epochs.")
+    stage1_lr: float = option(5e-5, gt=0, le=1, help="Stage 1 learning rate.")
+    stage2_epochs: float = option(3.0, gt=0, le=10_000, help="Stage 2 (prediction layer) epochs.")
+    stage2_lr: float = option(3e-5, gt=0, le=1, help="Stage 2 learning rate.")
     logits_ref: str = option("", help="Stage 2 from a teacher-logits version (no teacher forward).")
-    prediction_weight: float = option(1.0, ge=0, help="Stage 2: soft cross-entropy (MSE for regression) on "
-                                                      "logits.")
+    prediction_weight: float = option(1.0, ge=0, le=MAX_WEIGHT, help="Stage 2: soft cross-entropy (MSE for "
+                                                                     "regression) on logits.")
 
     def check(self) -> None:
         super().check()
@@ -147,37 +179,48 @@ class MLMConfig(TrainConfig):
 
     model: str = option(MINILM, help="Encoder: folder, hub id or minilm; a masked-LM head tied to its input "
                                      "embeddings is added when it has none.")
-    lr: float = option(3e-4, gt=0, help="Peak learning rate (AdamW).")
+    lr: float = option(3e-4, gt=0, le=1, help="Peak learning rate (AdamW).")
     mask_prob: float = option(0.15, gt=0, lt=1, help="Share of pieces (or words) chosen per sentence; of those "
                                                      "80% become [MASK], 10% a random piece, 10% stay.")
     whole_word: bool = option(False, help="Choose whole words (all their pieces) instead of pieces.")
-    train_layers: int = option(0, ge=0, help="Train only the top N encoder layers and the head (0: all; the "
-                                             "embeddings, tied to the decoder, train only with 0).")
-    eval_rows: int = option(2000, ge=1, help="Held-out rows of --eval-ref scored at each evaluation.")
+    train_layers: int = option(0, ge=0, le=1000, help="Train only the top N encoder layers and the head (0: all; "
+                                                      "the embeddings, tied to the decoder, train only with 0).")
+    eval_rows: int = option(2000, ge=1, le=1_000_000, help="Held-out rows of --eval-ref scored at each evaluation.")
 
 
 @dataclass
 class EvaluateConfig(Options):
     """Scoring a saved classifier on a version."""
 
-    batch_size: int = option(64, ge=1, runtime=True, help="Rows per batch.")
-    max_seq_length: int = option(128, ge=8, help="Tokens per row after truncation.")
+    batch_size: int = option(64, ge=1, le=65_536, runtime=True, help="Rows per batch.")
+    max_seq_length: int = option(0, ge=0, le=MAX_SEQ_LENGTH, help="Tokens per row after truncation (0: the length "
+                                                                  "the model was trained at, from its card.json; "
+                                                                  "128 for a model distillery did not train).")
     device: str = option("auto", runtime=True, help=DEVICE_HELP)
 
     def check(self) -> None:
         check_device(self.device)
+        if 0 < self.max_seq_length < 8:
+            raise ConfigError("max_seq_length", f"{self.max_seq_length}: at least 8 (0: the model's training length)")
+        check_batch_tokens(self.batch_size, self.max_seq_length)
 
 
 @dataclass
 class CacheLogitsConfig(Options):
     """Writing a teacher's logits into a new version."""
 
-    batch_size: int = option(64, ge=1, help="Rows per teacher forward pass.")
-    max_seq_length: int = option(128, ge=8, help="Tokens per row after truncation.")
+    batch_size: int = option(64, ge=1, le=65_536, help="Rows per teacher forward pass.")
+    max_seq_length: int = option(0, ge=0, le=MAX_SEQ_LENGTH, help="Tokens per row after truncation (0: the length "
+                                                                  "the teacher was trained at, from its card.json; "
+                                                                  "128 for a model distillery did not train).")
     device: str = option("auto", runtime=True, help=DEVICE_HELP)
 
     def check(self) -> None:
         check_device(self.device)
+        if 0 < self.max_seq_length < 8:
+            raise ConfigError("max_seq_length", f"{self.max_seq_length}: at least 8 (0: the teacher's training "
+                                                f"length)")
+        check_batch_tokens(self.batch_size, self.max_seq_length)
 
 
 PREDICTION_FEATURES = ("logits", "labels")
@@ -210,6 +253,14 @@ class ExportConfig(Options):
                                     "onnx/model.onnx.")
     check_ref: str = option("", help="Version the copies are checked on, top-1 agreement and logits (default: the "
                                  "model's evaluation version).")
-    batch_size: int = option(64, ge=1, runtime=True, help="Rows per batch of the check.")
-    max_seq_length: int = option(128, ge=8, help="Tokens per row after truncation.")
-    opset: int = option(17, ge=14, help="ONNX opset version.")
+    batch_size: int = option(64, ge=1, le=65_536, runtime=True, help="Rows per batch of the check.")
+    max_seq_length: int = option(0, ge=0, le=MAX_SEQ_LENGTH, help="Tokens per row after truncation in the check (0: "
+                                                                  "the length the model was trained at, from its "
+                                                                  "card.json; 128 for a model distillery did not "
+                                                                  "train).")
+    opset: int = option(17, ge=14, le=20, help="ONNX opset version (20: the newest of torch's TorchScript exporter).")
+
+    def check(self) -> None:
+        if 0 < self.max_seq_length < 8:
+            raise ConfigError("max_seq_length", f"{self.max_seq_length}: at least 8 (0: the model's training length)")
+        check_batch_tokens(self.batch_size, self.max_seq_length)

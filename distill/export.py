@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,10 +20,11 @@ from torch import nn
 
 from distill import models
 from distill.api import make_stream, model_labels
-from distill.card import CARD_INPUTS, EXPORTS, write_model_card
-from distill.config import ExportConfig, TrainConfig
+from distill.card import CARD_INPUTS, EXPORTS, model_seq_length, write_model_card
+from distill.config import ExportConfig, TrainConfig, check_batch_tokens
 from distill.data import make_loader
 from pipelines.atomic import replace_atomic, write_json_atomic
+from pipelines.confine import read_own_json, real_dir
 from pipelines.errors import DistilleryError
 from pipelines.store import Store
 
@@ -80,7 +80,7 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path, o
         model.set_attn_implementation("eager")             # plain ops the exporter knows
     wrapper = _Logits(model).eval()                         # eval: no dropout traced into the graph
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {"logits": {0: "batch"}}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    real_dir(path.parent, "export folder", create=True, parents=True)
     with _quiet(), torch.no_grad():
         replace_atomic(path, lambda tmp: torch.onnx.export(
             wrapper, tuple(sample[k] for k in INPUTS), str(tmp), dynamo=False, input_names=list(INPUTS),
@@ -128,7 +128,7 @@ def _check_ref(store: Store, folder: Path, check: str) -> str:
     if check:
         return check
     inputs = folder / CARD_INPUTS
-    data = json.loads(inputs.read_text())["data"] if inputs.exists() else []
+    data = read_own_json(inputs, {}).get("data", [])
     for record in data:
         if record["role"] == "eval" and store.root.is_dir() and store.is_complete(record["version_id"]):
             return record["version_id"]
@@ -143,19 +143,22 @@ def export_model(store: Store, model_dir: str | Path, config: ExportConfig | Non
     if not Path(model_dir).is_dir():
         raise DistilleryError(f"{model_dir}: no such model folder")
     folder = models.saved_model_dir(model_dir)
+    length = model_seq_length(folder, config.max_seq_length)      # the length the model was trained at, by default
+    check_batch_tokens(config.batch_size, length)
+    models.check_against_model(folder, "model", length)
     model = models.load_saved_classifier(folder)
     if model_labels(model.config).get("problem_type") == "regression":
         raise DistilleryError(f"{folder}: a regression model has no top-1 prediction to check copies on")
     ref = _check_ref(store, folder, config.check_ref)
     manifest = store.manifest(ref)
-    cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=config.max_seq_length)
+    cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=length)
     stream = make_stream(store, ref, folder, cfg, model_labels(model.config), shuffle=False)
     batches = list(make_loader(stream))
     both = not (config.int8 or config.onnx)
     copies: dict[str, Classifier] = {}
     if config.int8 or both:
         state = quantize(model).state_dict()
-        (folder / INT8).parent.mkdir(exist_ok=True)
+        real_dir((folder / INT8).parent, "export folder", create=True, parents=True)
         replace_atomic(folder / INT8, lambda tmp: torch.save(state, tmp))
         copies["int8"] = _torch_classifier(load_int8(folder))
     if config.onnx or both:
@@ -164,11 +167,12 @@ def export_model(store: Store, model_dir: str | Path, config: ExportConfig | Non
         copies["onnx"] = onnx_classifier(folder / ONNX)
     figures = compare(_torch_classifier(model), copies, batches)
     path = folder / EXPORTS
-    records = json.loads(path.read_text()) if path.exists() else {}
+    records = read_own_json(path, {})
     for name, result in figures.items():
         relative = INT8 if name == "int8" else ONNX
         records[name] = {**result, "path": relative, "size_bytes": (folder / relative).stat().st_size,
-                         "check_version": manifest["version_id"], "check_name": manifest["name"], "load": LOAD[name]}
+                         "check_version": manifest["version_id"], "check_name": manifest["name"],
+                         "max_seq_length": length, "load": LOAD[name]}
     write_json_atomic(path, records)
     if (folder / CARD_INPUTS).exists():
         write_model_card(folder)

@@ -1,6 +1,7 @@
 """The teacher-logits step: a version plus its teacher's logits, so that stage 2 can train without the teacher."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pyarrow.parquet as pq
 import torch
 
 from distill import models
-from distill.config import CacheLogitsConfig, TrainConfig
+from distill.card import model_seq_length
+from distill.config import CacheLogitsConfig, TrainConfig, check_batch_tokens
 from distill.data import LABEL, LOGITS, Collator, to_tensors
 from distill.trainer import setup_runtime, to_device
 from pipelines.config import identity_dict, to_dict
@@ -24,8 +26,12 @@ AUG_COPY, SOURCE_ROW, AUG_MLM, AUG_VECTORS = "aug_copy", "source_row_id", "aug_m
 
 
 def plan_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, config: CacheLogitsConfig) -> StepPlan:
-    """What caching the logits of ``teacher_dir`` on ``ref`` would write (the teacher identified by content)."""
+    """What caching the logits of ``teacher_dir`` on ``ref`` would write (the teacher identified by content, the
+    sequence length resolved: by default the one the teacher was trained at)."""
     teacher_src = models.resolve_model(teacher_dir)
+    config = dataclasses.replace(config, max_seq_length=model_seq_length(teacher_src, config.max_seq_length))
+    check_batch_tokens(config.batch_size, config.max_seq_length)
+    models.check_against_model(teacher_src, "teacher", config.max_seq_length)
     parent = store.manifest(ref)
     resolved = {"teacher_sha256": model_sha256(teacher_src)}
     return StepPlan(STEP, {**to_dict(config), "teacher": teacher_src, **resolved},

@@ -6,19 +6,29 @@ import math
 import numpy as np
 from scipy import stats
 
+# What a score means, numbered for the records that keep scores (the ablation's score cache and results): 1 = rows
+# whose gold label the model does not know were left out; 2 = they count as errors (``classification_metrics``).
+SCORING_RULES = 2
+
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
-    """accuracy, macro-F1 (over the labels that occur in gold or predictions) and multi-class Matthews."""
+    """accuracy, macro-F1 (over the model's labels that occur in gold or predictions) and multi-class Matthews,
+    over every row.
+
+    A gold label outside ``0 .. num_labels - 1`` (a label the model does not know, or none) is a row no prediction
+    gets right: it counts in every denominator, and the prediction made on it is a false positive of the predicted
+    class (the confusion matrix has one more gold row, "unknown", which no prediction matches)."""
     predictions = np.asarray(predictions, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size == 0:
         return {"accuracy": float("nan"), "macro_f1": float("nan"), "matthews": float("nan")}
-    confusion = np.zeros((num_labels, num_labels), dtype=np.float64)
-    np.add.at(confusion, (labels, predictions), 1)
+    unknown = (labels < 0) | (labels >= num_labels)
+    confusion = np.zeros((num_labels + 1, num_labels + 1), dtype=np.float64)
+    np.add.at(confusion, (np.where(unknown, num_labels, labels), predictions), 1)
     tp = np.diag(confusion)
     gold, pred = confusion.sum(axis=1), confusion.sum(axis=0)
-    present = (gold + pred) > 0
-    f1 = np.divide(2 * tp, gold + pred, out=np.zeros_like(tp), where=(gold + pred) > 0)
+    present = ((gold + pred) > 0)[:num_labels]
+    f1 = np.divide(2 * tp, gold + pred, out=np.zeros_like(tp), where=(gold + pred) > 0)[:num_labels]
     n = confusion.sum()
     correct = tp.sum()
     denominator = math.sqrt((n * n - (pred * pred).sum()) * (n * n - (gold * gold).sum()))

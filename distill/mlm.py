@@ -145,18 +145,21 @@ def freeze_below(model: nn.Module, train_layers: int) -> None:
 
 
 def mlm_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig, mask_prob: float, whole_word: bool,
-               runtime: Runtime, shuffle: bool = True, batch_size: int | None = None) -> ShardStream:
-    """A version's rows, tokenised and masked."""
+               runtime: Runtime | None, shuffle: bool = True, batch_size: int | None = None) -> ShardStream:
+    """A version's rows, tokenised and masked: this process's share of them under ``runtime`` (training), all of
+    them with ``runtime`` None (evaluation, which rank 0 runs alone)."""
     collate = MaskingCollator(tokenizer, cfg.max_seq_length, mask_prob, whole_word, cfg.seed)
+    rank, world_size = (runtime.rank, runtime.world_size) if runtime is not None else (0, 1)
     return ShardStream.from_store(store, ref, tokenizer, batch_size=batch_size or cfg.batch_size,
                                   max_seq_length=cfg.max_seq_length, seed=cfg.seed, shuffle=shuffle,
                                   shuffle_buffer=cfg.shuffle_buffer, group_batches=cfg.group_batches,
-                                  rank=runtime.rank, world_size=runtime.world_size, collator=collate)
+                                  rank=rank, world_size=world_size, collator=collate)
 
 
 @torch.no_grad()
 def masked_lm_scores(objective: MaskedLMObjective, stream: ShardStream, device: torch.device) -> dict[str, float]:
-    """Perplexity and accuracy at masked positions over a (fixed-mask) stream."""
+    """Perplexity and accuracy at masked positions over a (fixed-mask) stream, with the pieces scored and the
+    ``max_seq_length`` the rows were truncated to."""
     total, correct, count = 0.0, 0, 0
     stream.set_state(0, 0)
     for batch in stream:
@@ -166,17 +169,21 @@ def masked_lm_scores(objective: MaskedLMObjective, stream: ShardStream, device: 
         count += int(labels.numel())
     if count == 0:
         raise DistilleryError("the evaluation version has no maskable pieces")
-    return {"perplexity": math.exp(total / count), "masked_accuracy": correct / count, "masked_pieces": count}
+    return {"perplexity": math.exp(total / count), "masked_accuracy": correct / count, "masked_pieces": count,
+            "max_seq_length": stream.collate.max_seq_length}
 
 
-def _eval_fn(store: Store, cfg: MLMConfig, tokenizer: str, runtime: Runtime,
+def _eval_fn(store: Store, cfg: MLMConfig | DistillConfig, tokenizer: str, runtime: Runtime,
              scorer: CandidateScorer | None) -> Callable[[nn.Module], dict[str, Any]] | None:
+    """The evaluation on ``cfg.eval_ref``: masked-LM scores over the whole version (never this rank's share: rank 0
+    evaluates alone), plus ``scorer``'s on its first ``eval_rows`` texts (masked-LM training)."""
     if not cfg.eval_ref:
         return None
-    stream = mlm_stream(store, cfg.eval_ref, tokenizer, cfg, cfg.mask_prob, cfg.whole_word, runtime, shuffle=False,
+    whole_word = isinstance(cfg, MLMConfig) and cfg.whole_word
+    stream = mlm_stream(store, cfg.eval_ref, tokenizer, cfg, cfg.mask_prob, whole_word, None, shuffle=False,
                         batch_size=64)
-    texts = [t for t in store.read_table(cfg.eval_ref, columns=[TEXT]).column(TEXT).to_pylist()[:cfg.eval_rows]
-             if t]
+    texts = ([t for t in store.read_table(cfg.eval_ref, columns=[TEXT]).column(TEXT).to_pylist()[:cfg.eval_rows]
+              if t] if scorer is not None else [])
 
     def evaluate(objective: nn.Module) -> dict[str, Any]:
         scores: dict[str, Any] = masked_lm_scores(objective, stream, runtime.device)
@@ -193,6 +200,7 @@ def train_mlm(store: Store, train_ref: str, config: MLMConfig, output_dir: str |
     augmentation's recall) to each evaluation on ``config.eval_ref``."""
     output_dir = Path(output_dir)
     source = models.resolve_model(config.model)
+    models.check_against_model(source, "model", config.max_seq_length, config.train_layers)
     identity = run_identity(store, "mlm", config, train_ref, model=source, scorer=getattr(scorer, "__name__", None))
     return reuse_or_train(output_dir, identity, lambda: _train(store, train_ref, config, output_dir, source, resume,
                                                                scorer), config.prune_checkpoints)
@@ -253,6 +261,8 @@ def distil_masked_lm(store: Store, train_ref: str, cfg: DistillConfig, output_di
     """DistilBERT general distillation of a masked-LM teacher into a masked-LM student on a text version."""
     output_dir = Path(output_dir)
     teacher_src = models.resolve_model(cfg.teacher)
+    models.check_against_model(teacher_src, "teacher", cfg.max_seq_length)
+    models.check_against_model(cfg.student, "student", cfg.max_seq_length)
     identity = run_identity(store, "general-distilbert", cfg, train_ref, teacher=teacher_src, student=cfg.student)
     return reuse_or_train(output_dir, identity, lambda: _distil(store, train_ref, cfg, output_dir, teacher_src,
                                                                 resume), cfg.prune_checkpoints)
@@ -272,14 +282,9 @@ def _distil(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, 
     objective = DistilBertObjective(student, teacher, cfg.kl_weight, cfg.hard_weight, cfg.cosine_weight,
                                     cfg.temperature)
     stream = mlm_stream(store, train_ref, teacher_src, cfg, cfg.mask_prob, False, runtime)
-    eval_fn = None
-    if cfg.eval_ref:
-        held = mlm_stream(store, cfg.eval_ref, teacher_src, cfg, cfg.mask_prob, False, runtime, shuffle=False,
-                          batch_size=64)
-        eval_fn = lambda objective: masked_lm_scores(objective, held, runtime.device)  # noqa: E731
-    trainer = Trainer(objective, stream, cfg, output_dir, runtime, eval_fn, "general",
-                      {"train_version": store.resolve(train_ref), "teacher": teacher_src, "student": cfg.student,
-                       "objective": "distilbert"})
+    trainer = Trainer(objective, stream, cfg, output_dir, runtime, _eval_fn(store, cfg, teacher_src, runtime, None),
+                      "general", {"train_version": store.resolve(train_ref), "teacher": teacher_src,
+                                  "student": cfg.student, "objective": "distilbert"})
     scores = trainer.run(resume)
     return finish_run(trainer, "general distillation (DistilBERT)", student, teacher_src, output_dir / "model",
                       mode="general", base=cfg.student, teacher=teacher_src,

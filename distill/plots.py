@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+from pipelines.atomic import replace_atomic
+from pipelines.confine import read_own_text
 
 
 def plot_metrics(metrics_path: Path, out_path: Path, title: str = "") -> Path | None:
-    """Loss (and its parts) against step on the left, eval metrics against step on the right."""
-    if not metrics_path.exists():
+    """Loss (and its parts) against step on the left, eval metrics against step on the right; the log is read
+    without following a symlink and the PNG written through a new temporary file."""
+    if not os.path.lexists(metrics_path):
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in read_own_text(metrics_path).splitlines() if line.strip()]
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval" in r]
     if not train and not evals:
@@ -41,6 +46,8 @@ def plot_metrics(metrics_path: Path, out_path: Path, title: str = "") -> Path | 
         ax.set_title("evaluation")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
+    try:
+        replace_atomic(out_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return out_path

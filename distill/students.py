@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from pipelines.atomic import fill_folder
 from pipelines.errors import DistilleryError
 from pipelines.resources import glove_6b_50d_files
 
@@ -134,7 +135,10 @@ class BiLSTMStudent(SequenceStudent):
 
 
 class TextCNNStudent(SequenceStudent):
-    """Convolutions of widths 3, 4 and 5 over the words, ReLU, max-pooled over time, then the classifier (Kim)."""
+    """Convolutions of widths 3, 4 and 5 over the words, ReLU, max-pooled over time, then the classifier (Kim).
+
+    Padding positions are zeroed before the convolutions (whatever the ``[PAD]`` embedding holds: the teacher's is
+    not zero), so a sentence's windows see zeros past its end in any batch: the same logits at any batch padding."""
 
     config_class = TextCNNConfig
 
@@ -145,7 +149,7 @@ class TextCNNStudent(SequenceStudent):
         self.classifier = nn.Linear(len(KERNEL_SIZES) * config.hidden_size, config.num_labels)
 
     def encode(self, embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = embedded.transpose(1, 2)
+        x = (embedded * mask.unsqueeze(-1).to(embedded.dtype)).transpose(1, 2)
         length = mask.size(1)
         return torch.cat([masked_max(torch.relu(conv(x))[:, :, :length].transpose(1, 2), mask)
                           for conv in self.convolutions], dim=-1)
@@ -207,7 +211,7 @@ def build_student_model(kind: str, vocab_size: int, vectors: torch.Tensor, shape
 # ---- word-level vocabulary and GloVe vectors ------------------------------------------------------------
 def words_tokenizer(texts: Iterable[str], folder: Path, max_words: int = 0) -> Path:
     """A word-level Hugging Face tokenizer (lower-cased, BERT's word splitting) over the words of ``texts``, most
-    frequent first (``max_words`` > 0 keeps that many), saved in ``folder``."""
+    frequent first (``max_words`` > 0 keeps that many), saved in ``folder`` (through a new temporary folder)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -223,8 +227,7 @@ def words_tokenizer(texts: Iterable[str], folder: Path, max_words: int = 0) -> P
     tokenizer.pre_tokenizer = splitter
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, unk_token=UNK,
                                    model_input_names=["input_ids", "token_type_ids", "attention_mask"])
-    fast.save_pretrained(folder)
-    return folder
+    return fill_folder(folder, fast.save_pretrained)    # never through a symlink planted in folder
 
 
 def version_texts(shards: Iterable[str | Path]) -> Iterable[str]:

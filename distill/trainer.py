@@ -23,13 +23,93 @@ from tqdm.auto import tqdm
 from distill import checkpoint
 from distill.config import TrainConfig
 from distill.data import EpochLoaders, ShardStream
-from pipelines.atomic import write_bytes_atomic
+from pipelines.atomic import append_line, create_new, write_bytes_atomic, write_json_atomic
 from pipelines.config import runtime_fields, to_dict
+from pipelines.confine import is_regular, open_regular, read_own_text
 from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar, say
 
 PREFETCH_BATCHES = 32   # open the next epoch's loader when this many batches of the current one are left
 EvalFn = Callable[[nn.Module], dict[str, Any]]
+RUN_MARK = ".distillery-run"            # written into a run folder when a run first uses it
+PNG = b"\x89PNG\r\n\x1a\n"
+TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+RUN_FOLDERS = frozenset({"checkpoints", "model", "words"})
+
+
+def _head(path: Path, size: int = 1 << 16) -> bytes:
+    """The first bytes of a regular file (b"" for a symlink, a special file or an unreadable one)."""
+    try:
+        with os.fdopen(open_regular(path, follow=False), "rb") as fh:
+            return fh.read(size)
+    except (DistilleryError, OSError):
+        return b""
+
+
+def _json_with(path: Path, *keys: str, first_line: bool = False) -> bool:
+    """Whether a file holds a JSON object (its first line one, with ``first_line``) with these keys."""
+    head = _head(path, 1 << 16 if first_line else 1 << 24)
+    try:
+        data = json.loads(head.split(b"\n", 1)[0] if first_line else head)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and set(keys) <= set(data)
+
+
+def _folder_of(path: Path, allowed: Callable[[str], bool]) -> bool:
+    """Whether ``path`` is a real folder whose entries all have names ``allowed`` (or are temporary files)."""
+    return path.is_dir() and not path.is_symlink() and all(allowed(p.name) or checkpoint.TEMPORARY.fullmatch(p.name)
+                                                           for p in path.iterdir())
+
+
+# what a run writes into its folder, each with the test that an entry of that name is one (before RUN_MARK existed)
+RUN_LAYOUT: dict[str, Callable[[Path], bool]] = {
+    ".lock": is_regular,
+    "config.json": lambda p: _json_with(p, "mode", "config", "steps"),
+    "finished.json": lambda p: _json_with(p, "run", "model"),
+    "metrics.jsonl": lambda p: is_regular(p) and (not _head(p, 1) or _json_with(p, "step", first_line=True)),
+    "loss.png": lambda p: _head(p, len(PNG)) == PNG,
+    "checkpoints": lambda p: _folder_of(p, lambda name: bool(checkpoint.STEP_FILE.fullmatch(name))),
+    "words": lambda p: _folder_of(p, TOKENIZER_FILES.__contains__),
+    "model": lambda p: _folder_of(p, lambda name: True) and (not any(p.iterdir()) or is_regular(p / "card.json")),
+}
+
+
+def claim_run_folder(run_dir: Path) -> Path:
+    """Make sure ``run_dir`` is a run folder of ours before anything is written into it or deleted from it: a new
+    or empty folder is marked as one (``RUN_MARK``) and a marked one is one; an unmarked folder is one only when
+    everything in it is what a run writes (``RUN_LAYOUT``: a run of an earlier distillery), and is then marked.
+    Anything else, or in a marked folder a file or folder of a run replaced by a symlink or a special file, is
+    refused in one line naming what is in the way, before any write."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DistilleryError(f"--output {run_dir} is not a folder; choose another --output") from None
+    mark = run_dir / RUN_MARK
+    marked = os.path.lexists(mark)
+    if marked and not is_regular(mark):
+        raise DistilleryError(f"{mark} is not a regular file; refusing to use {run_dir} as a run folder")
+    for item in sorted(run_dir.iterdir()):
+        check = RUN_LAYOUT.get(item.name)
+        if item.name == RUN_MARK or checkpoint.TEMPORARY.fullmatch(item.name) or (marked and check is None):
+            continue
+        right_kind = (item.is_dir() and not item.is_symlink()) if item.name in RUN_FOLDERS else is_regular(item)
+        if marked and not right_kind:
+            raise DistilleryError(f"{item} is not the {'folder' if item.name in RUN_FOLDERS else 'file'} a run "
+                                  f"writes there (a symlink, or another kind of file); refusing to write through it "
+                                  f"(remove it)")
+        if not marked and (check is None or not check(item)):
+            raise DistilleryError(f"{run_dir} is not empty and is not a distillery run folder ({item.name!r} is "
+                                  f"not something a run writes); choose another --output (nothing was changed)")
+    if marked:
+        return run_dir
+    try:
+        fd = create_new(mark)
+    except FileExistsError:                      # another process marked it first
+        return run_dir
+    with os.fdopen(fd, "w") as fh:
+        fh.write("a distillery run folder: distillery writes and deletes only its own files here\n")
+    return run_dir
 
 
 @dataclass
@@ -82,6 +162,16 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if cfg.amp == "fp16" and device.type != "cuda":
         raise DistilleryError("amp=fp16 needs a CUDA device (use bf16 or none on CPU)")
     return Runtime(device, rank, world_size, local_rank)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line (infinite for a line that is not a record: dropped on resume)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return math.inf
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else math.inf
 
 
 def total_steps(cfg: TrainConfig, stream: ShardStream) -> tuple[int, int]:
@@ -179,34 +269,48 @@ class Trainer:
             torch.distributed.barrier()
 
     def _prepare_folder(self, resume: bool) -> None:
+        """Claim the run folder (the main process), resume from the newest usable checkpoint or start afresh, and
+        record the run's config."""
+        if self.runtime.is_main:
+            claim_run_folder(self.output_dir)
         latest = checkpoint.latest(self.ckpt_dir)
         if latest is not None and not resume:
             raise DistilleryError(f"{self.output_dir} already holds a run (checkpoint {latest.name}); "
                                   f"continue it with --resume or choose another --output")
-        found = checkpoint.load_newest_good(self.ckpt_dir, say) if latest is not None else None
-        if found is not None:
-            state = found[1]
-            free = runtime_fields(self.cfg) | {"grad_accum"}     # grad_accum: with the process count, below
-            changed = {k: (v, getattr(self.cfg, k, None)) for k, v in state["config"].items()
-                       if k not in free and v != getattr(self.cfg, k, None)}
-            if changed or state.get("record", self.record) != self.record:
-                raise DistilleryError(f"cannot resume {self.output_dir}: the run was started with other settings "
-                                      f"({changed or 'data / models differ'}); use the same config or a new --output")
-            self._check_global_batch(state["config"]["grad_accum"],
-                                     state["data"].get("world_size", self.runtime.world_size))
-            self.load_state_dict(state)
-            if self.runtime.is_main and self.metrics_path.exists():   # drop lines written after the checkpoint
-                kept = [line for line in self.metrics_path.read_text().splitlines()
-                        if line.strip() and json.loads(line)["step"] <= self.step]
-                write_bytes_atomic(self.metrics_path, "".join(line + "\n" for line in kept).encode())
-        elif self.runtime.is_main:
-            self.metrics_path.unlink(missing_ok=True)
+        found = checkpoint.load_newest_good(self.ckpt_dir, say, use=self._resume_from) if latest is not None else None
+        logged = os.path.lexists(self.metrics_path) and self.runtime.is_main
+        if logged and not is_regular(self.metrics_path):
+            raise DistilleryError(f"{self.metrics_path} is not a regular file; refusing to write through it "
+                                  f"(remove it)")
+        if found is not None and logged:                      # drop lines written after the checkpoint
+            kept = [line for line in read_own_text(self.metrics_path).splitlines()
+                    if _logged_step(line) <= self.step]
+            write_bytes_atomic(self.metrics_path, "".join(line + "\n" for line in kept).encode())
+        elif logged:
+            self.metrics_path.unlink()
         if self.runtime.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
             info = {"mode": self.description, "config": to_dict(self.cfg), "steps": self.total,
                     "steps_per_epoch": self.per_epoch, "world_size": self.runtime.world_size, **self.record}
-            (self.output_dir / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str)
-                                                         + "\n")
+            write_json_atomic(self.output_dir / "config.json", info)
+
+    def _resume_from(self, state: dict[str, Any]) -> None:
+        """Continue from a loaded checkpoint: other settings are refused; one not shaped like this run's state,
+        or whose state does not load, is ``checkpoint.Unusable`` (the previous checkpoint is tried)."""
+        free = runtime_fields(self.cfg) | {"grad_accum"}     # grad_accum: with the process count, below
+        changed = {k: (v, getattr(self.cfg, k, None)) for k, v in state["config"].items()
+                   if k not in free and v != getattr(self.cfg, k, None)}
+        if changed or state.get("record", self.record) != self.record:
+            raise DistilleryError(f"cannot resume {self.output_dir}: the run was started with other settings "
+                                  f"({changed or 'data / models differ'}); use the same config or a new --output")
+        self._check_global_batch(state["config"]["grad_accum"],
+                                 state["data"].get("world_size", self.runtime.world_size))
+        shapes = [tuple(p.shape) for group in self.optimizer.param_groups for p in group["params"]]
+        checkpoint.check_structure(state, self.state_dict(), shapes)
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise checkpoint.Unusable(f"its state does not load ({reason[:160]})") from None
 
     def _check_global_batch(self, grad_accum: int, world_size: int) -> None:
         """A run resumes under another process count when the global batch (batch_size x processes x grad_accum)
@@ -222,8 +326,7 @@ class Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.runtime.is_main:
-            with open(self.metrics_path, "a") as fh:
-                fh.write(json.dumps(record, sort_keys=True) + "\n")
+            append_line(self.metrics_path, json.dumps(record, sort_keys=True))
 
     # ---- the loop --------------------------------------------------------------------------------
     def _wrapped(self) -> nn.Module:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines.confine import real_dir
 from pipelines.errors import DistilleryError
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -109,6 +110,31 @@ def _open_own_file(path: Path, flags: int, what: str) -> int:
         kind = "has other hard links" if stat.S_ISREG(info.st_mode) else "is not a regular file"
         raise DistilleryError(f"{what} {path} {kind}; refusing to write to it (remove it)")
     return fd
+
+
+def fill_folder(folder: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a new, empty temporary folder beside ``folder``, then move what it wrote into
+    ``folder``: the whole temporary folder when ``folder`` does not exist, else file by file, each replacing only a
+    regular file (or filling a real folder) of the same name; what else ``folder`` holds is left as it is."""
+    with temporary_sibling(folder, directory=True) as tmp:
+        write(tmp)
+        if not os.path.lexists(folder):
+            os.replace(tmp, folder)
+        else:
+            _move_into(tmp, real_dir(folder, "folder"))
+    return folder
+
+
+def _move_into(source: Path, target: Path) -> None:
+    for item in sorted(source.iterdir()):
+        destination = target / item.name
+        if item.is_dir() and os.path.lexists(destination):
+            _move_into(item, real_dir(destination, "folder"))
+            continue
+        if os.path.lexists(destination) and (item.is_dir() or not stat.S_ISREG(os.lstat(destination).st_mode)):
+            raise DistilleryError(f"{destination} is not a regular file as distillery writes it (a symlink, a "
+                                  f"folder or a special file); refusing to replace it (remove it)")
+        os.replace(item, destination)
 
 
 _HELD: set[WriterLock] = set()

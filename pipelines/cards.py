@@ -50,6 +50,14 @@ class _LengthStats:
                 "mean": round(self.total / n, 2), "histogram": histogram}
 
 
+def _batch_rows(parquet: pq.ParquetFile, budget: int = 16 << 20) -> int:
+    """Rows per batch of a shard: 8192, fewer for wide rows (about ``budget`` bytes of values a batch), so the
+    statistics of a version of long documents take bounded memory."""
+    meta = parquet.metadata
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return int(max(1, min(8192, budget * max(1, meta.num_rows) // max(1, size))))
+
+
 def compute_stats(shards: Iterable[Path]) -> dict[str, Any]:
     """Length statistics of the text columns and the label distribution, streamed shard by shard."""
     chars: dict[str, _LengthStats] = {}
@@ -60,7 +68,7 @@ def compute_stats(shards: Iterable[Path]) -> dict[str, Any]:
         parquet = pq.ParquetFile(path, memory_map=True)
         names = parquet.schema_arrow.names
         columns = [c for c in (*TEXT_COLUMNS, "label") if c in names]
-        for batch in parquet.iter_batches(columns=columns, batch_size=8192):
+        for batch in parquet.iter_batches(columns=columns, batch_size=_batch_rows(parquet)):
             for column in TEXT_COLUMNS:
                 if column not in batch.schema.names:
                     continue

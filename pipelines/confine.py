@@ -9,6 +9,7 @@ read, so nothing hangs on ``/dev/zero`` or a pipe.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -40,11 +41,12 @@ def is_regular(path: Path) -> bool:
         return False
 
 
-def real_dir(path: Path, what: str, create: bool = False) -> Path:
-    """``path`` as a real folder (created if asked and missing); a symlink or a file in its place is refused."""
+def real_dir(path: Path, what: str, create: bool = False, parents: bool = False) -> Path:
+    """``path`` as a real folder (created if asked and missing, with its parents if asked); a symlink, a file or a
+    special file in its place is refused, never followed."""
     if create:
         try:
-            path.mkdir(exist_ok=True)
+            path.mkdir(parents=parents, exist_ok=True)
         except FileExistsError:
             pass                                 # a file or a dangling symlink of that name: named below
     try:
@@ -52,8 +54,8 @@ def real_dir(path: Path, what: str, create: bool = False) -> Path:
     except FileNotFoundError:
         raise DistilleryError(f"{what} {path} does not exist") from None
     if not stat.S_ISDIR(mode):
-        raise DistilleryError(f"{what} {path} is {_kind(mode)}, not a folder; refusing to use it (a store keeps "
-                              f"its own folders: remove it)")
+        raise DistilleryError(f"{what} {path} is {_kind(mode)}, not a folder; refusing to write through it "
+                              f"(remove it)")
     return path
 
 
@@ -116,3 +118,29 @@ def open_regular(path: str | Path, follow: bool = True) -> int:
         raise DistilleryError(f"{path} is {_kind(mode)}, not a regular file; refusing to read it")
     os.set_blocking(fd, True)
     return fd
+
+
+def read_own_text(path: Path) -> str:
+    """The text of a file distillery wrote (a log, a record), read without following a symlink; a FIFO or a
+    device in its place is refused unread."""
+    with os.fdopen(open_regular(path, follow=False), encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
+_MISSING: Any = object()
+
+
+def read_own_json(path: Path, default: Any = _MISSING, limit: int = 64 << 20) -> Any:
+    """JSON a distillery command wrote (``default`` when there is no such file, if given), read without following
+    a symlink and at most ``limit`` bytes; a damaged file (not JSON, too large, a FIFO or device) is a one-line
+    error naming it, never a hang or a traceback."""
+    if default is not _MISSING and not os.path.lexists(path):
+        return default
+    with os.fdopen(open_regular(path, follow=False), "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise DistilleryError(f"{path} is larger than {limit} bytes; not a file distillery wrote")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise DistilleryError(f"{path} is damaged (not valid JSON); remove it or restore it") from None

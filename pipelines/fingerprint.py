@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipelines.confine import open_regular
+from pipelines.confine import check_input, open_regular
 
 _CHUNK = 1 << 20
 _LIBRARIES = ("distillery", "pyarrow", "datasets", "torch", "transformers", "tokenizers", "gensim", "numpy",
@@ -29,10 +29,15 @@ def file_sha256(path: str | Path) -> str:
 
 
 def tree_sha256(path: str | Path) -> str:
-    """sha256 over the relative names and contents of every file below a folder (sorted)."""
+    """sha256 over the relative names and contents of every file below a folder (sorted); a device, FIFO or socket
+    among them is refused, never skipped nor read."""
     root = Path(path)
     digest = hashlib.sha256()
-    for item in sorted(p for p in root.rglob("*") if p.is_file()):
+    entries = list(root.rglob("*"))
+    for entry in entries:
+        if not entry.is_dir():
+            check_input(entry)
+    for item in sorted(p for p in entries if p.is_file()):
         digest.update(item.relative_to(root).as_posix().encode() + b"\0")
         digest.update(file_sha256(item).encode())
     return digest.hexdigest()

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from pipelines import fingerprint
 from pipelines.atomic import WriterLock, shared_lock, temporary_sibling, write_bytes_atomic, write_json_atomic
 from pipelines.cards import compute_stats, write_card
-from pipelines.confine import is_regular, open_regular, real_dir, regular_member
+from pipelines.confine import is_regular, open_regular, read_own_json, real_dir, regular_member
 from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
 from pipelines.progress import say
 
@@ -37,7 +37,7 @@ FORMAT = "distillery.version/1"
 MANIFEST = "manifest.json"
 CARD = "README.md"
 ROW_GROUP_ROWS = 10_000
-ROW_GROUP_BYTES = 128 << 20       # a row group holds fewer rows when they reach this size in memory
+ROW_GROUP_BYTES = 32 << 20        # a row group holds fewer rows when they reach this size in memory
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")            # names, tags (always fullmatch)
 _ID_RE = re.compile(r"[0-9a-f]{64}")                             # version ids, sha256s
 _SHARD_RE = re.compile(r"data/shard-[0-9]{5,}\.parquet")         # the only file names a version holds
@@ -191,18 +191,6 @@ class _Untrusted(Exception):
     """A chunk record (or what it names) that resume must not reuse."""
 
 
-def _read_json(path: Path, limit: int = 64 << 20) -> Any:
-    """JSON from a regular file of ours (a symlink, FIFO or device is refused unread)."""
-    with os.fdopen(open_regular(path, follow=False), "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise DistilleryError(f"{path} is larger than {limit} bytes; not a file distillery wrote")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        raise DistilleryError(f"{path} is not valid JSON") from None
-
-
 def _check_entry(entry: Any, pattern: re.Pattern[str]) -> None:
     """A manifest's (or chunk record's) file entry: {path, rows, bytes, sha256} of the right forms."""
     if not isinstance(entry, dict):
@@ -296,7 +284,7 @@ class VersionWriter:
                 self._discard_chunk(index)
 
     def _checked_record(self, index: int) -> dict[str, Any]:
-        record = _read_json(self._record_path(index))
+        record = read_own_json(self._record_path(index))
         if not isinstance(record, dict) or record.get("index") != index:
             raise _Untrusted("its record is not a chunk record of this index")
         if not isinstance(record.get("accounting"), dict) or not isinstance(record.get("schema"), list):
@@ -476,7 +464,10 @@ class Store:
     def lock_path(self, version_id: str) -> Path:
         """The lock of a version: exclusive while it is written or deleted, shared while it is read."""
         self.version_path(version_id)
-        return self.root / "locks" / f"{version_id}.lock"
+        locks = self.root / "locks"
+        if os.path.lexists(locks):
+            real_dir(locks, "store folder")
+        return locks / f"{version_id}.lock"
 
     def is_complete(self, version_id: str) -> bool:
         """True when the version's manifest exists (as a regular file in a real version folder)."""
@@ -539,7 +530,7 @@ class Store:
         if not self.is_complete(vid):
             raise VersionNotFoundError(f"'{ref}' points at version {vid[:12]}, which is not complete in store "
                                        f"{self.root}")
-        return check_manifest(_read_json(self.version_path(vid) / MANIFEST), vid)
+        return check_manifest(read_own_json(self.version_path(vid) / MANIFEST), vid)
 
     def _hold_for_reading(self, vid: str) -> None:
         """Mark this process as a reader of ``vid`` (a shared lock until it exits), so that ``gc`` leaves it."""
@@ -754,10 +745,11 @@ class Store:
                 else:
                     report.deleted.append(vid)
                 continue
+            lock_path = self.lock_path(vid)                     # (a symlinked locks folder: refused here)
             try:
-                lock = WriterLock(self.lock_path(vid), f"version {vid[:12]}")
-            except DistilleryError:
-                report.skipped[vid] = "in use (being written or read)"
+                lock = WriterLock(lock_path, f"version {vid[:12]}")
+            except DistilleryError as exc:
+                report.skipped[vid] = f"in use or its lock refused: {exc}"
                 continue
             with lock:
                 shutil.rmtree(self.version_path(vid))

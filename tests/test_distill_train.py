@@ -277,7 +277,7 @@ def test_finetune_then_evaluate_maps_labels_by_name(store, make_version, tiny_be
     config = AutoConfig.from_pretrained(model_dir)
     assert config.label2id == {"a": 0, "b": 1, "c": 2}
     scores = distill.evaluate(store, "e", model_dir)
-    assert scores["rows"] == 2 and scores["unknown_labels"] == 1
+    assert scores["rows"] == 3 and scores["unknown_labels"] == 1          # the unknown label is an error
     assert set(scores) >= {"accuracy", "macro_f1", "matthews"}
     assert distill.evaluate(store, "e", tmp_path / "ft") == scores           # a run folder means its model
     with pytest.raises(DistilleryError, match="not a saved model"):

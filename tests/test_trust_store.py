@@ -304,3 +304,18 @@ def test_a_read_only_store_stays_readable(store, make_version, monkeypatch):
     monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
     monkeypatch.setattr(atomic, "_open_own_file", read_only)
     assert store.read_table("toy").num_rows == 5 and store.verify(vid) == []
+
+
+def test_a_symlinked_locks_folder_is_refused_by_writers_and_gc(store, make_version, tmp_path):
+    make_version(store, ROWS, config={"orphan": 2})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for entry in (store.root / "locks").iterdir():
+        entry.unlink()
+    (store.root / "locks").rmdir()
+    (store.root / "locks").symlink_to(outside)
+    with pytest.raises(DistilleryError, match="is a symlink, not a folder"):
+        store.gc(unreferenced=True)
+    with pytest.raises(DistilleryError, match="is a symlink, not a folder"):
+        new_writer(store, "preprocess", {"c": 9}, [{"kind": "raw", "sha256": "5" * 64}])
+    assert list(outside.iterdir()) == []

@@ -34,16 +34,20 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from augment import AugmentConfig, plan_augment
-from distill import CacheLogitsConfig, DistillConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
+from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
 from distill.api import evaluate, finetune, general_distill, task_distill
+from distill.card import model_seq_length
 from distill.logits import plan_teacher_logits
+from distill.metrics import SCORING_RULES
 from distill.models import layer_mapping, load_student, load_teacher, num_layers, resolve_model
 from distill.models import load_config as load_model_config
 from distill.runs import TrainedModel, read_scores
 from distillery.compose import train_augmentation_mlm
 from distillery.demo import SAMPLE_DIR
 from distillery.recipes.ablation_report import write_report
-from pipelines.config import ConfigError, Options, load_config, option, read_toml, to_dict
+from pipelines.atomic import write_json_atomic
+from pipelines.config import ConfigError, Options, identity_dict, load_config, option, read_toml, to_dict
+from pipelines.confine import read_own_json
 from pipelines.errors import DistilleryError
 from pipelines.preprocess import PreprocessConfig, plan_preprocess
 from pipelines.preprocess.readers import detect_format, expand_folders
@@ -52,7 +56,7 @@ from pipelines.store import Store
 
 VARIANTS = ("direct", "task", "task-aug", "general+task-aug")
 MLM_VARIANT = "task-aug-mlm"
-SECTIONS = ("preprocess", "augment", "augment_mlm", "mlm", "teacher", "direct", "general", "task")
+SECTIONS = ("preprocess", "augment", "augment_mlm", "mlm", "teacher", "direct", "general", "task", "evaluate")
 SPLITS = ("train", "dev", "test", "unlabelled")
 SCHEDULES = ("equal-steps", "equal-epochs")
 T = TypeVar("T")
@@ -109,6 +113,7 @@ class StepConfigs:
     direct: FinetuneConfig
     general: DistillConfig
     task: TaskDistillConfig
+    evaluate: EvaluateConfig            # how every model is scored on dev and test
 
 
 def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> StepConfigs:
@@ -131,6 +136,7 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Step
         direct=load_config(FinetuneConfig, path, section="direct"),
         general=load_config(DistillConfig, path, section="general"),
         task=load_config(TaskDistillConfig, path, section="task"),
+        evaluate=load_config(EvaluateConfig, path, section="evaluate"),
     )
 
 
@@ -140,7 +146,7 @@ class Clock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        self.seconds: dict[str, float] = read_own_json(path, {})
         self.used: list[str] = []           # the stage runs of this experiment, timed now or earlier
 
     def run(self, key: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -151,7 +157,7 @@ class Clock:
         if not getattr(result, "up_to_date", False) or key not in self.seconds:
             self.seconds[key] = round(time.perf_counter() - start, 1)
         self.used.append(key)
-        self.path.write_text(json.dumps(self.seconds, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(self.path, self.seconds)
         return result
 
     def report(self) -> dict[str, Any]:
@@ -352,27 +358,39 @@ def _train(x: Experiment, folder: str, train: Callable[..., Any], ref: str, cfg:
     return x.clock.run(folder, train, x.store, ref, cfg, x.out / folder, resume=True).path
 
 
+def score_key(model_dir: Path, version_id: str, config: EvaluateConfig) -> str:
+    """The score cache's key of a model on a version: the model (folder and its weights' mtime), the version, the
+    evaluation config (the sequence length resolved for this model) and the scoring rules."""
+    evaluation = {**identity_dict(config), "max_seq_length": model_seq_length(model_dir, config.max_seq_length)}
+    return (f"{model_dir}@{(model_dir / 'model.safetensors').stat().st_mtime_ns}|{version_id}|"
+            f"{json.dumps(evaluation, sort_keys=True)}|rules {SCORING_RULES}")
+
+
 def score_models(x: Experiment) -> None:
-    """Test accuracy, parameters and latency of the teacher and of every student (all seeds), per schedule."""
+    """Dev and test scores, parameters and latency of the teacher and of every student (all seeds), per schedule;
+    the best student of each schedule is picked by dev accuracy (``best_student``) and reported on test."""
     test_texts = [row["text"] for row in x.store.read_table(x.names["test"], columns=["text"]).to_pylist()]
     timing_texts = test_texts[:x.exp.latency_sentences]
-    cache_path = x.out / "scores.json"       # a model scored before (same weights, same test version) is not again
-    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    cache_path = x.out / "scores.json"       # a model scored before (same weights, version, config, rules) is not again
+    cache: dict[str, Any] = read_own_json(cache_path, {})
 
-    def score(model_dir: Path) -> dict[str, Any]:
-        key = f"{model_dir}@{(model_dir / 'model.safetensors').stat().st_mtime_ns}|{x.store.resolve(x.names['test'])}"
+    def score(model_dir: Path, split: str) -> dict[str, Any]:
+        key = score_key(model_dir, x.store.resolve(x.names[split]), x.cfgs.evaluate)
         if key not in cache:
-            cache[key] = {**evaluate(x.store, x.names["test"], model_dir), **parameter_counts(model_dir),
-                          "latency_ms_batch1": latency_ms(model_dir, timing_texts, 1),
-                          "latency_ms_batch32": latency_ms(model_dir, timing_texts, 32)}
-            cache_path.write_text(json.dumps(cache, indent=2, sort_keys=True) + "\n")
+            cache[key] = evaluate(x.store, x.names[split], model_dir, x.cfgs.evaluate)
+            if split == "test":
+                cache[key].update(**parameter_counts(model_dir),
+                                  latency_ms_batch1=latency_ms(model_dir, timing_texts, 1),
+                                  latency_ms_batch32=latency_ms(model_dir, timing_texts, 32))
+            write_json_atomic(cache_path, cache)
         return cache[key]
 
     def describe(model_dirs: list[Path]) -> dict[str, Any]:
-        scores = [score(d) for d in model_dirs]
+        scores, dev = [score(d, "test") for d in model_dirs], [score(d, "dev") for d in model_dirs]
         first = scores[0]
         return {"accuracy": summarise([s["accuracy"] for s in scores]),
                 "macro_f1": summarise([s["macro_f1"] for s in scores]),
+                "dev_accuracy": summarise([s["accuracy"] for s in dev]), "max_seq_length": first["max_seq_length"],
                 "parameters": first["parameters"], "non_embedding_parameters": first["non_embedding_parameters"],
                 "latency_ms_batch1": first["latency_ms_batch1"], "latency_ms_batch32": first["latency_ms_batch32"],
                 "runs": [str(d) for d in model_dirs]}
@@ -385,6 +403,18 @@ def score_models(x: Experiment) -> None:
             row["non_embedding_vs_teacher"] = round(row["non_embedding_parameters"] /
                                                     teacher["non_embedding_parameters"], 4)
         x.tables[schedule] = table
+
+
+def best_student(table: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The student with the highest mean dev accuracy (the first in table order on a tie), with its test
+    scores: picked on dev, reported on test, so that the pick does not flatter its own test score."""
+    students = {name: row for name, row in table.items() if name != "teacher"}
+    if not students:
+        return None
+    name = max(students, key=lambda n: students[n]["dev_accuracy"]["mean"])
+    row = students[name]
+    return {"student": name, "picked_by": "mean dev accuracy", "dev_accuracy": row["dev_accuracy"]["mean"],
+            "test_accuracy": row["accuracy"]["mean"], "test_accuracy_vs_teacher": row["accuracy_vs_teacher"]}
 
 
 STAGES: tuple[tuple[str, Callable[[Experiment], None]], ...] = (
@@ -406,12 +436,14 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
         "augmentation": {variant: {"version_id": m["version_id"], "rows": m["num_rows"],
                                    "counts": m["extra"].get("counts", {}), "agreement": m.get("agreement")}
                          for variant, m in x.augmented.items()},
-        "schedules": {schedule: {"table": table,
+        "schedules": {schedule: {"table": table, "best": best_student(table),
                                  "comparisons": _comparisons({k: v for k, v in table.items() if k != "teacher"})}
                       for schedule, table in x.tables.items()},
+        "scoring": {"rules": SCORING_RULES, "evaluate": to_dict(cfgs.evaluate),
+                    "max_seq_length": cfgs.evaluate.max_seq_length or "each model's training length (its card.json)"},
         "wall_clock_seconds": x.clock.report(),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+    write_json_atomic(out / "results.json", results)
     write_report(results, out)
     return results
 

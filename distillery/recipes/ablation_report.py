@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from pipelines.atomic import write_bytes_atomic
+
 INIT = {"random": "randomly", "teacher": "from the pre-trained encoder's embeddings and mapped layers"}
 
 
@@ -71,14 +73,24 @@ def _pm(summary: dict[str, float]) -> str:
 
 def results_table(table: dict[str, Any]) -> str:
     """The Markdown table of teacher and students (one schedule)."""
-    lines = ["| model | test accuracy (%) | macro-F1 (%) | acc. / teacher | non-emb. params | / teacher | "
-             "ms/sentence b=1 | ms/sentence b=32 | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | dev accuracy (%) | test accuracy (%) | macro-F1 (%) | acc. / teacher | non-emb. params | "
+             "/ teacher | ms/sentence b=1 | ms/sentence b=32 | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in table.items():
-        lines.append(f"| {name} | {_pm(row['accuracy'])} | {_pm(row['macro_f1'])} | {row['accuracy_vs_teacher']:.3f} "
+        lines.append(f"| {name} | {_pm(row['dev_accuracy'])} | {_pm(row['accuracy'])} | {_pm(row['macro_f1'])} | "
+                     f"{row['accuracy_vs_teacher']:.3f} "
                      f"| {row['non_embedding_parameters'] / 1e6:.2f} M | {row['non_embedding_vs_teacher']:.2f} | "
                      f"{row['latency_ms_batch1']:.2f} | {row['latency_ms_batch32']:.2f} | {row['accuracy']['n']} |")
     return "\n".join(lines)
+
+
+def best_line(best: dict[str, Any] | None) -> str:
+    """The schedule's best student: picked by dev accuracy, reported on test."""
+    if best is None:
+        return "No student in this run: no best student."
+    return (f"Best student, picked by {best['picked_by']} and reported on test: **{best['student']}**, dev "
+            f"{100 * best['dev_accuracy']:.1f}%, test {100 * best['test_accuracy']:.1f}% "
+            f"({best['test_accuracy_vs_teacher']:.3f} of the teacher).")
 
 
 def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
@@ -118,6 +130,9 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     labels = results["data"]["train"]["labels"] or {}
     exp = results["config"]["experiment"]
     stages = results["wall_clock_seconds"]["stages"]
+    scoring = results["scoring"]
+    length = scoring["max_seq_length"]
+    length = f"{length} tokens" if isinstance(length, int) else length
     body = [
         "# TinyBERT ablation", "",
         f"Teacher: {results['config']['teacher']['model']} fine-tuned on the training split. Students share one "
@@ -126,6 +141,9 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         f"the test split (mean ± sample std over seeds {exp['seeds']}). Schedules: equal-steps = task distillation "
         f"{exp['stage1_steps']} stage-1 + {exp['stage2_steps']} stage-2 steps for every student whatever its data; "
         "equal-epochs = as many epochs per stage as those steps make on the original split (TinyBERT's setting).", "",
+        f"Scoring (rules {scoring['rules']}): every dev and test row counts, a gold label the model does not know "
+        f"as an error; rows truncated to {length}. The best student of a schedule is picked by dev accuracy and "
+        "reported on test.", "",
     ]
     if results.get("mlm"):
         body += ["## The masked LM", "", f"`{results['mlm']['model']}`, held-out (dev) scores: "
@@ -135,7 +153,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     plots = []
     for schedule, part in schedules.items():
         plots += plot_runs(part["table"], out, schedule)
-        body += [f"## Results: {schedule}", "", results_table(part["table"]), "",
+        body += [f"## Results: {schedule}", "", results_table(part["table"]), "", best_line(part["best"]), "",
                  "Which differences are larger than the seed spread:", "", *comparison_lines(part["comparisons"]), ""]
     body += [
         "## Data", "",
@@ -152,5 +170,6 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         "## Configuration", "", "```json", json.dumps(results["config"], indent=2, sort_keys=True, default=str), "```",
     ]
     card = out / "README.md"
-    card.write_text("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body) + "\n")
+    write_bytes_atomic(card, ("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body) + "\n")
+                       .encode())
     return card

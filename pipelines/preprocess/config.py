@@ -31,7 +31,7 @@ class InputConfig(Options):
                                 help="Longer rows are rejected (row_too_long) unread.")
     schema_sample_rows: int = option(1000, gt=0, le=100_000, help="Rows per input read first to derive the output "
                                                                    "schema.")
-    max_rows: int = option(0, ge=0, le=10**15, help="Read only the first N input rows, over all inputs (0: all), "
+    max_rows: int = option(0, ge=0, le=10**12, help="Read only the first N input rows, over all inputs (0: all), "
                                                     "e.g. for a quick trial.")
 
 

@@ -511,10 +511,16 @@ def iter_records(source: InputSource, *, max_row_bytes: int, csv_header: bool = 
         raise DistilleryError(f"{source.path}: cannot read ({type(exc).__name__}: {exc})") from None
 
 
-def sample_rows(source: InputSource, n: int, **kwargs: Any) -> list[dict[str, Any]]:
-    """The first ``n`` parseable rows of a JSONL, CSV/TSV or streamed Hugging Face input as dicts."""
+def sample_rows(source: InputSource, n: int, budget: int = 32 << 20, **kwargs: Any) -> list[dict[str, Any]]:
+    """The first ``n`` parseable rows of a JSONL, CSV/TSV or streamed Hugging Face input as dicts (fewer when
+    they hold more than ``budget`` bytes of text: the sample of a file of long documents stays small)."""
     rows: list[dict[str, Any]] = []
+    size = 0
     for _, kind, payload in iter_records(source, **kwargs):
+        size += len(payload) if kind == LINE else sum(len(v) for v in payload.values() if isinstance(v, str)) \
+            if kind == ROW else 0
+        if rows and size > budget:
+            break
         if kind == ROW:
             rows.append(payload)
         elif kind == LINE:
