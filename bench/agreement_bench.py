@@ -23,9 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from augment import AugmentConfig, augment_version  # noqa: E402
 from distill import cache_teacher_logits  # noqa: E402
 from distillery.demo import SAMPLE_DIR  # noqa: E402
-from pipelines.preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.store import Store  # noqa: E402
+from preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
 
 quiet_libraries()
 

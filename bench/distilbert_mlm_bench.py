@@ -28,9 +28,9 @@ from augment.quality import candidate_recall  # noqa: E402
 from augment.words import WordSplitter  # noqa: E402
 from distill import DistillConfig, general_distill  # noqa: E402
 from distillery.demo import SAMPLE_DIR  # noqa: E402
-from pipelines.preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.store import Store  # noqa: E402
+from preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
 
 quiet_libraries()
 

@@ -436,7 +436,7 @@ def relative_memory_hook(headroom: int) -> str:
     """Cap the address space at the process's own size plus ``headroom`` bytes, measured once the CLI's modules are
     imported and Arrow's memory pool has reserved its first arena (mimalloc reserves 1 GiB of address space)."""
     return ("import importlib, resource\n"
-            "for _module in ('distillery.cli.main', 'distillery.cli.preprocess', 'pipelines.preprocess.step'):\n"
+            "for _module in ('distillery.cli.main', 'distillery.cli.preprocess', 'preprocess.step'):\n"
             "    importlib.import_module(_module)\n"
             "import pyarrow\npyarrow.allocate_buffer(1 << 20)\n"
             "_size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
@@ -1423,7 +1423,7 @@ def _unbounded_options() -> list[str]:
         TaskDistillConfig,
     )
     from pipelines.errors import DistilleryError
-    from pipelines.preprocess import PreprocessConfig
+    from preprocess import PreprocessConfig
 
     found: list[str] = []
 
@@ -1995,7 +1995,7 @@ def preload() -> None:
 
     for module in ("distillery.cli.main", "distillery.cli.preprocess", "distillery.cli.augment",
                    "distillery.cli.distill", "distill.api", "distill.logits", "distill.mlm", "distillery.compose",
-                   "augment", "augment.engine", "pipelines.preprocess", "pipelines.preprocess.step", "pandas"):
+                   "augment", "augment.engine", "preprocess", "preprocess.step", "pandas"):
         with contextlib.suppress(Exception):
             loaded = importlib.import_module(module)
             if hasattr(loaded, "STEP"):

@@ -87,8 +87,8 @@ def measure(inputs: list[str], workers: int, near_dup: bool) -> dict:
     Peaks are VmHWM (this process since it started) and VmRSS samples (workers), from /proc: ru_maxrss is not
     used because Linux carries it over from the parent across fork + exec.
     """
-    from pipelines.preprocess import DedupConfig, InputConfig, PreprocessConfig, preprocess
     from pipelines.store import Store, VersionWriter
+    from preprocess import DedupConfig, InputConfig, PreprocessConfig, preprocess
 
     peaks: dict[str, int] = {}
     finalize = VersionWriter.finalize

@@ -24,8 +24,8 @@ from preprocess_bench import make_corpus  # noqa: E402
 
 from pipelines import store as store_module  # noqa: E402
 from pipelines.export import export_version  # noqa: E402
-from pipelines.preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
 from pipelines.store import Store  # noqa: E402
+from preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
 
 
 def best_seconds(read, repeats: int, before=lambda: None) -> float:

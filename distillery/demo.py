@@ -22,9 +22,9 @@ from distillery.compose import train_augmentation_mlm
 from distillery.present import report_step, report_trained
 from pipelines.config import load_config
 from pipelines.fingerprint import canonical_json
-from pipelines.preprocess import PreprocessConfig, plan_preprocess
 from pipelines.runner import run_step
 from pipelines.store import Store
+from preprocess import PreprocessConfig, plan_preprocess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "data" / "wordnet_supersense"

@@ -1,1 +1,3 @@
-"""distillery orchestration: readers, preprocessing, dataset store, versions, data cards, CLI."""
+"""distillery's foundation: errors, configuration, atomic I/O, confinement, fingerprints, the store, data cards,
+the step runner, the parallel map. Steps (``preprocess``, ``augment``, ``distill``) build on it; nothing here
+imports them."""

@@ -93,7 +93,7 @@ def test_the_recipe_runs_on_other_labelled_files(store, tmp_path):
 
 def test_the_recipe_takes_versions_as_its_data(store, tmp_path):
     from distillery.recipes.ablation import Clock, Experiment, prepare_data
-    from pipelines.preprocess import PreprocessConfig, preprocess
+    from preprocess import PreprocessConfig, preprocess
 
     paths, toml = other_dataset(tmp_path)
     cfgs = load_experiment(toml)

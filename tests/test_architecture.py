@@ -1,4 +1,5 @@
-"""The layers: foundation <- steps <- application, every import (top level or inside a function) pointing down,
+"""The layers: foundation (``pipelines``) <- steps (``preprocess``, ``augment``, ``distill``) <- application
+(``distillery``), every import (top level or inside a function) pointing down,
 no step importing another step, and no circle between modules (docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipelines", "augment", "distill", "distillery")
-STEPS = ("pipelines.preprocess", "augment", "distill")
+PACKAGES = ("pipelines", "preprocess", "augment", "distill", "distillery")
+STEPS = ("preprocess", "augment", "distill")
 FOUNDATION, STEP, APPLICATION = 1, 2, 3
 
 
@@ -51,6 +52,7 @@ def unit(module: str) -> tuple[int, str]:
     for step in STEPS:
         if module == step or module.startswith(step + "."):
             return STEP, step
+    assert module.split(".")[0] == "pipelines", f"{module} belongs to no layer"
     return FOUNDATION, "pipelines"
 
 
@@ -114,20 +116,20 @@ def test_the_checks_catch_upward_sideways_and_circular_imports(tmp_path):
         "pipelines/__init__.py": "",
         "pipelines/store.py": "def f():\n    from distillery.cli import main\n",
         "pipelines/cards.py": "from pipelines import store\n",
-        "pipelines/preprocess/__init__.py": "",
-        "pipelines/preprocess/step.py": "import augment.engine\nfrom pipelines import cards\n",
+        "preprocess/__init__.py": "",
+        "preprocess/step.py": "import augment.engine\nfrom pipelines import cards\n",
         "augment/__init__.py": "",
         "augment/engine.py": "from . import words\n",
         "augment/words.py": "from augment.engine import x\n",
         "distill/__init__.py": "",
         "distillery/__init__.py": "",
-        "distillery/cli.py": "from augment import engine\nfrom pipelines.preprocess import step\n",
+        "distillery/cli.py": "from augment import engine\nfrom preprocess import step\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert violations(tmp_path) == ["pipelines.preprocess.step imports augment.engine",
-                                    "pipelines.store imports distillery.cli"]
+    assert violations(tmp_path) == ["pipelines.store imports distillery.cli",
+                                    "preprocess.step imports augment.engine"]
     assert sorted(circles(tmp_path)) == [["augment.engine", "augment.words"],        # engine <-> words, and
                                          ["distillery.cli", "pipelines.cards",       # store -> cli -> step ->
-                                          "pipelines.preprocess.step", "pipelines.store"]]   # cards -> store
+                                          "pipelines.store", "preprocess.step"]]   # cards -> store

@@ -17,7 +17,7 @@ from distill.config import (
 )
 from distillery.cli.main import cli
 from distillery.cli.options import config_flags
-from pipelines.preprocess import PreprocessConfig
+from preprocess import PreprocessConfig
 
 CONFIG_COMMANDS = [
     (["preprocess"], PreprocessConfig), (["augment"], AugmentConfig),

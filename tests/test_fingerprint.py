@@ -10,7 +10,7 @@ import pytest
 from augment import STEP as AUGMENT
 from distill.logits import STEP as LOGITS
 from pipelines.fingerprint import code_fingerprint, step_modules
-from pipelines.preprocess import STEP as PREPROCESS
+from preprocess import STEP as PREPROCESS
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = {"preprocess": PREPROCESS, "augment": AUGMENT, "teacher-logits": LOGITS}
@@ -18,7 +18,7 @@ STEPS = {"preprocess": PREPROCESS, "augment": AUGMENT, "teacher-logits": LOGITS}
 
 @pytest.fixture
 def source(tmp_path) -> Path:
-    for package in ("pipelines", "augment", "distill", "distillery", "bench"):
+    for package in ("pipelines", "preprocess", "augment", "distill", "distillery", "bench"):
         shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
 
@@ -36,7 +36,7 @@ def edit(path: Path, old: str, new: str) -> None:
 
 def test_the_modules_of_each_step():
     assert "augment.sampling" in step_modules("augment.engine", "augment")
-    assert "pipelines.preprocess.readers" in step_modules("pipelines.preprocess.step", "pipelines.preprocess")
+    assert "preprocess.readers" in step_modules("preprocess.step", "preprocess")
     logits = step_modules("distill.logits", "distill")
     assert {"distill.models", "distill.data", "distill.trainer"} <= set(logits)
     assert "distill.plots" not in logits and "distill.api" not in logits
@@ -65,7 +65,7 @@ def test_comments_docstrings_and_formatting_do_not_count(source):
 
 @pytest.mark.parametrize("path, old, new, changed", [
     ("augment/sampling.py", "def row_rng", "UNUSED = 3\n\n\ndef row_rng", {"augment"}),
-    ("pipelines/preprocess/readers.py", "RAW_CHARS = 1000", "RAW_CHARS = 999", {"preprocess"}),
+    ("preprocess/readers.py", "RAW_CHARS = 1000", "RAW_CHARS = 999", {"preprocess"}),
     ("distill/data.py", "IGNORE_LABEL = -100", "IGNORE_LABEL = -101", {"teacher-logits"}),
 ])
 def test_editing_a_step_changes_its_id_only(source, path, old, new, changed):

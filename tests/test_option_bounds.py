@@ -18,7 +18,7 @@ from transformers import BertConfig, DebertaV2Config, RobertaConfig
 
 import augment.config
 import distill.config
-import pipelines.preprocess.config
+import preprocess.config
 from augment import mlm as augment_mlm
 from augment.config import MAX_CHUNK_OUTPUT_ROWS, AugmentConfig
 from augment.engine import plan_augment
@@ -36,11 +36,11 @@ from distill.mlm import train_mlm
 from distill.students import BiLSTMConfig
 from pipelines.config import ConfigError, Options, load_config
 from pipelines.errors import DistilleryError
-from pipelines.preprocess import dedup
-from pipelines.preprocess.config import PreprocessConfig
-from pipelines.preprocess.dedup import MinHasher
+from preprocess import dedup
+from preprocess.config import PreprocessConfig
+from preprocess.dedup import MinHasher
 
-CONFIG_MODULES = (pipelines.preprocess.config, augment.config, distill.config)
+CONFIG_MODULES = (preprocess.config, augment.config, distill.config)
 ROWS = [{"text": f"row number {i} of the test", "label": str(i % 2), "row_id": i} for i in range(4)]
 
 

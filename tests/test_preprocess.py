@@ -19,8 +19,8 @@ from distillery.cli.main import cli
 from distillery.demo import SAMPLE_DIR
 from pipelines.config import load_config
 from pipelines.errors import DistilleryError
-from pipelines.preprocess import CleanConfig, DedupConfig, FilterConfig, InputConfig, PreprocessConfig, preprocess
 from pipelines.store import ParquetSink, Store
+from preprocess import CleanConfig, DedupConfig, FilterConfig, InputConfig, PreprocessConfig, preprocess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -307,7 +307,7 @@ def test_dedup_state_matches_a_plain_sequential_reference():
     kept row; identical hashes have identical keys (same text)."""
     import numpy as np
 
-    from pipelines.preprocess.dedup import DedupState
+    from preprocess.dedup import DedupState
 
     rng = np.random.default_rng(0)
     key_of = rng.integers(0, 20_000, (5000, 3)).astype(np.uint64)

@@ -13,8 +13,8 @@ import zstandard
 
 from distillery.demo import SAMPLE_DIR
 from pipelines.errors import DistilleryError
-from pipelines.preprocess import InputConfig, PreprocessConfig, preprocess
-from pipelines.preprocess.readers import BAD, LINE, ROW, detect_format, iter_lines, iter_records, open_source
+from preprocess import InputConfig, PreprocessConfig, preprocess
+from preprocess.readers import BAD, LINE, ROW, detect_format, iter_lines, iter_records, open_source
 
 
 def run(store, paths, **input_kwargs):
@@ -201,7 +201,7 @@ def test_dataset_script_fails_clearly_and_format_override(store, tmp_path):
 def test_iter_lines_matches_plain_split_at_any_block_size(monkeypatch, block):
     import random
 
-    from pipelines.preprocess import readers
+    from preprocess import readers
 
     monkeypatch.setattr(readers, "_BLOCK", block)
     rng = random.Random(block)

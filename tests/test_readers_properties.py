@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.errors import DistilleryError
-from pipelines.preprocess import InputConfig, PreprocessConfig, preprocess
 from pipelines.store import Store
+from preprocess import InputConfig, PreprocessConfig, preprocess
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

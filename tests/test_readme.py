@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from distillery.cli.main import cli
 from distillery.demo import REPO_ROOT, SAMPLE_DIR
 from pipelines.config import load_config
-from pipelines.preprocess import PreprocessConfig
+from preprocess import PreprocessConfig
 
 README = REPO_ROOT / "README.md"
 TRAINING = re.compile(r"^distillery distill (finetune|general|task|mlm)\b")

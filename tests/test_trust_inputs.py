@@ -15,9 +15,9 @@ import pytest
 import zstandard
 
 from pipelines.errors import DistilleryError, InputChangedError
-from pipelines.preprocess import InputConfig, PreprocessConfig, preprocess
-from pipelines.preprocess import step as preprocess_step
 from pipelines.store import Store
+from preprocess import InputConfig, PreprocessConfig, preprocess
+from preprocess import step as preprocess_step
 
 
 def run_cli(store_root, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -77,7 +77,7 @@ def test_an_input_that_changes_while_read_is_refused_and_nothing_is_kept(store, 
 
 def test_an_input_that_changes_while_fingerprinted_is_refused(tmp_path, monkeypatch):
     from pipelines import fingerprint
-    from pipelines.preprocess import readers
+    from preprocess import readers
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("a\nb\n")
@@ -181,8 +181,8 @@ def test_an_empty_csv_label_is_a_missing_label_not_a_string_class(store, tmp_pat
 
 
 def test_a_special_file_inside_a_folder_input_or_a_model_folder_is_refused(tmp_path):
-    from pipelines.preprocess.readers import expand_folders
     from pipelines.resources import model_reference
+    from preprocess.readers import expand_folders
 
     folder = tmp_path / "corpus"
     folder.mkdir()

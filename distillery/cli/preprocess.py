@@ -8,8 +8,8 @@ import click
 from distillery.cli.options import build_config, config_options
 from distillery.cli.shared import current_store, name_option, resume_option
 from distillery.present import report_step
-from pipelines.preprocess import PreprocessConfig, plan_preprocess
 from pipelines.runner import run_step
+from preprocess import PreprocessConfig, plan_preprocess
 
 
 @click.command("preprocess")

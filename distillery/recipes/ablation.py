@@ -49,10 +49,9 @@ from pipelines.atomic import write_json_atomic
 from pipelines.config import ConfigError, Options, identity_dict, load_config, option, read_toml, to_dict
 from pipelines.confine import read_own_json
 from pipelines.errors import DistilleryError
-from pipelines.preprocess import PreprocessConfig, plan_preprocess
-from pipelines.preprocess.readers import detect_format, expand_folders
 from pipelines.runner import run_step
 from pipelines.store import Store
+from preprocess import PreprocessConfig, input_formats, plan_preprocess
 
 VARIANTS = ("direct", "task", "task-aug", "general+task-aug")
 MLM_VARIANT = "task-aug-mlm"
@@ -340,7 +339,7 @@ def _train_seed(x: Experiment, schedule: str, seed: int, init: Path) -> None:
 def _text_only(cfg: PreprocessConfig, sources: list[Path]) -> PreprocessConfig:
     """The labelled splits' preprocessing without labels; plain-text files alone have no columns to name."""
     columns: dict[str, Any] = {"label_column": None}
-    if all(detect_format(str(p), cfg.input.format) == "txt" for p in expand_folders(sources, cfg.input.format)):
+    if all(fmt == "txt" for fmt in input_formats(sources, cfg.input.format)):
         columns.update(text_column="text", text_pair_column=None)
     return dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, **columns))
 

@@ -154,6 +154,11 @@ def detect_format(path: str, fmt: str = "auto") -> str:
     return _EXTENSIONS[ext]
 
 
+def input_formats(paths: list[str | Path], fmt: str = "auto") -> list[str]:
+    """The resolved format of each data file that ``paths`` stand for (folders expanded), in reading order."""
+    return [detect_format(path, fmt) for path in expand_folders(paths, fmt)]
+
+
 def open_source(path: str | Path, fmt: str = "auto", hf_split: str = "train") -> InputSource:
     """Check that an input exists and is readable; fingerprint its content (streamed sha256)."""
     path = str(path)

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.errors import DistilleryError
-from pipelines.preprocess.text_clean import fix_surrogates
+from preprocess.text_clean import fix_surrogates
 
 LABEL_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64()}
 REJECTS_SCHEMA = pa.schema([("origin_file", pa.string()), ("origin_row", pa.int64()),

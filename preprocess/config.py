@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.config import Options, option, to_dict
-from pipelines.preprocess.readers import FORMATS
-from pipelines.preprocess.text_clean import NORMALIZATIONS
+from preprocess.readers import FORMATS
+from preprocess.text_clean import NORMALIZATIONS
 
 LENGTH_FILTERS = ("min_chars", "max_chars", "min_tokens", "max_tokens")
 MAX_ROW_BYTES = 1 << 26       # 64 MiB: longer than any real document; a text never has more characters than bytes
@@ -37,7 +37,7 @@ class InputConfig(Options):
 
 @dataclass
 class CleanConfig(Options):
-    """Text clean-up (see pipelines.preprocess.text_clean for the exact rules)."""
+    """Text clean-up (see preprocess.text_clean for the exact rules)."""
 
     normalize: str = option("nfc", choices=NORMALIZATIONS, help="Unicode normalisation.")
     control_chars: bool = option(True, help="Delete control characters (NUL too), BOM and zero-width spaces.")

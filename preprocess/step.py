@@ -24,9 +24,12 @@ import pyarrow.parquet as pq
 
 from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
-from pipelines.preprocess.config import LENGTH_FILTERS, DedupConfig, PreprocessConfig
-from pipelines.preprocess.dedup import DedupState, MinHasher, text_hash
-from pipelines.preprocess.readers import (
+from pipelines.progress import progress_bar
+from pipelines.runner import Step, StepPlan, run_step
+from pipelines.store import ChunkSink, Store, VersionWriter, sum_counts
+from preprocess.config import LENGTH_FILTERS, DedupConfig, PreprocessConfig
+from preprocess.dedup import DedupState, MinHasher, text_hash
+from preprocess.readers import (
     BAD,
     LINE,
     ROW,
@@ -39,7 +42,7 @@ from pipelines.preprocess.readers import (
     raw_text,
     sample_rows,
 )
-from pipelines.preprocess.row_schema import (
+from preprocess.row_schema import (
     REJECTS_SCHEMA,
     InputColumns,
     OutputSchema,
@@ -50,12 +53,9 @@ from pipelines.preprocess.row_schema import (
     describe_input,
     is_blank,
 )
-from pipelines.preprocess.text_clean import Cleaner, count_tokens, split_sentences
-from pipelines.progress import progress_bar
-from pipelines.runner import Step, StepPlan, run_step
-from pipelines.store import ChunkSink, Store, VersionWriter, sum_counts
+from preprocess.text_clean import Cleaner, count_tokens, split_sentences
 
-STEP = Step("preprocess", module=__name__, package="pipelines.preprocess")
+STEP = Step("preprocess", module=__name__, package="preprocess")
 PART_BYTES = 32 << 20          # a chunk is read, processed and written in parts of about this much text
 Chunk = tuple[list[int], list[int], list[int], list[Any]]     # columns: input index, origin row, kind, payload
 
