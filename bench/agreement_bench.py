@@ -20,12 +20,16 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from augment import AugmentConfig, augment_version  # noqa: E402
-from distill import cache_teacher_logits  # noqa: E402
+from augment import (
+    AugmentConfig,  # noqa: E402
+    plan_augment,
+)
+from distill import CacheLogitsConfig, plan_teacher_logits
 from distillery.demo import SAMPLE_DIR  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
+from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402
-from preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
+from preprocess import InputConfig, PreprocessConfig, plan_preprocess  # noqa: E402
 
 quiet_libraries()
 
@@ -57,16 +61,17 @@ def share(agreement: dict, group: str) -> str:
 def main(mlm: str, teacher: str, rows: int, store_root: str, only: tuple[str, ...]) -> None:
     """Print, per augmentation setting, the teacher's label agreement between copies and originals."""
     store = Store(store_root)
-    source = preprocess(store, [SAMPLE_DIR / "train.jsonl"],
-                        PreprocessConfig(input=InputConfig(label_column="label", max_rows=rows)))
+    labelled = PreprocessConfig(input=InputConfig(label_column="label", max_rows=rows))
+    source = run_step(store, plan_preprocess([SAMPLE_DIR / "train.jsonl"], labelled)).manifest
     results = {}
     click.echo("| setting | copies | agreement all | MLM only | vectors only | mixed | teacher acc. on copies |")
     click.echo("|---|---:|---:|---:|---:|---:|---:|")
     for name, cfg in settings(mlm).items():
         if only and not any(part in name for part in only):
             continue
-        augmented = augment_version(store, source["version_id"], cfg)
-        agreement = cache_teacher_logits(store, augmented["version_id"], teacher)["extra"]["agreement"]
+        augmented = run_step(store, plan_augment(store, source["version_id"], cfg)).manifest
+        plan = plan_teacher_logits(store, augmented["version_id"], teacher, CacheLogitsConfig())
+        agreement = run_step(store, plan).manifest["extra"]["agreement"]
         results[name] = {"version_id": augmented["version_id"], "agreement": agreement}
         shares = " | ".join(share(agreement, group) for group in ("all", "mlm_only", "vectors_only", "mixed"))
         click.echo(f"| {name} | {agreement['all']['copies']} | {shares} | "

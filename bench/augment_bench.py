@@ -24,13 +24,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from augment import AugmentConfig, augment_version  # noqa: E402
+from augment import (
+    AugmentConfig,  # noqa: E402
+    plan_augment,
+)
 from augment.mlm import build_requests, load_mlm  # noqa: E402
 from augment.vectors import load_vectors  # noqa: E402
 from augment.words import WordSplitter, is_eligible  # noqa: E402
 from distillery.demo import SAMPLE_DIR  # noqa: E402
 from pipelines.fingerprint import version_id  # noqa: E402
 from pipelines.resources import minilm_path  # noqa: E402
+from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402
 
 
@@ -149,7 +153,7 @@ def run_engine(root: Path, model_dir: Path, rows: list[str], args, **options) ->
     config = AugmentConfig(mlm=str(model_dir), num_aug=args.num_aug, workers=args.workers,
                            chunk_rows=args.chunk_rows, mlm_batch_size=args.batch_size, **options)
     start = time.perf_counter()
-    manifest = augment_version(store, "src", config)
+    manifest = run_step(store, plan_augment(store, "src", config)).manifest
     return time.perf_counter() - start, manifest
 
 

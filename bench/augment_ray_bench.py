@@ -31,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from augment_bench import ReferenceAugmentor  # noqa: E402
 
-from augment import AugmentConfig, augment_version  # noqa: E402
+from augment import (
+    AugmentConfig,  # noqa: E402
+    plan_augment,
+)
 from augment.mlm import load_mlm  # noqa: E402
 from augment.ray_engine import ray_session  # noqa: E402
 from augment.vectors import load_vectors  # noqa: E402
@@ -39,6 +42,7 @@ from distillery.demo import SAMPLE_DIR  # noqa: E402
 from pipelines.fingerprint import version_id  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.resources import minilm_path  # noqa: E402
+from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402
 
 
@@ -76,7 +80,7 @@ def measure(args: argparse.Namespace, rows: list[str], root: Path, mlm: str, rep
                                engine=engine, **parallel)
         store = source_store(root, rows)
         start = time.perf_counter()
-        manifest = augment_version(store, "src", config)
+        manifest = run_step(store, plan_augment(store, "src", config)).manifest
         total_s = time.perf_counter() - start
         wall_s = manifest["extra"]["run"]["timing_s"]["wall_s"]
         hashes.add(tuple(s["sha256"] for s in manifest["shards"]))

@@ -22,15 +22,19 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from augment import AugmentConfig, augment_version  # noqa: E402
+from augment import (
+    AugmentConfig,  # noqa: E402
+    plan_augment,
+)
 from augment.mlm import MaskedLM, build_requests, load_mlm  # noqa: E402
 from augment.quality import candidate_recall  # noqa: E402
 from augment.words import WordSplitter  # noqa: E402
 from distill import DistillConfig, general_distill  # noqa: E402
 from distillery.demo import SAMPLE_DIR  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
+from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402
-from preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
+from preprocess import InputConfig, PreprocessConfig, plan_preprocess  # noqa: E402
 
 quiet_libraries()
 
@@ -48,8 +52,10 @@ def augmentation_speed(model: Path, rows: list[dict], root: Path) -> float:
     store = Store(root / f"speed-{model.parent.name}-{time.time_ns()}")
     path = root / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    source = preprocess(store, [path], PreprocessConfig(input=InputConfig(label_column="label")))
-    manifest = augment_version(store, source["version_id"], AugmentConfig(mlm=str(model), num_aug=4, workers=1))
+    source = run_step(store, plan_preprocess([path], PreprocessConfig(input=InputConfig(label_column="label"))))
+    source = source.manifest
+    aug_config = AugmentConfig(mlm=str(model), num_aug=4, workers=1)
+    manifest = run_step(store, plan_augment(store, source["version_id"], aug_config)).manifest
     return len(rows) / manifest["extra"]["run"]["timing_s"]["wall_s"]
 
 
@@ -64,10 +70,10 @@ def augmentation_speed(model: Path, rows: list[dict], root: Path) -> float:
 def main(teacher: str, steps: int, student_layers: int, lr: float, store_root: str, output: str) -> None:
     """Distil the masked LM and compare the student with its teacher as the augmentation's candidate source."""
     store = Store(store_root)
-    text = preprocess(store, [SAMPLE_DIR / "unlabelled.txt", SAMPLE_DIR / "train.jsonl"], PreprocessConfig(),
-                      name="distilbert-text")
-    dev = preprocess(store, [SAMPLE_DIR / "dev.jsonl"], PreprocessConfig(input=InputConfig(label_column="label")),
-                     name="distilbert-dev")
+    text_files = [SAMPLE_DIR / "unlabelled.txt", SAMPLE_DIR / "train.jsonl"]
+    text = run_step(store, plan_preprocess(text_files, PreprocessConfig()), "distilbert-text").manifest
+    labelled = PreprocessConfig(input=InputConfig(label_column="label"))
+    dev = run_step(store, plan_preprocess([SAMPLE_DIR / "dev.jsonl"], labelled), "distilbert-dev").manifest
     cfg = DistillConfig(teacher=teacher, student="custom", student_layers=student_layers, student_init="teacher",
                         objective="distilbert", kl_weight=5.0, hard_weight=2.0, cosine_weight=1.0, temperature=2.0,
                         max_steps=steps, batch_size=64, lr=lr, max_seq_length=64, eval_ref=dev["version_id"],

@@ -25,8 +25,9 @@ from distill.config import MLMConfig  # noqa: E402
 from distillery.compose import train_augmentation_mlm  # noqa: E402
 from distillery.demo import SAMPLE_DIR  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
+from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402
-from preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
+from preprocess import InputConfig, PreprocessConfig, plan_preprocess  # noqa: E402
 
 quiet_libraries()
 
@@ -49,10 +50,10 @@ def main(steps: int, lr: float, warmup: float, train_layers: int, mask_prob: flo
          output: str | None) -> None:
     """Train one masked LM and print its learning curve."""
     store = Store(store_root)
-    text = preprocess(store, [SAMPLE_DIR / "unlabelled.txt", SAMPLE_DIR / "train.jsonl"], PreprocessConfig(),
-                      name="mlm-bench-text")
-    dev = preprocess(store, [SAMPLE_DIR / "dev.jsonl"], PreprocessConfig(input=InputConfig(label_column="label")),
-                     name="mlm-bench-dev")
+    text_files = [SAMPLE_DIR / "unlabelled.txt", SAMPLE_DIR / "train.jsonl"]
+    text = run_step(store, plan_preprocess(text_files, PreprocessConfig()), "mlm-bench-text").manifest
+    labelled = PreprocessConfig(input=InputConfig(label_column="label"))
+    dev = run_step(store, plan_preprocess([SAMPLE_DIR / "dev.jsonl"], labelled), "mlm-bench-dev").manifest
     cfg = MLMConfig(max_steps=steps, lr=lr, warmup=warmup, train_layers=train_layers, mask_prob=mask_prob,
                     whole_word=whole_word, batch_size=batch_size, max_seq_length=max_seq_length,
                     eval_ref=dev["version_id"], eval_every=eval_every, eval_rows=eval_rows, log_every=50)

@@ -22,6 +22,9 @@ import threading
 import time
 from pathlib import Path
 
+from pipelines.runner import run_step
+from preprocess import plan_preprocess
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "wordnet_supersense"
 SAMPLE_INPUTS = [SAMPLE / f for f in ("train.jsonl", "dev.jsonl", "test.jsonl", "unlabelled.txt")]
@@ -88,7 +91,7 @@ def measure(inputs: list[str], workers: int, near_dup: bool) -> dict:
     used because Linux carries it over from the parent across fork + exec.
     """
     from pipelines.store import Store, VersionWriter
-    from preprocess import DedupConfig, InputConfig, PreprocessConfig, preprocess
+    from preprocess import DedupConfig, InputConfig, PreprocessConfig
 
     peaks: dict[str, int] = {}
     finalize = VersionWriter.finalize
@@ -104,7 +107,7 @@ def measure(inputs: list[str], workers: int, near_dup: bool) -> dict:
     cpu_before = _cpu(resource.RUSAGE_SELF)
     with tempfile.TemporaryDirectory() as store_dir:
         start = time.perf_counter()
-        manifest = preprocess(Store(store_dir), inputs, config)
+        manifest = run_step(Store(store_dir), plan_preprocess(inputs, config)).manifest
         seconds = time.perf_counter() - start
     sampler.done.set()
     rows = manifest["accounting"]["input_rows"]

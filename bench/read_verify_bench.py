@@ -24,8 +24,9 @@ from preprocess_bench import make_corpus  # noqa: E402
 
 from pipelines import store as store_module  # noqa: E402
 from pipelines.export import export_version  # noqa: E402
+from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402
-from preprocess import InputConfig, PreprocessConfig, preprocess  # noqa: E402
+from preprocess import InputConfig, PreprocessConfig, plan_preprocess  # noqa: E402
 
 
 def best_seconds(read, repeats: int, before=lambda: None) -> float:
@@ -48,7 +49,7 @@ def main() -> None:
         make_corpus(corpus, args.rows)
         store = Store(Path(tmp) / "store")
         cfg = PreprocessConfig(input=InputConfig(label_column="label"))
-        vid = preprocess(store, [corpus], cfg, name="bench")["version_id"]
+        vid = run_step(store, plan_preprocess([corpus], cfg), "bench").manifest["version_id"]
         manifest = store.manifest(vid)
         paths = [store.version_path(vid) / s["path"] for s in manifest["shards"]]
         rows, size = manifest["num_rows"], sum(s["bytes"] for s in manifest["shards"])

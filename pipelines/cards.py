@@ -156,11 +156,30 @@ def accounting_rows(accounting: dict[str, Any]) -> list[tuple[str, Any]]:
         value = accounting[key]
         if isinstance(value, dict):
             rows += [(f"{key}: {k}", v) for k, v in sorted(value.items()) if not isinstance(v, dict)]
-            rows += [(f"{key}: {k}", json.dumps(v, sort_keys=True)) for k, v in sorted(value.items())
-                     if isinstance(v, dict)]
+            rows += [(f"{key}: {k}", readable_counts(v)) for k, v in sorted(value.items()) if isinstance(v, dict)]
         else:
             rows.append((key, value))
     return rows
+
+
+def _share(part: int, whole: int, what: str = "") -> str:
+    return f"{part:,} of {whole:,}{what} ({100 * part / whole:.1f}%)" if whole else f"{part:,} of 0{what}"
+
+
+def readable_counts(counts: dict[str, Any]) -> str:
+    """A group of counts as a person reads it: ``same_label`` of ``copies`` and every ``X_right`` of ``X`` as a
+    share in percent, other counts as ``name: value``."""
+    parts = []
+    for name, value in sorted(counts.items()):
+        if name == "same_label" and "copies" in counts or name.endswith("_right") and name[:-6] in counts:
+            continue
+        if name == "copies" and "same_label" in counts:
+            parts.append(f"teacher's label unchanged on {_share(counts['same_label'], value, ' copies')}")
+        elif f"{name}_right" in counts:
+            parts.append(f"{name} right: {_share(counts[f'{name}_right'], value)}")
+        else:
+            parts.append(f"{name}: {value:,}" if isinstance(value, int) else f"{name}: {value}")
+    return "; ".join(parts)
 
 
 def render_card(manifest: dict[str, Any], ancestry: list[dict[str, Any]] | None = None) -> str:

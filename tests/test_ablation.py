@@ -10,6 +10,8 @@ from transformers import AutoConfig
 from distillery.demo import REPO_ROOT, SAMPLE_DIR
 from distillery.recipes.ablation import MLM_VARIANT, VARIANTS, load_experiment, run_experiment
 from pipelines.errors import DistilleryError
+from pipelines.runner import run_step
+from preprocess import plan_preprocess
 
 QUICK = REPO_ROOT / "configs" / "ablation_quick.toml"
 
@@ -32,6 +34,8 @@ def test_quick_ablation_runs_every_student_and_writes_the_report(store, tmp_path
     steps, epochs = (results["schedules"][s]["table"] for s in ("equal-steps", "equal-epochs"))
     assert steps["task"]["runs"] == epochs["task"]["runs"]            # the original split: one run, both schedules
     assert steps["task-aug"]["runs"] != epochs["task-aug"]["runs"]
+    assert steps["teacher"]["runs"] == ["teacher/model"]                # relative to the experiment folder
+    assert all((out / run / "model.safetensors").is_file() for row in steps.values() for run in row["runs"])
     aug_steps = json.loads((out / "task-aug-epochs-seed1" / "stage1" / "config.json").read_text())["steps"]
     assert aug_steps > json.loads((out / "task-seed1" / "stage1" / "config.json").read_text())["steps"]
     assert {r["rows"] for r in results["data"].values()} == {400}
@@ -93,12 +97,13 @@ def test_the_recipe_runs_on_other_labelled_files(store, tmp_path):
 
 def test_the_recipe_takes_versions_as_its_data(store, tmp_path):
     from distillery.recipes.ablation import Clock, Experiment, prepare_data
-    from preprocess import PreprocessConfig, preprocess
+    from preprocess import PreprocessConfig
 
     paths, toml = other_dataset(tmp_path)
     cfgs = load_experiment(toml)
-    refs = {split: preprocess(store, [path], cfgs.preprocess if split != "unlabelled" else PreprocessConfig(),
-                              name=f"mine-{split}")["version_id"] for split, path in paths.items()}
+    configs = {split: cfgs.preprocess if split != "unlabelled" else PreprocessConfig() for split in paths}
+    refs = {split: run_step(store, plan_preprocess([path], configs[split]), f"mine-{split}").manifest["version_id"]
+            for split, path in paths.items()}
     cfgs = load_experiment(toml, {"train": "mine-train", "dev": refs["dev"][:16], "test": "mine-test@latest",
                                   "unlabelled": "mine-unlabelled"})
     x = Experiment(store, cfgs, tmp_path / "out", Clock(tmp_path / "clock.json"))

@@ -14,10 +14,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import damage_shard
 
-from augment import AugmentConfig, augment_version
+from augment import AugmentConfig, plan_augment
 from distillery.cli.main import cli
 from distillery.demo import SAMPLE_DIR
 from pipelines.errors import DistilleryError
+from pipelines.runner import run_step
 from pipelines.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def shard_hashes(manifest: dict) -> list[str]:
 
 def test_output_layout_and_record(store, make_version, tiny_mlm_dir, glove_txt):
     make_version(store, sample_rows(40), name="src", chunk_rows=7)
-    manifest = augment_version(store, "src", config(tiny_mlm_dir, glove_txt), name="aug")
+    manifest = run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt)), "aug").manifest
     table = store.read_table("aug").to_pylist()
     assert [r["row_id"] for r in table] == list(range(len(table))) and len(manifest["shards"]) == 3
     originals = [r for r in table if r["aug_copy"] == 0]
@@ -79,8 +80,8 @@ def test_byte_identical_for_any_workers_and_batch_size(tmp_path, make_version, t
     for i, (workers, batch) in enumerate([(0, 128), (1, 1), (2, 7)]):
         store = Store(tmp_path / f"s{i}")
         make_version(store, sample_rows(48), name="src", chunk_rows=48)
-        results.append(augment_version(store, "src", config(tiny_mlm_dir, glove_txt, workers=workers,
-                                                             mlm_batch_size=batch)))
+        results.append(run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, workers=workers,
+                                                             mlm_batch_size=batch))).manifest)
     assert len({m["version_id"] for m in results}) == 1
     assert shard_hashes(results[0]) == shard_hashes(results[1]) == shard_hashes(results[2])
     assert results[0]["extra"]["counts"] == results[2]["extra"]["counts"]
@@ -92,7 +93,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path, make_version, tiny_mlm_di
     for s in (clean, killed):
         make_version(s, sample_rows(64), name="src", chunk_rows=64)
     cfg = config(tiny_mlm_dir, glove_txt, workers=1)
-    expected = augment_version(clean, "src", cfg)
+    expected = run_step(clean, plan_augment(clean, "src", cfg)).manifest
     script = textwrap.dedent(f"""
         import time
         from pipelines.store import Store, VersionWriter
@@ -116,8 +117,8 @@ def test_resume_after_kill_is_byte_identical(tmp_path, make_version, tiny_mlm_di
     child.wait()
     assert not killed.is_complete(expected["version_id"])
     with pytest.raises(DistilleryError, match="--resume"):
-        augment_version(killed, "src", cfg)
-    resumed = augment_version(killed, "src", cfg, resume=True)
+        run_step(killed, plan_augment(killed, "src", cfg))
+    resumed = run_step(killed, plan_augment(killed, "src", cfg), resume=True).manifest
     assert resumed["version_id"] == expected["version_id"]
     assert shard_hashes(resumed) == shard_hashes(expected)
     assert resumed["extra"]["counts"] == expected["extra"]["counts"]
@@ -128,7 +129,7 @@ def test_sentence_pairs_each_field_in_turn(store, make_version, tiny_mlm_dir, gl
              "label": 1, "row_id": 0},
             {"text": "Bright stars shine tonight", "text_pair": None, "label": 0, "row_id": 1}]
     make_version(store, rows, name="pairs")
-    augment_version(store, "pairs", config(tiny_mlm_dir, glove_txt, num_aug=10), name="pairs-aug")
+    run_step(store, plan_augment(store, "pairs", config(tiny_mlm_dir, glove_txt, num_aug=10)), "pairs-aug")
     table = store.read_table("pairs-aug").to_pylist()
     first = [r for r in table if r["source_row_id"] == 0]
     assert first[0]["aug_copy"] == 0 and first[0]["text"] == rows[0]["text"]
@@ -147,13 +148,14 @@ def test_sentence_pairs_each_field_in_turn(store, make_version, tiny_mlm_dir, gl
 def test_surface_and_reference_output_forms(store, make_version, tiny_mlm_dir, glove_txt):
     text = "Gold, Silver and Copper: useful metals."
     make_version(store, [{"text": text, "label": "x", "row_id": 0}], name="one")
-    surface = augment_version(store, "one", config(tiny_mlm_dir, glove_txt, num_aug=20, drop_punctuation=True,
-                                                   drop_unk=True), name="surf")
+    surface_config = config(tiny_mlm_dir, glove_txt, num_aug=20, drop_punctuation=True, drop_unk=True)
+    surface = run_step(store, plan_augment(store, "one", surface_config), "surf").manifest
     copies = [r["text"] for r in store.read_table("surf").to_pylist()[1:]]
     assert copies and surface["extra"]["counts"]["replacements"] > 0
     for copy in copies:     # only word spans change: punctuation, spacing and capitalisation stay
         assert copy.endswith(".") and ", " in copy and ": " in copy and not copy[0].islower()
-    augment_version(store, "one", config(tiny_mlm_dir, glove_txt, num_aug=20, output_form="reference"), name="ref")
+    run_step(store, plan_augment(store, "one", config(tiny_mlm_dir, glove_txt, num_aug=20, output_form="reference")),
+             "ref")
     copies = [r["text"] for r in store.read_table("ref").to_pylist()[1:]]
     assert copies and all(c == c.lower() and " , " in c and c.endswith(" .") for c in copies)
 
@@ -183,14 +185,14 @@ def test_offline_missing_model_gives_one_line_error(store, make_version, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     make_version(store, sample_rows(4), name="src")
     with pytest.raises(DistilleryError) as info:
-        augment_version(store, "src", AugmentConfig(mlm="bert-base-uncased", vectors=str(glove_txt)))
+        run_step(store, plan_augment(store, "src", AugmentConfig(mlm="bert-base-uncased", vectors=str(glove_txt))))
     message = str(info.value)
     assert "\n" not in message and "--mlm none" in message and "--mlm PATH" in message and "offline" in message
     result = CliRunner().invoke(cli, ["--store", str(store.root), "augment", "src", "--name", "x",
                                       "--mlm", "no-such-org/no-such-model", "--vectors", str(glove_txt)])
     assert result.exit_code != 0
     with pytest.raises(DistilleryError, match="masked LM '/nonexistent': no such folder"):
-        augment_version(store, "src", AugmentConfig(mlm="/nonexistent", vectors=str(glove_txt)))
+        run_step(store, plan_augment(store, "src", AugmentConfig(mlm="/nonexistent", vectors=str(glove_txt))))
 
 
 def test_bad_rows_never_stop_the_run(store, make_version, tiny_mlm_dir, glove_txt):
@@ -198,7 +200,8 @@ def test_bad_rows_never_stop_the_run(store, make_version, tiny_mlm_dir, glove_tx
     rows = [{"text": t, "label": "x", "row_id": i} for i, t in enumerate(
         ["", None, "   ", "!!! ??? ...", "the of and", long_text, "A perfectly normal sentence about rivers."])]
     make_version(store, rows, name="bad", chunk_rows=3)
-    manifest = augment_version(store, "bad", config(tiny_mlm_dir, glove_txt, max_length=40, num_aug=5), name="bad-aug")
+    manifest = run_step(store, plan_augment(store, "bad", config(tiny_mlm_dir, glove_txt, max_length=40, num_aug=5)),
+                        "bad-aug").manifest
     table = store.read_table("bad-aug").to_pylist()
     assert [r["source_row_id"] for r in table if r["aug_copy"] == 0] == list(range(len(rows)))
     assert [r["text"] for r in table if r["aug_copy"] == 0] == [r["text"] for r in rows]
@@ -210,8 +213,8 @@ def test_bad_rows_never_stop_the_run(store, make_version, tiny_mlm_dir, glove_tx
 
 def test_masks_per_pass_changes_the_version(store, make_version, tiny_mlm_dir, glove_txt):
     make_version(store, sample_rows(10), name="src")
-    exact = augment_version(store, "src", config(tiny_mlm_dir, glove_txt))
-    fast = augment_version(store, "src", config(tiny_mlm_dir, glove_txt, masks_per_pass=4))
+    exact = run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt))).manifest
+    fast = run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, masks_per_pass=4))).manifest
     assert exact["version_id"] != fast["version_id"]
     assert fast["extra"]["run"]["mlm"]["sequences"] < exact["extra"]["run"]["mlm"]["sequences"]
 
@@ -243,7 +246,7 @@ def test_agreement_of_the_teacher_on_copies_per_candidate_source(store, make_ver
     config_.id2label, config_.label2id = dict(enumerate(labels)), {v: i for i, v in enumerate(labels)}
     config_.save_pretrained(teacher)
     make_version(store, rows, name="src", chunk_rows=10)
-    augment_version(store, "src", config(tiny_mlm_dir, glove_txt, num_aug=4), name="aug")
+    run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, num_aug=4)), "aug")
     result = CliRunner().invoke(cli, ["--store", str(store.root), "distill", "agreement", "aug", str(teacher),
                                       "--name", "aug-logits"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -292,4 +295,4 @@ def test_a_damaged_shard_stops_the_augmentation(store, make_version, tiny_mlm_di
     make_version(store, sample_rows(6), name="src", chunk_rows=3)
     shard = damage_shard(store, "src", 1)
     with pytest.raises(DistilleryError, match=f"shard {shard} is damaged"):
-        augment_version(store, "src", AugmentConfig(mlm=str(tiny_mlm_dir), vectors=str(glove_txt)))
+        run_step(store, plan_augment(store, "src", AugmentConfig(mlm=str(tiny_mlm_dir), vectors=str(glove_txt))))

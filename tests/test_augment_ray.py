@@ -12,10 +12,11 @@ from click.testing import CliRunner
 from conftest import write_version
 from test_augment_engine import config, sample_rows, shard_hashes
 
-from augment import augment_version
+from augment import plan_augment
 from augment.ray_engine import FAULT_FILE_ENV
 from distillery.cli.main import cli
 from pipelines.errors import DistilleryError
+from pipelines.runner import run_step
 from pipelines.store import Store, VersionWriter
 
 ray = pytest.importorskip("ray")
@@ -37,8 +38,8 @@ def ray_instance(tmp_path_factory, one_torch_thread):
 @pytest.fixture(scope="module")
 def local_result(tmp_path_factory, tiny_mlm_dir, glove_txt, one_torch_thread):
     """The local engine's version of the sample rows (the reference bytes)."""
-    return augment_version(source_store(tmp_path_factory.mktemp("local")), "src",
-                           config(tiny_mlm_dir, glove_txt, chunk_rows=8))
+    store = source_store(tmp_path_factory.mktemp("local"))
+    return run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8))).manifest
 
 
 def source_store(folder: Path) -> Store:
@@ -57,8 +58,8 @@ def assert_same(result: dict, expected: dict) -> None:
 
 def test_ray_and_local_write_the_same_bytes(ray_instance, tmp_path, local_result, tiny_mlm_dir, glove_txt):
     store = source_store(tmp_path)
-    result = augment_version(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8, engine="ray",
-                                                  ray_actors=1))
+    result = run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8, engine="ray",
+                                                  ray_actors=1))).manifest
     assert_same(result, local_result)           # (two actors: the next test)
     assert result["extra"]["run"]["engine"] == "ray" and result["extra"]["run"]["actors"] == 1
     assert result["extra"]["models"] == local_result["extra"]["models"]
@@ -72,8 +73,8 @@ def test_a_killed_actor_is_replaced_and_every_row_counted_once(ray_instance, tmp
                                                                tiny_mlm_dir, glove_txt):
     store = source_store(tmp_path)
     ray_instance.write_text("2")        # the actor that augments chunk 2 of 5 kills itself (SIGKILL) before returning
-    result = augment_version(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8, engine="ray",
-                                                  ray_actors=2))
+    result = run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8, engine="ray",
+                                                  ray_actors=2))).manifest
     assert not ray_instance.exists(), "no actor was killed"
     assert_same(result, local_result)
     assert result["extra"]["run"]["actors"] == 2
@@ -97,7 +98,7 @@ def test_a_stopped_run_resumes_from_the_cli(ray_instance, tmp_path, local_result
 
     monkeypatch.setattr(VersionWriter, "write_chunk", crash_after_two_chunks)
     with pytest.raises(KeyboardInterrupt):
-        augment_version(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8))
+        run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8)))
     monkeypatch.setattr(VersionWriter, "write_chunk", write_chunk)
     partial = store.version_path(local_result["version_id"])
     assert sorted(p.name for p in (partial / "chunks").iterdir()) == ["00000.json", "00001.json"]
@@ -115,7 +116,7 @@ def test_without_ray_the_error_says_what_to_install(tmp_path, tiny_mlm_dir, glov
     store = source_store(tmp_path)
     monkeypatch.setitem(sys.modules, "ray", None)           # `import ray` raises ImportError
     with pytest.raises(DistilleryError, match=r"^the ray engine needs Ray: pip install -e '\.\[ray\]'"):
-        augment_version(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8, engine="ray"))
+        run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8, engine="ray")))
 
 
 def test_the_local_engine_imports_no_ray():

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM
 
-from augment import AugmentConfig, augment_version
+from augment import AugmentConfig, plan_augment
 from augment.quality import candidate_recall
 from augment.words import WordSplitter
 from distill.config import MLMConfig
@@ -20,6 +20,7 @@ from distill.models import load_masked_lm
 from distill.trainer import Trainer
 from distillery.cli.main import cli
 from pipelines.errors import DistilleryError
+from pipelines.runner import run_step
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a positional system of numeration that uses octal digits",
          "an artificial reservoir for storing liquids", "habitual absence from work", "large shaggy-haired bison",
@@ -155,8 +156,9 @@ def test_exact_resume_and_a_saved_model_that_augment_uses(text_version, encoder,
     assert "fill-mask" in card and text_version.resolve("text")[:12] in card and "recall_at_15" in card
     assert isinstance(AutoModelForMaskedLM.from_pretrained(full.path), BertForMaskedLM)
 
-    manifest = augment_version(text_version, "held", AugmentConfig(mlm=str(full.path), vectors=str(glove_txt),
-                                                                    glove_vocab_limit=20000, num_aug=2, workers=0))
+    aug_config = AugmentConfig(mlm=str(full.path), vectors=str(glove_txt), glove_vocab_limit=20000, num_aug=2,
+                               workers=0)
+    manifest = run_step(text_version, plan_augment(text_version, "held", aug_config)).manifest
     assert manifest["extra"]["counts"]["mlm_words"] > 0 and not manifest["extra"]["warnings"]
 
 

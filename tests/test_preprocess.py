@@ -19,8 +19,9 @@ from distillery.cli.main import cli
 from distillery.demo import SAMPLE_DIR
 from pipelines.config import load_config
 from pipelines.errors import DistilleryError
+from pipelines.runner import run_step
 from pipelines.store import ParquetSink, Store
-from preprocess import CleanConfig, DedupConfig, FilterConfig, InputConfig, PreprocessConfig, preprocess
+from preprocess import CleanConfig, DedupConfig, FilterConfig, InputConfig, PreprocessConfig, plan_preprocess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,7 +74,7 @@ def check_accounting(acc):
 
 
 def test_nasty_input_is_repaired_or_rejected_and_accounted(store, nasty):
-    manifest = preprocess(store, [nasty], nasty_config())
+    manifest = run_step(store, plan_preprocess([nasty], nasty_config())).manifest
     vid = manifest["version_id"]
     records = [json.loads(p.read_text()) for p in sorted((store.version_path(vid) / "chunks").glob("*.json"))]
     assert len(records) == 4
@@ -113,7 +114,7 @@ def test_csv_bad_rows_and_reject_mode(store, tmp_path):
     runaway = '"' + "z" * 100 + "\n" + ("w" * 1000 + "\n") * 200     # unterminated quote eating 200 kB
     path.write_bytes(b"text,label\nok row,1\ntoo,many,fields\ncaf\xe9,0\n" + runaway.encode() + b"after,1\n")
     config = PreprocessConfig(input=InputConfig(label_column="label", decode_errors="reject", max_row_bytes=50_000))
-    manifest = preprocess(store, [path], config)
+    manifest = run_step(store, plan_preprocess([path], config)).manifest
     acc = manifest["accounting"]
     check_accounting(acc)
     assert acc["rejected"]["invalid_utf8"] == 1 and acc["rejected"]["malformed_csv"] == 1
@@ -128,7 +129,8 @@ def test_labels_keep_their_type(store, tmp_path):
                                                ("str", ["pos", "neg"], "string", ["pos", "neg"])]:
         path = tmp_path / f"{name}.jsonl"
         path.write_text("".join(json.dumps({"text": f"row {i}", "label": v}) + "\n" for i, v in enumerate(labels)))
-        manifest = preprocess(store, [path], PreprocessConfig(input=InputConfig(label_column="label")))
+        labelled = PreprocessConfig(input=InputConfig(label_column="label"))
+        manifest = run_step(store, plan_preprocess([path], labelled)).manifest
         assert {f["name"]: f["type"] for f in manifest["schema"]}["label"] == arrow_type
         assert store.read_table(manifest["version_id"]).column("label").to_pylist() == expected
 
@@ -139,7 +141,7 @@ def test_schema_is_stable_across_chunks(store, tmp_path):
     rows += ["{broken"] * 3 + [json.dumps({"text": f"late {i}"}) for i in range(3)]
     path = tmp_path / "drift.jsonl"
     path.write_text("\n".join(rows) + "\n")
-    manifest = preprocess(store, [path], PreprocessConfig(chunk_rows=3))
+    manifest = run_step(store, plan_preprocess([path], PreprocessConfig(chunk_rows=3))).manifest
     assert [s["rows"] for s in manifest["shards"]] == [3, 0, 3]
     assert [f["type"] for f in manifest["schema"]] == ["string", "int64", "string", "int64"]
     table = store.read_table(manifest["version_id"])
@@ -150,13 +152,13 @@ def test_cleaning_options_and_sentence_split(store, tmp_path):
     path = tmp_path / "a.txt"
     path.write_text("ﬁne  Ｆｕｌｌwidth\nFirst sentence here. Second one! Third?\n")
     config = PreprocessConfig(clean=CleanConfig(normalize="nfkc", lowercase=True, split_sentences_over=20))
-    manifest = preprocess(store, [path], config)
+    manifest = run_step(store, plan_preprocess([path], config)).manifest
     assert store.read_table(manifest["version_id"]).column("text").to_pylist() == [
         "fine fullwidth", "first sentence here.", "second one!", "third?"]
     acc = manifest["accounting"]
     assert acc["split"] == {"documents": 1, "rows_added": 2}
     assert acc["input_rows"] == 2 + 2 == acc["kept"]
-    raw = preprocess(store, [path], PreprocessConfig(clean=CleanConfig(normalize="none")))
+    raw = run_step(store, plan_preprocess([path], PreprocessConfig(clean=CleanConfig(normalize="none")))).manifest
     assert store.read_table(raw["version_id"]).column("text").to_pylist()[0] == "ﬁne Ｆｕｌｌwidth"
 
 
@@ -167,12 +169,12 @@ def test_exact_and_near_duplicates_keep_first_occurrence(store, tmp_path):
     path = tmp_path / "d.txt"
     path.write_text("\n".join(lines) + "\n")
     config = PreprocessConfig(dedup=DedupConfig(near=True, near_threshold=0.7), chunk_rows=2)
-    manifest = preprocess(store, [path], config)
+    manifest = run_step(store, plan_preprocess([path], config)).manifest
     texts = store.read_table(manifest["version_id"]).column("text").to_pylist()
     assert texts == [lines[0], lines[1], lines[4], lines[5]]
     assert manifest["accounting"]["dropped"] == {"exact_dup": 1, "near_dup": 1}
     assert manifest["extra"]["near_dup_lsh"]["bands"] >= 2
-    off = preprocess(store, [path], PreprocessConfig(dedup=DedupConfig(exact=False)))
+    off = run_step(store, plan_preprocess([path], PreprocessConfig(dedup=DedupConfig(exact=False)))).manifest
     assert off["num_rows"] == len(lines)
 
 
@@ -189,7 +191,7 @@ def test_output_identical_for_1_and_2_workers(tmp_path, nasty):
     for workers in (1, 2):
         config = PreprocessConfig(input=InputConfig(label_column="label"), dedup=DedupConfig(near=True),
                                   chunk_rows=700, workers=workers)
-        manifests.append(preprocess(Store(tmp_path / f"store{workers}"), inputs, config))
+        manifests.append(run_step(Store(tmp_path / f"store{workers}"), plan_preprocess(inputs, config)).manifest)
     one, two = manifests
     assert one["version_id"] == two["version_id"]
     assert len(one["shards"]) == 9 and one["rejects"]
@@ -203,11 +205,11 @@ def test_output_identical_for_1_and_2_workers(tmp_path, nasty):
 def test_a_rerun_is_up_to_date_and_moves_the_name(store, tmp_path):
     path = SAMPLE_DIR / "dev.jsonl"
     config = PreprocessConfig(input=InputConfig(label_column="label"))
-    first = preprocess(store, [path], config, name="dev")
+    first = run_step(store, plan_preprocess([path], config), "dev").manifest
     manifest_file = store.version_path(first["version_id"]) / "manifest.json"
     stamp = manifest_file.stat().st_mtime_ns
-    again = preprocess(store, [path], PreprocessConfig(input=InputConfig(label_column="label"), workers=2),
-                       name="dev-again")
+    two_workers = PreprocessConfig(input=InputConfig(label_column="label"), workers=2)
+    again = run_step(store, plan_preprocess([path], two_workers), "dev-again").manifest
     assert again == first and store.resolve("dev-again") == first["version_id"]
     cmd = [sys.executable, "-m", "distillery", "--store", str(store.root), "preprocess", str(path),
            "--label-column", "label", "--name", "dev3"]
@@ -243,8 +245,8 @@ def test_loads_with_datasets_and_pandas(store):
     import datasets
     import pandas as pd
 
-    manifest = preprocess(store, [SAMPLE_DIR / "dev.jsonl"], PreprocessConfig(input=InputConfig(label_column="label"),
-                                                                              chunk_rows=300))
+    labelled = PreprocessConfig(input=InputConfig(label_column="label"), chunk_rows=300)
+    manifest = run_step(store, plan_preprocess([SAMPLE_DIR / "dev.jsonl"], labelled)).manifest
     files = [str(p) for p in store.shard_paths(manifest["version_id"])]
     ds = datasets.load_dataset("parquet", data_files=files, split="train")
     assert ds.num_rows == manifest["num_rows"] == 1000
@@ -293,7 +295,7 @@ def test_crash_and_resume_is_byte_identical(tmp_path):
 
     clean_store = Store(tmp_path / "clean")
     config = PreprocessConfig(input=InputConfig(label_column="label"), dedup=DedupConfig(near=True), chunk_rows=3000)
-    clean = preprocess(clean_store, [corpus], config)
+    clean = run_step(clean_store, plan_preprocess([corpus], config)).manifest
     again = partial.manifest(vid)
     assert again["version_id"] == clean["version_id"]
     assert again["shards"] == clean["shards"] and again["rejects"] == clean["rejects"]
@@ -341,7 +343,8 @@ def test_max_rows_reads_only_the_first_rows_over_all_inputs(store, tmp_path):
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
     first.write_text("".join(f"first file line {i}\n" for i in range(5)))
     second.write_text("".join(f"second file line {i}\n" for i in range(5)))
-    manifest = preprocess(store, [first, second], PreprocessConfig(input=InputConfig(max_rows=7), chunk_rows=3))
+    capped = PreprocessConfig(input=InputConfig(max_rows=7), chunk_rows=3)
+    manifest = run_step(store, plan_preprocess([first, second], capped)).manifest
     texts = store.read_table(manifest["version_id"]).column("text").to_pylist()
     assert texts == [f"first file line {i}" for i in range(5)] + ["second file line 0", "second file line 1"]
     assert manifest["accounting"]["input_rows"] == 7 and len(manifest["shards"]) == 3
@@ -382,7 +385,7 @@ def test_a_full_disk_or_a_refused_write_then_resume_gives_identical_bytes(tmp_pa
     monkeypatch.setattr(ParquetSink, "commit", real_commit)
     assert exit_code([*argv, "--resume"]) == 0
     clean_store = Store(tmp_path / "clean")
-    clean = preprocess(clean_store, [corpus], PreprocessConfig(input=InputConfig(label_column="label"),
-                                                               chunk_rows=1000))
+    clean = run_step(clean_store, plan_preprocess([corpus], PreprocessConfig(input=InputConfig(label_column="label"),
+                                                               chunk_rows=1000))).manifest
     assert store.manifest(vid)["shards"] == clean["shards"] and clean["version_id"] == vid
     assert shard_bytes(store, store.manifest(vid)) == shard_bytes(clean_store, clean)

@@ -13,12 +13,13 @@ import zstandard
 
 from distillery.demo import SAMPLE_DIR
 from pipelines.errors import DistilleryError
-from preprocess import InputConfig, PreprocessConfig, preprocess
+from pipelines.runner import run_step
+from preprocess import InputConfig, PreprocessConfig, plan_preprocess
 from preprocess.readers import BAD, LINE, ROW, detect_format, iter_lines, iter_records, open_source
 
 
 def run(store, paths, **input_kwargs):
-    manifest = preprocess(store, paths, PreprocessConfig(input=InputConfig(**input_kwargs)))
+    manifest = run_step(store, plan_preprocess(paths, PreprocessConfig(input=InputConfig(**input_kwargs)))).manifest
     return manifest, store.read_table(manifest["version_id"])
 
 
@@ -193,7 +194,7 @@ def test_dataset_script_fails_clearly_and_format_override(store, tmp_path):
         run(store, [array])
     as_text = tmp_path / "notes.log"
     as_text.write_text("one\ntwo\n")
-    manifest = preprocess(store, [as_text], PreprocessConfig(input=InputConfig(format="txt")))
+    manifest = run_step(store, plan_preprocess([as_text], PreprocessConfig(input=InputConfig(format="txt")))).manifest
     assert manifest["num_rows"] == 2 and manifest["parents"][0]["format"] == "txt"
 
 
@@ -248,7 +249,7 @@ def test_a_folder_is_its_files_read_with_the_same_rejects(tmp_path):
     (folder / "sub" / "c.csv").write_text('text,note\n"a csv row",x\n"too",many,fields\n')
     (folder / ".hidden.jsonl").write_text("not read\n")
     store = Store(tmp_path / "store")
-    manifest = preprocess(store, [folder], PreprocessConfig())
+    manifest = run_step(store, plan_preprocess([folder], PreprocessConfig())).manifest
     texts = store.read_table(manifest["version_id"]).column("text").to_pylist()
     assert texts == ["first good row", "second good", "a text line", "a csv row"]
     assert manifest["accounting"]["rejected"] == {"malformed_json": 1, "wrong_field_count": 1}
@@ -256,7 +257,7 @@ def test_a_folder_is_its_files_read_with_the_same_rejects(tmp_path):
                                                         str(folder / "sub" / "c.csv")]
     (folder / "notes.md").write_text("# notes\n")
     with pytest.raises(DistilleryError, match="notes.md"):
-        preprocess(store, [folder], PreprocessConfig())
+        run_step(store, plan_preprocess([folder], PreprocessConfig()))
 
 
 def test_text_column_on_text_files_only_is_refused(tmp_path):
@@ -265,4 +266,5 @@ def test_text_column_on_text_files_only_is_refused(tmp_path):
     path = tmp_path / "lines.txt"
     path.write_text("one line\n")
     with pytest.raises(DistilleryError, match="text_column 'sentence' has no effect"):
-        preprocess(Store(tmp_path / "s"), [path], PreprocessConfig(input=InputConfig(text_column="sentence")))
+        sentence = PreprocessConfig(input=InputConfig(text_column="sentence"))
+        run_step(Store(tmp_path / "s"), plan_preprocess([path], sentence))

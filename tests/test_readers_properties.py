@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.errors import DistilleryError
+from pipelines.runner import run_step
 from pipelines.store import Store
-from preprocess import InputConfig, PreprocessConfig, preprocess
+from preprocess import InputConfig, PreprocessConfig, plan_preprocess
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -37,7 +38,7 @@ def account(path: Path, cfg: PreprocessConfig) -> None:
     """Preprocess ``path`` into a fresh store: the accounting adds up, or the error is one line naming it."""
     with tempfile.TemporaryDirectory() as root:
         try:
-            manifest = preprocess(Store(root), [path], cfg)
+            manifest = run_step(Store(root), plan_preprocess([path], cfg)).manifest
         except DistilleryError as exc:
             message = str(exc)
             assert path.name in message and "\n" not in message, message

@@ -328,3 +328,15 @@ def test_a_forked_helper_does_not_keep_a_killed_writers_lock(tmp_path):
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert not WriterLock.held(lock)
+
+
+def test_the_card_shows_agreement_counts_as_shares_a_person_reads():
+    from pipelines.cards import accounting_rows
+
+    rows = dict(accounting_rows({"input_rows": 9, "agreement": {
+        "all": {"copies": 7450, "same_label": 5210}, "mixed": {"copies": 0, "same_label": 0},
+        "gold": {"originals": 1000, "originals_right": 950, "copies": 7450, "copies_right": 6000}}}))
+    assert rows["agreement: all"] == "teacher's label unchanged on 5,210 of 7,450 copies (69.9%)"
+    assert rows["agreement: mixed"] == "teacher's label unchanged on 0 of 0 copies"
+    assert rows["agreement: gold"] == "copies right: 6,000 of 7,450 (80.5%); originals right: 950 of 1,000 (95.0%)"
+    assert not any("{" in str(v) for v in rows.values())

@@ -15,8 +15,9 @@ import pytest
 import zstandard
 
 from pipelines.errors import DistilleryError, InputChangedError
+from pipelines.runner import run_step
 from pipelines.store import Store
-from preprocess import InputConfig, PreprocessConfig, preprocess
+from preprocess import InputConfig, PreprocessConfig, plan_preprocess
 from preprocess import step as preprocess_step
 
 
@@ -36,15 +37,16 @@ def test_the_same_bytes_read_as_another_format_are_another_version(store, tmp_pa
     data = b'{"text": "hello world", "label": "a"}\n{"text": "second row", "label": "b"}\n'
     (tmp_path / "same.txt").write_bytes(data)
     (tmp_path / "same.jsonl").write_bytes(data)
-    as_text = preprocess(store, [tmp_path / "same.txt"], PreprocessConfig())
-    as_json = preprocess(store, [tmp_path / "same.jsonl"], PreprocessConfig())
+    as_text = run_step(store, plan_preprocess([tmp_path / "same.txt"], PreprocessConfig())).manifest
+    as_json = run_step(store, plan_preprocess([tmp_path / "same.jsonl"], PreprocessConfig())).manifest
     assert as_text["version_id"] != as_json["version_id"]
     assert store.read_table(as_json["version_id"]).column("text").to_pylist() == ["hello world", "second row"]
     tsv, csv = tmp_path / "same.tsv", tmp_path / "same.csv"
     tsv.write_text("a,b\tc\n")
     csv.write_bytes(tsv.read_bytes())
     config = PreprocessConfig(input=InputConfig(csv_header=False, text_column="0", label_column="1"))
-    as_tsv, as_csv = preprocess(store, [tsv], config), preprocess(store, [csv], config)
+    as_tsv = run_step(store, plan_preprocess([tsv], config)).manifest
+    as_csv = run_step(store, plan_preprocess([csv], config)).manifest
     assert as_tsv["version_id"] != as_csv["version_id"]
     assert store.read_table(as_tsv["version_id"]).to_pylist()[0] == {"text": "a,b", "label": "c", "row_id": 0}
     assert store.read_table(as_csv["version_id"]).to_pylist()[0] == {"text": "a", "label": "b\tc", "row_id": 0}
@@ -67,11 +69,11 @@ def test_an_input_that_changes_while_read_is_refused_and_nothing_is_kept(store, 
         return real(self, index, items)
     monkeypatch.setattr(preprocess_step.ChunkProcessor, "_process", process)
     with pytest.raises(InputChangedError, match="changed while it was read"):
-        preprocess(store, [corpus], PreprocessConfig(chunk_rows=100))
+        run_step(store, plan_preprocess([corpus], PreprocessConfig(chunk_rows=100)))
     assert store.version_ids(include_partial=True) == []      # chunks written from it were discarded
     monkeypatch.setattr(preprocess_step.ChunkProcessor, "_process", real)
     corpus.write_bytes(original)
-    manifest = preprocess(store, [corpus], PreprocessConfig(chunk_rows=100))
+    manifest = run_step(store, plan_preprocess([corpus], PreprocessConfig(chunk_rows=100))).manifest
     assert manifest["num_rows"] == manifest["accounting"]["input_rows"] == 300
 
 
@@ -103,9 +105,9 @@ def test_a_truncated_zst_fails_instead_of_losing_rows(store, tmp_path, frames):
     whole, cut = tmp_path / "whole.jsonl.zst", tmp_path / "cut.jsonl.zst"
     whole.write_bytes(blob)
     cut.write_bytes(blob[: len(blob) // 2])
-    assert preprocess(store, [whole], PreprocessConfig())["num_rows"] == 20_000
+    assert run_step(store, plan_preprocess([whole], PreprocessConfig())).manifest["num_rows"] == 20_000
     with pytest.raises(DistilleryError, match="cut.jsonl.zst: cannot read .*truncated"):
-        preprocess(store, [cut], PreprocessConfig())
+        run_step(store, plan_preprocess([cut], PreprocessConfig()))
 
 
 def test_a_truncated_gz_fails(store, tmp_path):
@@ -113,7 +115,7 @@ def test_a_truncated_gz_fails(store, tmp_path):
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DistilleryError, match="cut.jsonl.gz: cannot read"):
-        preprocess(store, [cut], PreprocessConfig())
+        run_step(store, plan_preprocess([cut], PreprocessConfig()))
 
 
 # ---- 11: special files are refused before any read ---------------------------------------------------------------
@@ -145,9 +147,9 @@ def test_parts_of_a_chunk_give_the_bytes_of_a_whole_chunk(tmp_path, monkeypatch)
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_bytes(jsonl(2500) + b"not json\n" + jsonl(500))
     config = PreprocessConfig(input=InputConfig(label_column="label"), chunk_rows=1000)
-    whole = preprocess(Store(tmp_path / "a"), [corpus], config)
+    whole = run_step(Store(tmp_path / "a"), plan_preprocess([corpus], config)).manifest
     monkeypatch.setattr(preprocess_step, "PART_BYTES", 3000)      # ~60 rows a part: 17 parts a chunk
-    parts = preprocess(Store(tmp_path / "b"), [corpus], config)
+    parts = run_step(Store(tmp_path / "b"), plan_preprocess([corpus], config)).manifest
     assert whole["version_id"] == parts["version_id"] and whole["accounting"] == parts["accounting"]
     assert [s["sha256"] for s in whole["shards"] + whole["rejects"]] == \
            [s["sha256"] for s in parts["shards"] + parts["rejects"]]
@@ -157,7 +159,7 @@ def test_a_huge_arrow_cell_is_rejected_before_it_becomes_python(store, tmp_path)
     path = tmp_path / "wide.parquet"
     pq.write_table(pa.table({"text": ["short", "x" * 3000, "also short"]}), path)
     config = PreprocessConfig(input=InputConfig(max_row_bytes=1000))
-    manifest = preprocess(store, [path], config)
+    manifest = run_step(store, plan_preprocess([path], config)).manifest
     assert manifest["num_rows"] == 2 and manifest["accounting"]["rejected"] == {"row_too_long": 1}
     [reject] = pq.read_table(store.reject_paths(manifest["version_id"])[0]).to_pylist()
     assert reject["raw"] == "[row of 3000 bytes]"             # its size, never its text: it was not read as Python
@@ -167,7 +169,7 @@ def test_a_huge_arrow_cell_is_rejected_before_it_becomes_python(store, tmp_path)
 def test_a_text_file_with_only_cr_line_endings_has_one_row_per_line(store, tmp_path):
     path = tmp_path / "mac.txt"
     path.write_bytes(b"first line\rsecond line\rthird line\r")
-    manifest = preprocess(store, [path], PreprocessConfig())
+    manifest = run_step(store, plan_preprocess([path], PreprocessConfig())).manifest
     assert store.read_table(manifest["version_id"]).column("text").to_pylist() == ["first line", "second line",
                                                                                    "third line"]
 
@@ -175,7 +177,8 @@ def test_a_text_file_with_only_cr_line_endings_has_one_row_per_line(store, tmp_p
 def test_an_empty_csv_label_is_a_missing_label_not_a_string_class(store, tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("text,label\nfirst,1\nsecond,\nthird,0\nfourth, \n")
-    manifest = preprocess(store, [path], PreprocessConfig(input=InputConfig(label_column="label")))
+    labelled = PreprocessConfig(input=InputConfig(label_column="label"))
+    manifest = run_step(store, plan_preprocess([path], labelled)).manifest
     assert manifest["accounting"]["rejected"] == {"missing_label": 2}
     assert store.read_table(manifest["version_id"]).column("label").to_pylist() == [1, 0]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import statistics
 import time
@@ -392,7 +393,7 @@ def score_models(x: Experiment) -> None:
                 "dev_accuracy": summarise([s["accuracy"] for s in dev]), "max_seq_length": first["max_seq_length"],
                 "parameters": first["parameters"], "non_embedding_parameters": first["non_embedding_parameters"],
                 "latency_ms_batch1": first["latency_ms_batch1"], "latency_ms_batch32": first["latency_ms_batch32"],
-                "runs": [str(d) for d in model_dirs]}
+                "runs": [os.path.relpath(d, x.out) for d in model_dirs]}     # relative: results travel
 
     teacher = describe([x.teacher])
     for schedule, runs in x.runs.items():

@@ -34,7 +34,7 @@ def plot_runs(table: dict[str, Any], out: Path, schedule: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folders = {name: Path(row["runs"][0]).parent for name, row in table.items()}
+    folders = {name: (out / row["runs"][0]).parent for name, row in table.items()}   # runs: relative to ``out``
     fig, axes = plt.subplots(1, len(folders), figsize=(4 * len(folders), 3.6), squeeze=False)
     for ax, (name, folder) in zip(axes[0], folders.items()):
         records = [r for r in _metrics(folder) if "loss" in r]
