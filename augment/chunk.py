@@ -16,9 +16,11 @@ from augment.mlm import InputSpec, MaskedLM, Request, build_requests, load_mlm, 
 from augment.sampling import CandidateFilter, augment_sentence, row_rng
 from augment.vectors import NeighbourIndex, VectorSource, WordVectors
 from augment.words import SentenceWords, WordSplitter
+from pipelines.chunks import ChunkOutput, WrittenChunks
+from pipelines.parallel import WorkerPool, worker_state
+from pipelines.store import sum_counts
 
-CHUNK_TIMING_KEYS = ("prepare_s", "mlm_s", "neighbours_s", "sampling_s")       # what one chunk's stages take
-TIMING_KEYS = (*CHUNK_TIMING_KEYS, "io_s", "wall_s")
+TIMING_KEYS = ("prepare_s", "mlm_s", "neighbours_s", "sampling_s", "io_s", "wall_s")   # what a run records
 
 
 # ---- work units ------------------------------------------------------------------------------------------
@@ -42,10 +44,20 @@ class Prepared:
 
 @dataclass
 class Copies:
-    """The augmented texts of one unit and, per text, the words it changed with MLM and with vector candidates."""
+    """The augmented texts of one unit and, per text, how many words it changed with masked-LM candidates and
+    how many with word-vector candidates."""
 
     texts: list[str]
-    sources: list[tuple[int, int]]
+    changed_words: list[tuple[int, int]]
+
+
+@dataclass
+class Sampled:
+    """One part of a chunk's sampling: each unit's copies, the part's counts and the seconds it took."""
+
+    copies: list[Copies]
+    counts: dict[str, int]
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -60,22 +72,19 @@ class SampleSpec:
         return cls(config.seed, config.rounds(), config.replace_prob, config.output_form)
 
 
-_STATE: dict[str, Any] = {}
-
-
-def _init_worker(tokenizer: Any, spec: InputSpec | None) -> None:
-    _STATE["splitter"] = WordSplitter(tokenizer)
-    _STATE["spec"] = spec
+def _worker_tools(tokenizer: Any, spec: InputSpec | None) -> tuple[WordSplitter, InputSpec | None]:
+    """What each worker holds (the pool's per-worker state): the word splitter and the masked-LM input spec."""
+    return WordSplitter(tokenizer), spec
 
 
 def _prepare_part(rows: list[tuple[int, str, str | None]]) -> Prepared:
     """Split texts into words, route eligible words, and build the masked-LM inputs (worker side)."""
     start = time.perf_counter()
-    spec: InputSpec | None = _STATE["spec"]
+    splitter, spec = worker_state()
     out = Prepared(counts={"empty_texts": 0, "truncated_contexts": 0})
     valid = [(r, f, t) for r, f, t in rows if t is not None and t.strip()]
     out.counts["empty_texts"] = len(rows) - len(valid)
-    sentences = _STATE["splitter"].split([t for _, _, t in valid]) if valid else []
+    sentences = splitter.split([t for _, _, t in valid]) if valid else []
     for (row, name, _), sentence in zip(valid, sentences):
         mlm_words = [i for i in sentence.eligible if spec is not None and len(sentence.pieces[i]) == 1]
         out.units.append(Unit(row, name, sentence, mlm_words))
@@ -88,7 +97,7 @@ def _prepare_part(rows: list[tuple[int, str, str | None]]) -> Prepared:
 
 
 def _sample_part(units: list[Unit], candidates: list[list[list[str]]], row_ids: list[int],
-                 spec: SampleSpec) -> tuple[list[Copies], dict[str, int], float]:
+                 spec: SampleSpec) -> Sampled:
     """The augmented texts of each unit with the words each changed per candidate source (worker side)."""
     start = time.perf_counter()
     copies, counts = [], {"replacements": 0, "mlm_replacements": 0, "duplicates_dropped": 0}
@@ -101,42 +110,26 @@ def _sample_part(units: list[Unit], candidates: list[list[list[str]]], row_ids: 
         counts["replacements"] += c.replacements
         counts["mlm_replacements"] += sum(mlm for mlm, _ in c.sources)
         counts["duplicates_dropped"] += c.duplicates_dropped
-    return copies, counts, time.perf_counter() - start
+    return Sampled(copies, counts, time.perf_counter() - start)
 
 
-class Executor:
-    """Runs parts inline (workers=0) or in a `multiprocess` pool; results come back in submission order."""
+class Executor(WorkerPool):
+    """Augment's worker pool: ``workers`` helper processes for preparation and sampling (0: none, the parts run in
+    this process), each holding the word splitter and the masked-LM input spec; results in submission order."""
 
     def __init__(self, workers: int, tokenizer: Any, spec: InputSpec | None):
-        self.workers = workers
-        self.pool = None
         if workers > 0:
-            import multiprocess
-
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            self.pool = multiprocess.get_context("fork").Pool(workers, _init_worker, (tokenizer, spec))
-        else:
-            _init_worker(tokenizer, spec)
-
-    def submit(self, fn: Callable[..., Any], arg_lists: list[tuple[Any, ...]]) -> Callable[[], list[Any]]:
-        if self.pool is None:
-            results = [fn(*args) for args in arg_lists]
-            return lambda: results
-        handles = [self.pool.apply_async(fn, args) for args in arg_lists]
-        return lambda: [h.get() for h in handles]
+        super().__init__(workers, init=_worker_tools, init_args=(tokenizer, spec))
 
     @property
     def parts(self) -> int:
         """How many parts to cut each chunk's work into."""
-        return max(1, self.workers)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+        return max(1, self.processes)
 
 
 def _slices(n: int, parts: int) -> list[slice]:
+    """``n`` items as at most ``parts`` slices of one size (the last may be shorter; one empty slice for none)."""
     size = -(-n // parts) if n else 1
     return [slice(lo, min(lo + size, n)) for lo in range(0, n, size)] or [slice(0, 0)]
 
@@ -168,6 +161,19 @@ class Models:
     filter: CandidateFilter
 
 
+def loaded_identity(models: Models) -> dict[str, Any]:
+    """What the manifest records of the loaded models: the vectors' identity and the masked LM's context cap."""
+    return {"vectors": models.vectors.identity, "max_pieces": models.spec.max_length if models.spec else None}
+
+
+def run_timing(written: WrittenChunks, wall_s: float) -> dict[str, float]:
+    """A run's seconds (``TIMING_KEYS``): its chunks' stages summed, writing added to ``io_s``, and ``wall_s``."""
+    timing = sum_counts(dict.fromkeys(TIMING_KEYS, 0.0), written.timing)
+    timing["io_s"] += written.write_s
+    timing["wall_s"] = wall_s
+    return timing
+
+
 def load_models(setup: Setup) -> Models:
     """Load the masked LM, tokenizer and word vectors ``setup`` names."""
     config = setup.config
@@ -191,38 +197,34 @@ def submit_prepare(table: pa.Table, fields: list[str], executor: Executor) -> Ca
     return executor.submit(_prepare_part, [(rows[s],) for s in _slices(len(rows), executor.parts)])
 
 
-def merge_prepared(parts: list[Prepared], input_rows: int,
-                   timing: dict[str, float]) -> tuple[Prepared, dict[str, int]]:
-    """The prepared parts of one chunk as one, with the chunk's first counts."""
+def merge_prepared(parts: list[Prepared], output: ChunkOutput) -> Prepared:
+    """The prepared parts of one chunk as one; their counts and seconds are added to the chunk's ``output``."""
     prepared = Prepared()
-    counts = {"input_rows": input_rows, "empty_texts": 0, "truncated_contexts": 0}
     for part in parts:
         base = len(prepared.units)
         prepared.units += part.units
         prepared.requests += [(base + u, r) for u, r in part.requests]
-        for key, value in part.counts.items():
-            counts[key] += value
-        timing["prepare_s"] += part.seconds
-    return prepared, counts
+        output.add(accounting=part.counts, timing={"prepare_s": part.seconds})
+    return prepared
 
 
-def candidates(prepared: Prepared, models: Models, config: AugmentConfig, counts: dict[str, int],
-               timing: dict[str, float]) -> list[list[list[str]]]:
-    """Candidate lists for every eligible word of every unit (masked LM for single pieces, else vectors)."""
+def candidates(prepared: Prepared, models: Models, config: AugmentConfig,
+               output: ChunkOutput) -> list[list[list[str]]]:
+    """Candidate lists for every eligible word of every unit (masked LM for single pieces, else vectors); their
+    counts and the models' seconds are added to the chunk's ``output``."""
     from_mlm: dict[tuple[int, int], list[str]] = {}
+    start = time.perf_counter()
     if prepared.requests and models.mlm is not None:
-        start = time.perf_counter()
         tops = models.mlm.top_k([r for _, r in prepared.requests], config.top_k, config.mlm_batch_size)
         for (unit, request), top in zip(prepared.requests, tops):
             for word, ids in zip(request.words, top):
                 from_mlm[(unit, word)] = models.mlm.tokens(ids)
-        timing["mlm_s"] += time.perf_counter() - start
-    start = time.perf_counter()
+    mlm_done = time.perf_counter()
     vector_words = [u.sentence.words[i] for u in prepared.units
                     for i in sorted(set(u.sentence.eligible) - set(u.mlm_words))]
     neighbours = models.index.neighbours(vector_words)
-    timing["neighbours_s"] += time.perf_counter() - start
-    counts.update(eligible_words=0, mlm_words=0, vector_words=0, self_only_words=0)
+    output.add(timing={"mlm_s": mlm_done - start, "neighbours_s": time.perf_counter() - mlm_done})
+    counts = dict.fromkeys(("eligible_words", "mlm_words", "vector_words", "self_only_words"), 0)
     result = []
     for u, unit in enumerate(prepared.units):
         lists = []
@@ -237,37 +239,36 @@ def candidates(prepared: Prepared, models: Models, config: AugmentConfig, counts
             lists.append(kept)
         counts["eligible_words"] += len(lists)
         result.append(lists)
+    output.add(accounting=counts)
     return result
 
 
 def submit_sample(prepared: Prepared, cands: list[list[list[str]]], row_ids: list[int], spec: SampleSpec,
-                  executor: Executor) -> Callable[[], list[tuple[list[Copies], dict[str, int], float]]]:
+                  executor: Executor) -> Callable[[], list[Sampled]]:
     """Start sampling the copies of every unit; returns the collector of the parts."""
     slices = _slices(len(prepared.units), executor.parts)
     return executor.submit(_sample_part, [(prepared.units[s], cands[s], row_ids, spec) for s in slices])
 
 
-def assemble(table: pa.Table, fields: list[str], prepared: Prepared,
-             results: list[tuple[list[Copies], dict[str, int], float]], row_ids: list[int],
-             counts: dict[str, int], timing: dict[str, float]) -> pa.Table:
-    """The chunk's output table (without ``row_id``: see ``numbered``), its counts completed."""
-    copies = [c for part in results for c in part[0]]
-    for part in results:
-        for key, value in part[1].items():
-            counts[key] = counts.get(key, 0) + value
-        timing["sampling_s"] += part[2]
-    out = output_table(table, fields, prepared.units, copies, row_ids)
-    counts["output_rows"] = out.num_rows
-    return out
+def assemble(table: pa.Table, fields: list[str], prepared: Prepared, parts: list[Sampled], row_ids: list[int],
+             output: ChunkOutput) -> ChunkOutput:
+    """The chunk's ``output`` completed: its table (rows not yet numbered), the sampling counts and seconds, and
+    ``output_rows``."""
+    for part in parts:
+        output.add(accounting=part.counts, timing={"sampling_s": part.seconds})
+    output.table = output_table(table, fields, prepared.units, [c for part in parts for c in part.copies], row_ids)
+    output.accounting["output_rows"] = output.table.num_rows
+    return output
 
 
-def augment_chunk(table: pa.Table, row_ids: list[int], fields: list[str], models: Models, config: AugmentConfig,
-                  executor: Executor, timing: dict[str, float]) -> tuple[pa.Table, dict[str, int]]:
-    """One chunk's output table (without ``row_id``) and accounting, its stages run one after the other."""
-    prepared, counts = merge_prepared(submit_prepare(table, fields, executor)(), table.num_rows, timing)
-    cands = candidates(prepared, models, config, counts, timing)
-    results = submit_sample(prepared, cands, row_ids, SampleSpec.of(config), executor)()
-    return assemble(table, fields, prepared, results, row_ids, counts, timing), counts
+def augment_chunk(index: int, table: pa.Table, row_ids: list[int], fields: list[str], models: Models,
+                  config: AugmentConfig, executor: Executor) -> ChunkOutput:
+    """Chunk ``index``'s output (rows not yet numbered), its stages run one after the other."""
+    output = ChunkOutput(index, accounting={"input_rows": table.num_rows})
+    prepared = merge_prepared(submit_prepare(table, fields, executor)(), output)
+    cands = candidates(prepared, models, config, output)
+    parts = submit_sample(prepared, cands, row_ids, SampleSpec.of(config), executor)()
+    return assemble(table, fields, prepared, parts, row_ids, output)
 
 
 # ---- tables ----------------------------------------------------------------------------------------------
@@ -286,21 +287,21 @@ def output_table(table: pa.Table, fields: list[str], units: list[Unit], copies: 
     for unit, made in zip(units, copies):
         by_row.setdefault(unit.row, []).append((unit.field, made))
     originals = {f: table.column(f).to_pylist() for f in fields}
-    take, aug_field, aug_copy, sources = [], [], [], []
+    take, aug_field, aug_copy, changed = [], [], [], []
     values: dict[str, list[str | None]] = {f: [] for f in fields}
     for r in range(table.num_rows):
         take.append(r)
         aug_field.append(None)
         aug_copy.append(0)
-        sources.append((0, 0))
+        changed.append((0, 0))
         for f in fields:
             values[f].append(originals[f][r])
         for name, made in by_row.get(r, []):
-            for c, (text, source) in enumerate(zip(made.texts, made.sources), 1):
+            for c, (text, words) in enumerate(zip(made.texts, made.changed_words), 1):
                 take.append(r)
                 aug_field.append(name)
                 aug_copy.append(c)
-                sources.append(source)
+                changed.append(words)
                 for f in fields:
                     values[f].append(text if f == name else originals[f][r])
     out = table.take(pa.array(take, pa.int64()))
@@ -314,10 +315,5 @@ def output_table(table: pa.Table, fields: list[str], units: list[Unit], copies: 
     return (out.append_column("source_row_id", pa.array([ids[r] for r in take], pa.int64()))
             .append_column("aug_field", pa.array(aug_field, pa.string()))
             .append_column("aug_copy", pa.array(aug_copy, pa.int32()))
-            .append_column("aug_mlm_words", pa.array([s[0] for s in sources], pa.int32()))
-            .append_column("aug_vector_words", pa.array([s[1] for s in sources], pa.int32())))
-
-
-def numbered(table: pa.Table, offset: int) -> pa.Table:
-    """``table`` with its ``row_id`` column: the output version's row ids from ``offset``."""
-    return table.append_column("row_id", pa.array(range(offset, offset + table.num_rows), pa.int64()))
+            .append_column("aug_mlm_words", pa.array([mlm for mlm, _ in changed], pa.int32()))
+            .append_column("aug_vector_words", pa.array([vectors for _, vectors in changed], pa.int32())))

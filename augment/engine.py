@@ -5,36 +5,41 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from augment.chunk import (
-    TIMING_KEYS,
     Executor,
     Models,
+    Prepared,
     SampleSpec,
     Setup,
     assemble,
     candidates,
     load_models,
+    loaded_identity,
     merge_prepared,
-    numbered,
     row_ids,
+    run_timing,
     submit_prepare,
     submit_sample,
 )
 from augment.config import AugmentConfig
 from augment.mlm import check_model_options, locate_model, resolve_device, resolve_precision
 from augment.vectors import resolve_vectors
+from pipelines.chunks import ChunkOutput, write_chunks
 from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
 from pipelines.resources import minilm_path
 from pipelines.runner import Step, StepPlan, run_step
 from pipelines.store import Store, VersionWriter
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 STEP = Step("augment", module=__name__, package="augment", format=2,   # 2: aug_mlm_words / aug_vector_words
             rows_key="output_rows")
@@ -106,17 +111,12 @@ def _write(store: Store, vid: str, total_rows: int, setup: Setup, writer: Versio
     config = setup.config
     if setup.mlm_identity is None:
         print(f"WARNING {MLM_NONE_WARNING}", file=sys.stderr, flush=True)
-    timing = dict.fromkeys(TIMING_KEYS, 0.0)          # (each engine sets wall_s)
     if config.engine == "ray":
         from augment.ray_engine import run_ray
 
-        loaded, run = run_ray(store, vid, total_rows, setup, writer, timing)
+        loaded, run, timing = run_ray(store, vid, total_rows, setup, writer)
     else:
-        loaded, run = _run_local(store, vid, total_rows, setup, writer, timing)
-    counts: dict[str, int] = {}
-    for index in writer.committed_chunks():
-        for key, value in writer.chunk_record(index)["accounting"].items():
-            counts[key] = counts.get(key, 0) + value
+        loaded, run, timing = _run_local(store, vid, total_rows, setup, writer)
     return {
         "models": {"mlm": setup.mlm_identity or "none", "tokenizer": setup.tokenizer_spec,
                    "vectors": loaded["vectors"]},
@@ -124,7 +124,7 @@ def _write(store: Store, vid: str, total_rows: int, setup: Setup, writer: Versio
                                                    "input_mode", "output_form", "masks_per_pass", "fields",
                                                    "precision")},
         "seed": config.seed,
-        "counts": counts,
+        "counts": writer.accounting(),
         "mlm_context": {"max_pieces": loaded["max_pieces"],
                         "long_texts": "masked-LM context cut to a window of pieces around the masked word"},
         "warnings": [] if setup.mlm_identity else [MLM_NONE_WARNING],
@@ -133,80 +133,88 @@ def _write(store: Store, vid: str, total_rows: int, setup: Setup, writer: Versio
     }
 
 
-def loaded_identity(models: Models) -> dict[str, Any]:
-    """What the manifest records of the loaded models: the vectors' identity and the masked LM's context cap."""
-    return {"vectors": models.vectors.identity, "max_pieces": models.spec.max_length if models.spec else None}
-
-
 def augment_version(store: Store, ref: str, config: AugmentConfig, name: str | None = None,
                     resume: bool = False) -> dict[str, Any]:
     """Write the augmented version of ``ref``; returns its manifest (the existing one if it is complete)."""
     return run_step(store, plan_augment(store, ref, config), name, resume).manifest
 
 
-def _run_local(store: Store, vid: str, total_rows: int, setup: Setup, writer: VersionWriter,
-               timing: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load the models here and augment every chunk not yet committed with ``workers`` helper processes
-    (``wall_s``: from the models loaded to the last chunk written)."""
+def _run_local(store: Store, vid: str, total_rows: int, setup: Setup,
+               writer: VersionWriter) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """Load the models here and augment every chunk not yet committed with ``workers`` helper processes; returns
+    what the manifest records of the loaded models, of the run and its seconds (``wall_s``: from the models
+    loaded to the last chunk written)."""
     models = load_models(setup)
     start = time.perf_counter()
     executor = Executor(setup.config.workers, models.tokenizer, models.spec)
     try:
-        _run(store, vid, setup.config, setup.fields, models, writer, executor, total_rows, timing)
+        with progress_bar(total=total_rows, desc="augment", unit="sent") as bar:
+            chunks = _submitted(store, vid, setup, writer, executor)
+            written = write_chunks(writer, _outputs(chunks, setup, models, executor, bar), bar=bar)
     finally:
         executor.close()
-    timing["wall_s"] = time.perf_counter() - start
-    return loaded_identity(models), {"workers": setup.config.workers, "mlm": dict(models.mlm.stats)
-                                     if models.mlm else None, "neighbours": dict(models.index.stats)}
+    run = {"workers": setup.config.workers, "mlm": dict(models.mlm.stats) if models.mlm else None,
+           "neighbours": dict(models.index.stats)}
+    return loaded_identity(models), run, run_timing(written, time.perf_counter() - start)
 
 
-def _run(store: Store, vid: str, config: AugmentConfig, fields: list[str], models: Models, writer: VersionWriter,
-         executor: Executor, total_rows: int, timing: dict[str, float]) -> None:
-    """Process every chunk not yet committed, keeping one chunk of preparation ahead of the models."""
-    sample_spec = SampleSpec.of(config)
-    bar = progress_bar(total=total_rows, desc="augment", unit="sent")
-    offset = 0                      # output row id of the next chunk's first row
+@dataclass
+class _Chunk:
+    """A chunk in the local engine's stages: its rows, their ids, its output so far, and the collector of the
+    parts of the stage it is in (its preparation, then, once the models ran, its sampling)."""
+
+    table: pa.Table
+    row_ids: list[int]
+    output: ChunkOutput
+    collect: Callable[[], list[Any]]
+    prepared: Prepared = field(default_factory=Prepared)
+
+
+def _submitted(store: Store, vid: str, setup: Setup, writer: VersionWriter, executor: Executor) -> Iterator[_Chunk]:
+    """The chunks not yet committed, each read and handed to the workers to prepare (the seconds that takes in
+    its ``io_s``)."""
     row_base = 0                    # input row index of the next chunk's first row
-    ahead: deque = deque()
-    pending: tuple | None = None
-
-    def flush(item: tuple) -> None:
-        nonlocal offset
-        index, table, ids, prepared, counts, collect = item
-        results = collect()
-        io_start = time.perf_counter()
-        out = numbered(assemble(table, fields, prepared, results, ids, counts, timing), offset)
-        writer.write_chunk(index, out, accounting=counts)
-        offset += out.num_rows
-        timing["io_s"] += time.perf_counter() - io_start
-        bar.update(table.num_rows)
-
-    def advance(item: tuple) -> None:
-        """Run the models on one prepared chunk, submit its sampling, then write the previous chunk."""
-        nonlocal pending
-        index, table, ids, collect = item
-        prepared, counts = merge_prepared(collect(), table.num_rows, timing)
-        cands = candidates(prepared, models, config, counts, timing)
-        handle = submit_sample(prepared, cands, ids, sample_spec, executor)
-        if pending is not None:
-            flush(pending)
-        pending = index, table, ids, prepared, counts, handle
-
-    io_start = time.perf_counter()
-    for index, table in enumerate(_row_chunks(store, vid, config.chunk_rows)):
+    start = time.perf_counter()
+    for index, table in enumerate(_row_chunks(store, vid, setup.config.chunk_rows)):
         ids = row_ids(table, row_base)
         row_base += table.num_rows
-        if writer.is_committed(index):
-            offset += writer.chunk_record(index)["shard"]["rows"]
-            bar.update(table.num_rows)
-            continue
-        ahead.append((index, table, ids, submit_prepare(table, fields, executor)))
-        timing["io_s"] += time.perf_counter() - io_start
-        if len(ahead) > 1:
-            advance(ahead.popleft())
-        io_start = time.perf_counter()
-    while ahead:
-        advance(ahead.popleft())
-    if pending is not None:
-        flush(pending)
-    bar.close()
+        if not writer.is_committed(index):
+            collect = submit_prepare(table, setup.fields, executor)
+            output = ChunkOutput(index, accounting={"input_rows": table.num_rows},
+                                 timing={"io_s": time.perf_counter() - start})
+            yield _Chunk(table, ids, output, collect)
+            start = time.perf_counter()
+
+
+def _outputs(chunks: Iterator[_Chunk], setup: Setup, models: Models, executor: Executor,
+             bar: tqdm) -> Iterator[ChunkOutput]:
+    """Each chunk's output, in order: the models run on a chunk while the workers prepare the next one and
+    sample the one before."""
+    spec = SampleSpec.of(setup.config)
+    sampling: _Chunk | None = None
+    for chunk in _one_ahead(chunks):
+        chunk.prepared = merge_prepared(chunk.collect(), chunk.output)
+        cands = candidates(chunk.prepared, models, setup.config, chunk.output)
+        chunk.collect = submit_sample(chunk.prepared, cands, chunk.row_ids, spec, executor)
+        if sampling is not None:
+            yield _assembled(sampling, setup.fields, bar)
+        sampling = chunk
+    if sampling is not None:
+        yield _assembled(sampling, setup.fields, bar)
+
+
+def _assembled(chunk: _Chunk, fields: list[str], bar: tqdm) -> ChunkOutput:
+    """The chunk's output, once its copies are sampled."""
+    bar.update(chunk.table.num_rows)
+    return assemble(chunk.table, fields, chunk.prepared, chunk.collect(), chunk.row_ids, chunk.output)
+
+
+def _one_ahead(items: Iterator[_Chunk]) -> Iterator[_Chunk]:
+    """``items``, each given once the next one was taken (so that the next chunk is prepared meanwhile)."""
+    previous = None
+    for item in items:
+        if previous is not None:
+            yield previous
+        previous = item
+    if previous is not None:
+        yield previous

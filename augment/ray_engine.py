@@ -1,28 +1,33 @@
 """``engine = "ray"``: the chunks of an augmentation run go through a Ray Data pipeline whose ``map_batches``
 stage is a pool of actors; each actor loads the masked LM and the neighbour index once and runs the same chunk
 stages as the local engine (``augment.chunk``) on whole chunks, reading them from the input version's shards.
-This process numbers the rows and writes every chunk through the store's writer, so accounting, resume and the
-bytes are the local engine's. Ray is an optional dependency: nothing here imports it before a run needs it."""
+The actors send back each chunk's ``ChunkOutput``; this process writes them in chunk order through the one chunk
+loop (``pipelines.chunks.write_chunks``: it numbers the rows), so accounting, resume and the bytes are the local
+engine's. Ray is an optional dependency: nothing here imports it before a run needs it."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
+import pickle
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from augment.chunk import CHUNK_TIMING_KEYS, Executor, Setup, augment_chunk, load_models, numbered, row_ids
+from augment.chunk import Executor, Setup, augment_chunk, load_models, loaded_identity, row_ids, run_timing
+from pipelines.chunks import ChunkOutput, write_chunks
 from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
 from pipelines.store import Store, VersionWriter
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 FAULT_FILE_ENV = "DISTILLERY_RAY_FAULT_FILE"  # tests: the actor that augments the chunk this file names dies
 
@@ -101,8 +106,8 @@ def read_rows(shards: list[tuple[str, int]], start: int, count: int) -> pa.Table
 
 
 class ChunkAugmenter:
-    """A Ray actor: loads the models once, then turns chunk indices into their output tables (Arrow IPC, rows
-    not yet numbered), accounting and run figures."""
+    """A Ray actor: loads the models once, then turns chunk indices into their ``ChunkOutput``s (rows not yet
+    numbered; ``stats``: what the models did for the chunk), sent back pickled with what the actor loaded."""
 
     def __init__(self, setup: Setup, shards: list[tuple[str, int]], total_rows: int):
         if setup.device.startswith("cuda"):          # Ray shows the actor only its own GPU
@@ -113,27 +118,20 @@ class ChunkAugmenter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         config = self.setup.config
-        out: dict[str, list[Any]] = {"index": [], "table": [], "counts": [], "info": []}
-        for index in batch.column("index").to_pylist():
+        indices, outputs = batch.column("index").to_pylist(), []
+        for index in indices:
             start = index * config.chunk_rows
             table = read_rows(self.shards, start, _input_rows(index, config.chunk_rows, self.total_rows))
-            timing = dict.fromkeys(CHUNK_TIMING_KEYS, 0.0)
             before = self._stats()
-            result, counts = augment_chunk(table, row_ids(table, start), self.setup.fields, self.models, config,
-                                           self.executor, timing)
-            after = self._stats()
-            stats = {name: {k: v - before[name][k] for k, v in values.items()} for name, values in after.items()}
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, result.schema) as writer:
-                writer.write_table(result)
-            out["index"].append(index)
-            out["table"].append(sink.getvalue().to_pybytes())
-            out["counts"].append(json.dumps(counts))
-            out["info"].append(json.dumps({"timing": timing, **stats, "vectors": self.models.vectors.identity,
-                                           "max_pieces": self.models.spec.max_length if self.models.spec else None}))
-        _fault_point(out["index"])
-        return pa.table({"index": pa.array(out["index"], pa.int64()), "table": pa.array(out["table"], pa.binary()),
-                         "counts": pa.array(out["counts"], pa.string()), "info": pa.array(out["info"], pa.string())})
+            output = augment_chunk(index, table, row_ids(table, start), self.setup.fields, self.models, config,
+                                   self.executor)
+            output.stats = {name: {k: v - before[name][k] for k, v in values.items()}
+                            for name, values in self._stats().items()}
+            outputs.append(pickle.dumps(output, protocol=5))
+        _fault_point(indices)
+        loaded = pickle.dumps(loaded_identity(self.models), protocol=5)
+        return pa.table({"output": pa.array(outputs, pa.binary()),
+                         "loaded": pa.array([loaded] * len(outputs), pa.binary())})
 
     def _stats(self) -> dict[str, dict[str, float]]:
         stats = {"neighbours": dict(self.models.index.stats)}
@@ -159,50 +157,45 @@ def _fault_point(chunks: list[int]) -> None:
 
 
 # ---- the driver ------------------------------------------------------------------------------------------
-def run_ray(store: Store, vid: str, total_rows: int, setup: Setup, writer: VersionWriter,
-            timing: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_ray(store: Store, vid: str, total_rows: int, setup: Setup,
+            writer: VersionWriter) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     """Augment every chunk not yet committed in Ray actors and write it here, in chunk order; returns what the
-    manifest records of the loaded models and of the run (``wall_s``: actors started and loading included)."""
+    manifest records of the loaded models, of the run and its seconds (``wall_s``: actors started and loading
+    included)."""
     config = setup.config
     start = time.perf_counter()
-    chunks = -(-total_rows // config.chunk_rows)
-    todo = [i for i in range(chunks) if not writer.is_committed(i)]
+    todo = [i for i in range(-(-total_rows // config.chunk_rows)) if not writer.is_committed(i)]
     loaded: dict[str, Any] = {"vectors": setup.vectors.identity, "max_pieces": None}
     run: dict[str, Any] = {"actors": 0, "ray_address": config.ray_address, "mlm": None, "neighbours": {}}
-    bar = progress_bar(total=total_rows, desc="augment", unit="sent")
-    offset = 0                                   # output row id of the next chunk's first row
-    done: dict[int, dict[str, Any]] = {}         # chunks back from the actors, not yet written
-    with ray_session(config.ray_address) if todo else nullcontext() as ray:
-        results = _augmented(ray, store, vid, total_rows, setup, todo, run) if todo else iter(())
-        for index in range(chunks):
-            if writer.is_committed(index):
-                offset += writer.chunk_record(index)["shard"]["rows"]
-            else:
-                while index not in done:
-                    row = next(results, None)
-                    if row is None:
-                        raise DistilleryError(f"augment: the Ray run ended without chunk {index}")
-                    done[row["index"]] = row
-                io_start = time.perf_counter()
-                item = done.pop(index)
-                table = numbered(pa.ipc.open_stream(item["table"]).read_all(), offset)
-                writer.write_chunk(index, table, accounting=json.loads(item["counts"]))
-                offset += table.num_rows
-                timing["io_s"] += time.perf_counter() - io_start
-                info = json.loads(item["info"])
-                _add(timing, info.pop("timing"))
-                loaded = {"vectors": info.pop("vectors"), "max_pieces": info.pop("max_pieces")}
-                for name, stats in info.items():
-                    run[name] = _add(run[name] or {}, stats)
-            bar.update(_input_rows(index, config.chunk_rows, total_rows))
-    bar.close()
-    timing["wall_s"] = time.perf_counter() - start
-    return loaded, run
+    session = ray_session(config.ray_address) if todo else nullcontext()
+    with progress_bar(total=total_rows, desc="augment", unit="sent") as bar, session as ray:
+        rows = _augmented(ray, store, vid, total_rows, setup, todo, run) if todo else iter(())
+        written = write_chunks(writer, _in_order(rows, todo, loaded, bar), bar=bar)
+    run.update(mlm=written.stats.get("mlm"), neighbours=written.stats.get("neighbours", {}))
+    return loaded, run, run_timing(written, time.perf_counter() - start)
+
+
+def _in_order(rows: Iterator[dict[str, Any]], todo: list[int], loaded: dict[str, Any],
+              bar: tqdm) -> Iterator[ChunkOutput]:
+    """The outputs of the chunks ``todo`` in chunk order (the actors send them back in any order); ``loaded``
+    takes what the actors loaded."""
+    done: dict[int, ChunkOutput] = {}
+    for index in todo:
+        while index not in done:
+            row = next(rows, None)
+            if row is None:
+                raise DistilleryError(f"augment: the Ray run ended without chunk {index}")
+            output: ChunkOutput = pickle.loads(row["output"])
+            done[output.index] = output
+            loaded.update(pickle.loads(row["loaded"]))
+        output = done.pop(index)
+        bar.update(output.accounting["input_rows"])
+        yield output
 
 
 def _augmented(ray: Any, store: Store, vid: str, total_rows: int, setup: Setup, todo: list[int],
                run: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The chunks ``todo`` as they come back from a pool of ``ChunkAugmenter`` actors (in any order)."""
+    """The rows a pool of ``ChunkAugmenter`` actors sends back for the chunks ``todo`` (in any order)."""
     config = setup.config
     gpu = setup.device.startswith("cuda")
     resources = ray.cluster_resources()
@@ -219,9 +212,3 @@ def _augmented(ray: Any, store: Store, vid: str, total_rows: int, setup: Setup, 
 def _input_rows(index: int, chunk_rows: int, total_rows: int) -> int:
     """Input rows of chunk ``index``."""
     return min(chunk_rows, total_rows - index * chunk_rows)
-
-
-def _add(total: dict[str, float], part: dict[str, float]) -> dict[str, float]:
-    for key, value in part.items():
-        total[key] = total.get(key, 0) + value
-    return total

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -15,11 +16,15 @@ from distill.card import model_seq_length
 from distill.config import CacheLogitsConfig, TrainConfig, check_batch_tokens
 from distill.data import LABEL, LOGITS, Collator, to_tensors
 from distill.trainer import setup_runtime, to_device
+from pipelines.chunks import ChunkOutput, write_chunks
 from pipelines.config import identity_dict, to_dict
 from pipelines.fingerprint import model_sha256
 from pipelines.progress import progress_bar
 from pipelines.runner import Step, StepPlan, run_step
 from pipelines.store import Store, VersionWriter
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 STEP = Step("teacher-logits", module=__name__, package="distill")
 AUG_COPY, SOURCE_ROW, AUG_MLM, AUG_VECTORS = "aug_copy", "source_row_id", "aug_mlm_words", "aug_vector_words"
@@ -39,40 +44,55 @@ def plan_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, config:
                     lambda writer: _write(store, parent, teacher_src, config, writer))
 
 
-@torch.no_grad()
 def _write(store: Store, parent: dict[str, Any], teacher_src: str, config: CacheLogitsConfig,
            writer: VersionWriter) -> dict[str, Any]:
     """One chunk per input shard: the shard's rows plus a ``teacher_logits`` column."""
     runtime = setup_runtime(TrainConfig(device=config.device, num_workers=0))
     teacher = models.load_teacher(teacher_src, True, runtime.device)
     collate = Collator(teacher_src, config.max_seq_length)
-    bar = progress_bar(total=parent["num_rows"], desc="teacher logits")
-    for index, path in enumerate(store.shard_paths(parent["version_id"])):
-        table = pq.read_table(path, memory_map=True)
-        if writer.is_committed(index):
-            bar.update(table.num_rows)
-            continue
-        rows, logits = table.to_pylist(), []
-        for start in range(0, len(rows), config.batch_size):
-            part = rows[start:start + config.batch_size]
-            collate.encode(part)
-            batch = to_device(to_tensors(collate(part)), runtime.device)
-            out = teacher(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
-            logits.append(out.float().cpu().numpy())
-            bar.update(len(part))
-        values = np.concatenate(logits) if logits else np.zeros((0, teacher.config.num_labels), np.float32)
-        column = pa.array(list(values.astype(np.float32)), type=pa.list_(pa.float32()))
-        accounting = {"input_rows": table.num_rows, "kept": table.num_rows}
-        if AUG_COPY in table.column_names:
-            accounting["agreement"] = agreement_counts(table, values.argmax(-1), teacher.config.label2id)
-        writer.write_chunk(index, table.append_column(LOGITS, column), accounting=accounting)
-    bar.close()
+    shards = store.shard_paths(parent["version_id"])
+
+    def outputs(bar: tqdm) -> Iterator[ChunkOutput]:
+        for index, path in enumerate(shards):
+            if not writer.is_committed(index):
+                table = pq.read_table(path, memory_map=True)
+                logits = _logits(table, teacher, collate, config.batch_size, runtime.device, bar)
+                yield _output(index, table, logits, teacher.config.label2id)
+
+    with progress_bar(total=parent["num_rows"], desc="teacher logits") as bar:
+        write_chunks(writer, outputs(bar), number_rows=False, bar=bar)
     extra: dict[str, Any] = {"teacher": teacher_src,
                              "id2label": {str(k): v for k, v in teacher.config.id2label.items()}}
-    records = [writer.chunk_record(i)["accounting"].get("agreement") for i in writer.committed_chunks()]
-    if any(records):
-        extra["agreement"] = agreement_summary([r for r in records if r])
+    agreement = writer.accounting().get("agreement")
+    if agreement:
+        extra["agreement"] = agreement_summary(agreement)
     return extra
+
+
+@torch.no_grad()
+def _logits(table: pa.Table, teacher: Any, collate: Collator, batch_size: int, device: Any,
+            bar: tqdm) -> np.ndarray:
+    """The teacher's logits of the rows of ``table`` (float32, one row each), ``batch_size`` rows at a time."""
+    rows, logits = table.to_pylist(), []
+    for start in range(0, len(rows), batch_size):
+        part = rows[start:start + batch_size]
+        collate.encode(part)
+        batch = to_device(to_tensors(collate(part)), device)
+        out = teacher(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+        logits.append(out.float().cpu().numpy())
+        bar.update(len(part))
+    values = np.concatenate(logits) if logits else np.zeros((0, teacher.config.num_labels), np.float32)
+    return values.astype(np.float32)
+
+
+def _output(index: int, table: pa.Table, logits: np.ndarray, label2id: dict[str, int]) -> ChunkOutput:
+    """Chunk ``index``: the rows with their ``teacher_logits``; on an augmented version, the teacher's agreement
+    on the copies in its accounting."""
+    accounting: dict[str, Any] = {"input_rows": table.num_rows, "kept": table.num_rows}
+    if AUG_COPY in table.column_names:
+        accounting["agreement"] = agreement_counts(table, logits.argmax(-1), label2id)
+    column = pa.array(list(logits), type=pa.list_(pa.float32()))
+    return ChunkOutput(index, table.append_column(LOGITS, column), accounting=accounting)
 
 
 def agreement_counts(table: pa.Table, predicted: np.ndarray, label2id: dict[str, int]) -> dict[str, Any]:
@@ -100,13 +120,8 @@ def agreement_counts(table: pa.Table, predicted: np.ndarray, label2id: dict[str,
     return counts
 
 
-def agreement_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The chunks' agreement counts added up, with the shares."""
-    total: dict[str, dict[str, int]] = {}
-    for record in records:
-        for group, counts in record.items():
-            for key, value in counts.items():
-                total.setdefault(group, {})[key] = total.get(group, {}).get(key, 0) + value
+def agreement_summary(total: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The shares of the chunks' agreement counts (``total``: summed over the chunks)."""
     summary: dict[str, Any] = {}
     for group, counts in total.items():
         if group == "gold":

@@ -1,10 +1,11 @@
 """The one way a step writes a version.
 
 A step (preprocess, augment, teacher logits, ...) describes what it would write as a ``StepPlan``: the recorded
-config, the config its version id hashes, its parents, and a function that writes the chunks. ``run_step``
-gives every step the same behaviour: a complete version is reused (its name moved to it, nothing written); an
-interrupted one is continued with ``resume`` and refused without it; otherwise the version is written and
-finalised.
+config, the config its version id hashes, its parents, and a function that writes the chunks not yet committed
+(handing their outputs to the one chunk loop, ``pipelines.chunks.write_chunks``) and returns the manifest's extra.
+``run_step`` gives every step the same behaviour: a complete version is reused (its name moved to it, nothing
+written); an interrupted one is continued with ``resume`` and refused without it; otherwise the version is written
+and finalised.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class StepPlan:
     config: dict[str, Any]                     # recorded in the manifest and the card (runtime options too)
     identity: dict[str, Any]                   # hashed into the id: no runtime-only options, no local paths
     parents: list[dict[str, Any]]
-    write: Callable[[VersionWriter], dict[str, Any]]   # writes the chunks not yet committed; returns extra
+    write: Callable[[VersionWriter], dict[str, Any]]   # writes the chunks not yet committed (write_chunks); extra
 
     def version_id(self) -> str:
         return fingerprint.version_id(self.step.name, self.identity, self.parents, self.step.code_identity())

@@ -328,13 +328,30 @@ class VersionWriter:
         """True when chunk ``index`` was fully written (its record exists and checks out)."""
         return index in self._records
 
-    def chunk_record(self, index: int) -> dict[str, Any]:
-        """The commit record of a written chunk."""
-        return self._records[index]
-
     def committed_chunks(self) -> list[int]:
         """Indices of the chunks written so far, sorted."""
         return sorted(self._records)
+
+    def committed_rows(self, index: int) -> int:
+        """The rows of committed chunk ``index``'s shard."""
+        return self._committed(index)["shard"]["rows"]
+
+    def committed_shard(self, index: int) -> Path:
+        """The data shard of committed chunk ``index`` (checked when the writer found it)."""
+        return self.path / self._committed(index)["shard"]["path"]
+
+    def _committed(self, index: int) -> dict[str, Any]:
+        if index not in self._records:
+            raise DistilleryError(f"chunk {index} of version {self.version_id[:12]} is not committed; chunks are "
+                                  f"written in order")
+        return self._records[index]
+
+    def accounting(self) -> dict[str, Any]:
+        """The accounting of the chunks committed so far, summed (what the manifest records)."""
+        total: dict[str, Any] = {}
+        for index in self.committed_chunks():
+            total = sum_counts(total, self._records[index]["accounting"])
+        return total
 
     def open_chunk(self, index: int) -> ChunkSink:
         """Start writing chunk ``index`` piece by piece (``ChunkSink.write``, then ``commit``)."""
@@ -379,11 +396,9 @@ class VersionWriter:
         indices = self.committed_chunks()
         if indices != list(range(len(indices))):
             raise DistilleryError(f"version {self.version_id[:12]}: chunks {indices} are not contiguous from 0")
-        records = [self.chunk_record(i) for i in indices]
+        records = [self._records[i] for i in indices]
         shards = [r["shard"] for r in records]
-        accounting: dict[str, Any] = {}
-        for record in records:
-            accounting = sum_counts(accounting, record["accounting"])
+        accounting = self.accounting()
         num_rows = sum(s["rows"] for s in shards)
         if self.rows_key is not None and accounting.get(self.rows_key, 0) != num_rows:
             raise DistilleryError(f"version {self.version_id[:12]}: {num_rows} rows written but the step's "

@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import pickle
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.chunks import ChunkOutput, write_chunks
 from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
+from pipelines.parallel import WorkerPool, worker_state
 from pipelines.progress import progress_bar
 from pipelines.runner import Step, StepPlan, run_step
-from pipelines.store import ChunkSink, Store, VersionWriter, sum_counts
+from pipelines.store import Store, VersionWriter
 from preprocess.config import LENGTH_FILTERS, DedupConfig, PreprocessConfig
 from preprocess.dedup import DedupState, MinHasher, text_hash
 from preprocess.readers import (
@@ -54,6 +54,9 @@ from preprocess.row_schema import (
     is_blank,
 )
 from preprocess.text_clean import Cleaner, count_tokens, split_sentences
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 STEP = Step("preprocess", module=__name__, package="preprocess")
 PART_BYTES = 32 << 20          # a chunk is read, processed and written in parts of about this much text
@@ -202,8 +205,6 @@ class ChunkProcessor:
         return row, text, pair, label
 
     def _process(self, index: int, items: Chunk) -> ChunkResult:
-        split_over = self.config.clean.split_sentences_over
-        finish = self.cleaner.finish
         texts: list[str] = []
         pairs: list[str | None] = []
         labels: list[Any] = []
@@ -212,41 +213,72 @@ class ChunkProcessor:
         dropped = {name: 0 for name, _ in self.filters}
         rejected: dict[str, int] = {}
         repaired: dict[str, int] = {}
-        count_unknown_keys = self.config.input.extra_columns is None
-        split_docs = split_added = 0
+        split = {"documents": 0, "rows_added": 0}
         for src, origin, kind, payload in zip(*items):
             source = self.sources[src]
             try:
                 row, text, pair, label = self._read_row(source, kind, payload, repaired)
             except _Reject as exc:
-                reason = str(exc)
-                _bump(rejected, reason)
-                raw = payload[1] if kind == BAD else raw_text(payload if kind == LINE else
-                                                              json.dumps(payload, ensure_ascii=False, default=str))
-                rejects.append((source.path, origin, reason, raw))
+                _bump(rejected, str(exc))
+                rejects.append((source.path, origin, str(exc), self._raw(kind, payload)))
                 continue
-            if count_unknown_keys and not row.keys() <= self.known_keys:
-                _bump(repaired, "extra_key_dropped", len(row.keys() - self.known_keys))
-            extra_values = [coerce_extra(row.get(src_name), typ) for src_name, _, typ in self.schema.extras]
-            parts = [text]
-            if split_over and pair is None and len(text) > split_over:
-                parts = split_sentences(text)
-                if len(parts) > 1:
-                    split_docs += 1
-                    split_added += len(parts) - 1
-            pair = finish(pair) if pair is not None else None
-            pair_drop = self._drop_reason(pair) if pair is not None and self.filters else None
+            extra_values = self._extra_values(row, repaired)
+            parts, pair = self._kept_parts(text, pair, dropped, split)
             for part in parts:
-                part = finish(part)
-                reason = (self._drop_reason(part) if self.filters else None) or pair_drop
-                if reason:
-                    dropped[reason] += 1
-                    continue
                 texts.append(part)
                 pairs.append(pair)
                 labels.append(label)
                 for column, value in zip(extras, extra_values):
                     column.append(value)
+        table = self._candidate_table(texts, pairs, labels, extras, repaired)
+        rejects_table = pa.Table.from_pylist([dict(zip(REJECTS_SCHEMA.names, r)) for r in rejects],
+                                             schema=REJECTS_SCHEMA) if rejects else None
+        accounting: dict[str, Any] = {"input_rows": len(items[0]) + split["rows_added"], "dropped": dropped,
+                                      "rejected": rejected, "repaired": repaired}
+        if self.config.clean.split_sentences_over:
+            accounting["split"] = split
+        return ChunkResult(index, table, rejects_table, *self._hashes(texts, pairs), accounting=accounting)
+
+    @staticmethod
+    def _raw(kind: int, payload: Any) -> str:
+        """A rejected record as text, for the rejects shard."""
+        if kind == BAD:
+            return payload[1]
+        return raw_text(payload if kind == LINE else json.dumps(payload, ensure_ascii=False, default=str))
+
+    def _extra_values(self, row: dict[str, Any], repaired: dict[str, int]) -> list[Any]:
+        """The row's extra columns; keys that are no column are counted when the extra columns are not listed."""
+        if self.config.input.extra_columns is None and not row.keys() <= self.known_keys:
+            _bump(repaired, "extra_key_dropped", len(row.keys() - self.known_keys))
+        return [coerce_extra(row.get(src_name), typ) for src_name, _, typ in self.schema.extras]
+
+    def _kept_parts(self, text: str, pair: str | None, dropped: dict[str, int],
+                    split: dict[str, int]) -> tuple[list[str], str | None]:
+        """The row's texts (its sentences when a long single text is split) that pass the length filters, and
+        its pair, finished; the texts filtered out are counted in ``dropped``."""
+        split_over = self.config.clean.split_sentences_over
+        parts = [text]
+        if split_over and pair is None and len(text) > split_over:
+            parts = split_sentences(text)
+            if len(parts) > 1:
+                split["documents"] += 1
+                split["rows_added"] += len(parts) - 1
+        finish = self.cleaner.finish
+        pair = finish(pair) if pair is not None else None
+        pair_drop = self._drop_reason(pair) if pair is not None and self.filters else None
+        kept = []
+        for part in parts:
+            part = finish(part)
+            reason = (self._drop_reason(part) if self.filters else None) or pair_drop
+            if reason:
+                dropped[reason] += 1
+            else:
+                kept.append(part)
+        return kept, pair
+
+    def _candidate_table(self, texts: list[str], pairs: list[str | None], labels: list[Any],
+                         extras: list[list[Any]], repaired: dict[str, int]) -> pa.Table:
+        """The candidate rows (before de-duplication) as a table of the candidate schema."""
         schema = self.schema.candidate_schema()
         arrays = [pa.array(texts, pa.string())]
         if self.schema.has_pair:
@@ -254,14 +286,7 @@ class ChunkProcessor:
         if self.schema.label_kind:
             arrays.append(pa.array(labels, schema.field("label").type))
         arrays += [build_column(values, typ, repaired) for values, (_, _, typ) in zip(extras, self.schema.extras)]
-        table = pa.Table.from_arrays(arrays, schema=schema)
-        rejects_table = pa.Table.from_pylist([dict(zip(REJECTS_SCHEMA.names, r)) for r in rejects],
-                                             schema=REJECTS_SCHEMA) if rejects else None
-        accounting: dict[str, Any] = {"input_rows": len(items[0]) + split_added, "dropped": dropped,
-                                      "rejected": rejected, "repaired": repaired}
-        if split_over:
-            accounting["split"] = {"documents": split_docs, "rows_added": split_added}
-        return ChunkResult(index, table, rejects_table, *self._hashes(texts, pairs), accounting=accounting)
+        return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _has_surrogates(value: str) -> bool:
@@ -272,46 +297,20 @@ def _has_surrogates(value: str) -> bool:
         return True
 
 
-# ---- running chunks in order over a bounded pool -----------------------------------------------
-_PROCESSOR: ChunkProcessor | None = None
-
-
-def _init_worker(config: PreprocessConfig, schema: OutputSchema, sources: list[InputSource]) -> None:
-    global _PROCESSOR
-    _PROCESSOR = ChunkProcessor(config, schema, sources)
+# ---- running chunks in order over the worker pool ------------------------------------------------
+def _processed(tasks: Iterator[tuple[str, int, bool, Any]], config: PreprocessConfig, schema: OutputSchema,
+               sources: list[InputSource]) -> Iterator[ChunkResult]:
+    """The tasks' results in task order: in this process for ``workers = 1``, else over ``workers`` processes,
+    each with its own ChunkProcessor (at most 2 tasks per process in flight, so memory stays bounded)."""
+    processes = config.workers if config.workers > 1 else 0
+    with WorkerPool(processes, init=ChunkProcessor, init_args=(config, schema, sources)) as pool:
+        yield from pool.imap(_run_task, tasks)
 
 
 def _run_task(task: tuple[str, int, bool, Any]) -> ChunkResult:
-    assert _PROCESSOR is not None
-    return _PROCESSOR.run(task)
-
-
-def ordered_map(fn: Callable[[Any], Any], tasks: Iterator[Any], workers: int, initializer: Callable[..., None],
-                initargs: tuple[Any, ...]) -> Iterator[Any]:
-    """``map(fn, tasks)`` over ``workers`` processes, results in task order, at most 2 tasks per worker in flight
-    (so memory stays bounded however long the input is)."""
-    if workers <= 1:
-        initializer(*initargs)
-        yield from map(fn, tasks)
-        return
-    import multiprocess
-
-    # fork: no re-import of the caller's __main__ (works from notebooks, stdin and unguarded scripts)
-    method = "fork" if "fork" in multiprocess.get_all_start_methods() else "spawn"
-    with multiprocess.get_context(method).Pool(workers, initializer, initargs) as pool:
-        pending: deque[Any] = deque()
-        for task in tasks:
-            pending.append(pool.apply_async(_pickled_call, (fn, pickle.dumps(task, protocol=5))))
-            if len(pending) >= 2 * workers:
-                yield pickle.loads(pending.popleft().get())
-        while pending:
-            yield pickle.loads(pending.popleft().get())
-
-
-def _pickled_call(fn: Callable[[Any], Any], task: bytes) -> bytes:
-    """Run ``fn`` on a pickled task and pickle its result with the C pickler (multiprocess's dill pickler is
-    pure Python and several times slower on chunks of many small objects)."""
-    return pickle.dumps(fn(pickle.loads(task)), protocol=5)
+    """One task, on this process's ChunkProcessor."""
+    processor: ChunkProcessor = worker_state()
+    return processor.run(task)
 
 
 # ---- the step ------------------------------------------------------------------------------
@@ -372,23 +371,30 @@ def _tasks(sources: list[InputSource], config: PreprocessConfig, writer: Version
 def _task(writer: VersionWriter, index: int, items: Chunk, rebuild_state: bool) -> tuple[str, int, bool, Any]:
     """The last task of chunk ``index``: its last part, or a rehash of its shard when it is committed."""
     if writer.is_committed(index):
-        shard = writer.path / writer.chunk_record(index)["shard"]["path"]
-        return "shard", index, True, str(shard) if rebuild_state else None
+        return "shard", index, True, str(writer.committed_shard(index)) if rebuild_state else None
     return "rows", index, True, items
 
 
-def _dedup(result: ChunkResult, state: DedupState | None, dedup: DedupConfig) -> pa.Table:
-    """A processed part's rows without its duplicates (decided in row order); counts them in its accounting."""
-    table, accounting = result.table, result.accounting
-    assert table is not None
-    if state is not None:
-        keep, exact_dups, near_dups = state.decide(table.num_rows, result.hashes, result.keys)
-        table = table.filter(pa.array(keep))
-        if dedup.exact:
-            accounting["dropped"]["exact_dup"] = exact_dups
-        if dedup.near:
-            accounting["dropped"]["near_dup"] = near_dups
-    return table
+def _outputs(results: Iterator[ChunkResult], state: DedupState | None, dedup: DedupConfig,
+             bar: tqdm) -> Iterator[ChunkOutput]:
+    """The processed parts without their duplicates (decided in row order, the rows of committed chunks in the
+    de-duplication state first); the kept rows and the duplicates are counted in each part's accounting."""
+    for result in results:
+        if result.table is None:                 # a committed chunk, re-hashed
+            if state is not None:
+                state.absorb(result.hashes, result.keys)
+            continue
+        table, accounting = result.table, result.accounting
+        if state is not None:
+            keep, exact_dups, near_dups = state.decide(table.num_rows, result.hashes, result.keys)
+            table = table.filter(pa.array(keep))
+            if dedup.exact:
+                accounting["dropped"]["exact_dup"] = exact_dups
+            if dedup.near:
+                accounting["dropped"]["near_dup"] = near_dups
+        bar.update(accounting["input_rows"])
+        yield ChunkOutput(result.index, table, result.rejects, {**accounting, "kept": table.num_rows},
+                          last=result.last)
 
 
 def plan_preprocess(inputs: list[str | Path], config: PreprocessConfig) -> StepPlan:
@@ -413,32 +419,9 @@ def _write(writer: VersionWriter, sources: list[InputSource], schema: OutputSche
     dedup = config.dedup.exact or config.dedup.near
     processor = ChunkProcessor(config, schema, sources)
     state = DedupState(processor.hasher.bands if processor.hasher else 0)
-    offset = 0
-    sink: ChunkSink | None = None
-    accounting: dict[str, Any] = {}
     with progress_bar(desc="preprocess", unit="rows") as bar:
-        try:
-            for result in ordered_map(_run_task, _tasks(sources, config, writer, dedup), config.workers,
-                                      _init_worker, (config, schema, sources)):
-                if result.table is None:
-                    state.absorb(result.hashes, result.keys)
-                    record = writer.chunk_record(result.index)
-                    offset += record["shard"]["rows"]
-                    bar.update(record["accounting"]["input_rows"])
-                    continue
-                table = _dedup(result, state if dedup else None, config.dedup)
-                sink = sink or writer.open_chunk(result.index)
-                sink.write(table.append_column("row_id", pa.array(np.arange(offset, offset + table.num_rows),
-                                                                  pa.int64())), result.rejects)
-                offset += table.num_rows
-                accounting = sum_counts(accounting, result.accounting)
-                bar.update(result.accounting["input_rows"])
-                if result.last:
-                    sink.commit({**accounting, "kept": sink.rows})
-                    sink, accounting = None, {}
-        finally:
-            if sink is not None:
-                sink.abort()
+        results = _processed(_tasks(sources, config, writer, dedup), config, schema, sources)
+        write_chunks(writer, _outputs(results, state if dedup else None, config.dedup, bar), bar=bar)
     extra: dict[str, Any] = {}
     if config.licence.recorded():
         extra["licence"] = config.licence.recorded()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from augment.chunk import _init_worker, _prepare_part
+from augment.chunk import Executor, _prepare_part
 from augment.config import AugmentConfig
 from augment.mlm import build_requests, load_mlm, load_tokenizer
 from augment.sampling import CandidateFilter, augment_sentence, row_rng
@@ -57,17 +57,23 @@ def test_words_spans_and_pieces(splitter, tokenizer):
     assert len(s.pieces[s.words.index("unbelievably")]) > 1 and len(s.pieces[s.words.index("cheap")]) == 1
 
 
+def prepare(tokenizer, spec, rows):
+    """One part prepared as augment's pool does it, in this process."""
+    with Executor(0, tokenizer, spec) as pool:
+        return pool.submit(_prepare_part, [(rows,)])()[0]
+
+
 def test_routing_single_piece_to_mlm_multi_piece_to_vectors(tokenizer, mlm):
-    _init_worker(tokenizer, mlm.input_spec("pair", 1, None))
-    prepared = _prepare_part([(0, "text", "an unbelievably cheap house"), (1, "text", ""), (2, "text", None)])
+    prepared = prepare(tokenizer, mlm.input_spec("pair", 1, None),
+                       [(0, "text", "an unbelievably cheap house"), (1, "text", ""), (2, "text", None)])
     assert prepared.counts["empty_texts"] == 2 and len(prepared.units) == 1
     unit = prepared.units[0]
     words = unit.sentence.words
     assert [words[i] for i in unit.mlm_words] == ["cheap", "house"]
     assert set(unit.sentence.eligible) - set(unit.mlm_words) == {words.index("unbelievably")}
     assert [r.words for _, r in prepared.requests] == [[words.index("cheap")], [words.index("house")]]
-    _init_worker(tokenizer, None)       # --mlm none: every eligible word goes to the vectors
-    assert _prepare_part([(0, "text", "an unbelievably cheap house")]).units[0].mlm_words == []
+    # --mlm none: every eligible word goes to the vectors
+    assert prepare(tokenizer, None, [(0, "text", "an unbelievably cheap house")]).units[0].mlm_words == []
 
 
 def test_pair_and_single_input_construction(splitter, mlm):
