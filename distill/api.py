@@ -1,6 +1,10 @@
-"""Python API: fine-tune a teacher, general and task distillation, evaluation, teacher-logit caching."""
+"""Python API: fine-tune a teacher, general and task distillation, evaluation of a saved model.
+
+Each training mode is a ``RunSpec`` (``distill.train_run``): fine-tuning and TinyBERT-objective distillation
+here, masked-LM training and DistilBERT's general distillation in ``distill.mlm``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +27,9 @@ from distill.matches import Match, MatchSet, default_matches
 from distill.metrics import classification_metrics, regression_metrics
 from distill.mlm import distil_masked_lm
 from distill.objective import Objective
-from distill.runs import (
-    TrainedModel,
-    data_records,
-    finish_run,
-    record_evaluation,
-    reuse_or_train,
-    run_identity,
-)
-from distill.trainer import Runtime, Trainer, setup_runtime, to_device
+from distill.runs import TrainedModel, record_evaluation
+from distill.train_run import Built, RunSpec, train_run
+from distill.trainer import EvalFn, Runtime, setup_runtime, to_device
 from pipelines.errors import DistilleryError
 from pipelines.store import Store
 
@@ -88,7 +86,7 @@ def check_logits_labels(store: Store, ref: str, teacher: str) -> None:
                               f"distill cache-logits`")
 
 
-# ---- streams and evaluation ------------------------------------------------------------------------------
+# ---- streams and scores ------------------------------------------------------------------------------------
 def make_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig, labels: dict[str, Any],
                 runtime: Runtime | None = None, shuffle: bool = True, batch_size: int | None = None) -> ShardStream:
     """The streaming dataset of a version for a run's config and this process's rank."""
@@ -101,8 +99,8 @@ def make_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig,
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, stream: ShardStream, device: torch.device, num_workers: int = 0
-                   ) -> dict[str, Any]:
+def classifier_scores(model: nn.Module, stream: ShardStream, device: torch.device, num_workers: int = 0
+                      ) -> dict[str, Any]:
     """Metrics of a sequence classifier / regressor over a stream whose labels are mapped by name, with ``rows``
     (every row of the stream), ``unknown_labels`` and the ``max_seq_length`` the rows were truncated to.
 
@@ -140,8 +138,9 @@ def evaluate_model(model: nn.Module, stream: ShardStream, device: torch.device, 
 
 
 def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConfig | None = None) -> dict[str, Any]:
-    """accuracy / macro-F1 / Matthews (classification) or Pearson / Spearman (regression) of a saved model, at
-    the sequence length it was trained at unless ``config.max_seq_length`` says otherwise (``evaluate_model``)."""
+    """accuracy / macro-F1 / Matthews (classification) or Pearson / Spearman (regression) of a saved model on a
+    version (``classifier_scores``), added to its card's evaluations; at the sequence length it was trained at
+    unless ``config.max_seq_length`` says otherwise."""
     config = config or EvaluateConfig()
     model_dir = models.saved_model_dir(model_dir)
     length = model_seq_length(model_dir, config.max_seq_length)
@@ -152,49 +151,57 @@ def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConf
     labels = model_labels(model.config)
     cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=length)
     stream = make_stream(store, ref, model_dir, cfg, labels, shuffle=False)
-    scores = {"version_id": store.resolve(ref), **evaluate_model(model, stream, runtime.device)}
+    scores = {"version_id": store.resolve(ref), **classifier_scores(model, stream, runtime.device)}
     record_evaluation(Path(model_dir), store.manifest(ref), scores)
     return scores
 
 
-def _eval_fn(store: Store, cfg: TrainConfig, tokenizer: str | Path, labels: dict[str, Any], runtime: Runtime):
-    """The evaluation on ``cfg.eval_ref`` at the run's length, over the whole version (no runtime given to the
-    stream: rank 0 evaluates alone, never only its share of the rows)."""
-    if not cfg.eval_ref or not labels:
-        return None
-    stream = make_stream(store, cfg.eval_ref, tokenizer, cfg, labels, shuffle=False, batch_size=64)
-    return lambda objective: evaluate_model(objective.student, stream, runtime.device)
+@dataclass
+class ClassifierRows:
+    """Rows for a sequence classifier or regressor, their gold labels mapped by name to its outputs; ``labels``:
+    the model's label kwargs ({}: plain text for a model without a prediction layer, nothing to score)."""
+
+    labels: dict[str, Any]
+
+    def train_stream(self, store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig,
+                     runtime: Runtime) -> ShardStream:
+        return make_stream(store, ref, tokenizer, cfg, self.labels, runtime)
+
+    def eval_fn(self, store: Store, cfg: TrainConfig, tokenizer: str | Path, runtime: Runtime) -> EvalFn | None:
+        """The student's ``classifier_scores`` on ``cfg.eval_ref`` at the run's length, over the whole version (no
+        runtime given to the stream: rank 0 evaluates alone, never only its share of the rows)."""
+        if not cfg.eval_ref or not self.labels:
+            return None
+        stream = make_stream(store, cfg.eval_ref, tokenizer, cfg, self.labels, shuffle=False, batch_size=64)
+        return lambda objective: classifier_scores(objective.student, stream, runtime.device)
 
 
-# ---- saving ------------------------------------------------------------------------------------------
+# ---- fine-tuning -------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class FinetuneRun(RunSpec):
+    """Fine-tuning ``base`` as a sequence classifier or regressor on the gold labels (hard-label loss)."""
+
+    rows: ClassifierRows
+
+    def build(self, runtime: Runtime) -> Built:
+        model = models.load_classifier(self.base, self.rows.labels)
+        hidden = model.config.hidden_size
+        matches = MatchSet([Match("labels", "hard")], hidden, hidden, _is_regression(self.rows.labels))
+        return Built(Objective(model, matches), model, self.base)
+
+
 def finetune(store: Store, train_ref: str, config: FinetuneConfig, output_dir: str | Path,
              resume: bool = False) -> TrainedModel:
     """Fine-tune ``config.model`` on a labelled version (hard-label loss); a finished run in ``output_dir`` with
     the same settings is reused."""
-    output_dir = Path(output_dir)
     source = models.resolve_model(config.model)
     models.check_against_model(source, "model", config.max_seq_length)
-    identity = run_identity(store, "finetune", config, train_ref, model=source)
-    return reuse_or_train(output_dir, identity, lambda: _finetune(store, train_ref, config, output_dir, source,
-                                                                  resume), config.prune_checkpoints)
-
-
-def _finetune(store: Store, train_ref: str, cfg: FinetuneConfig, output_dir: Path, source: str,
-              resume: bool) -> Path:
-    runtime = setup_runtime(cfg)
-    torch.manual_seed(cfg.seed)
-    labels = label_kwargs(store, train_ref, cfg)
+    labels = label_kwargs(store, train_ref, config)
     if not labels:
         raise DistilleryError(f"version {train_ref} has no 'label' column to fine-tune on")
-    model = models.load_classifier(source, labels)
-    objective = Objective(model, MatchSet([Match("labels", "hard")], model.config.hidden_size,
-                                          model.config.hidden_size, _is_regression(labels)))
-    stream = make_stream(store, train_ref, source, cfg, labels, runtime)
-    trainer = Trainer(objective, stream, cfg, output_dir, runtime, _eval_fn(store, cfg, source, labels, runtime),
-                      "finetune", {"train_version": store.resolve(train_ref), "model": source})
-    scores = trainer.run(resume)
-    return finish_run(trainer, "fine-tuning", model, source, output_dir / "model", mode="finetune", base=source,
-                      teacher=None, data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
+    return train_run(FinetuneRun(mode="finetune", title="fine-tuning", store=store, train_ref=train_ref,
+                                 config=config, output_dir=Path(output_dir), base=source,
+                                 rows=ClassifierRows(labels)), resume)
 
 
 # ---- distillation ------------------------------------------------------------------------------------------
@@ -209,65 +216,79 @@ def build_matches(cfg: DistillConfig, student_layers: int, teacher_layers: int, 
                            regression=regression, prediction_loss=cfg.prediction_loss)
 
 
-def _distill_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str,
-                 with_head: bool, student_src: str, resume: bool, teacher_needed: bool = True,
-                 model_dir: Path | None = None, card_config: TrainConfig | None = None) -> TrainedModel:
-    """One distillation run (general, or one stage of task distillation), reused when finished; the model card
-    records ``card_config`` (the whole task distillation's config) when given."""
-    teacher_src = models.resolve_model(cfg.teacher)
-    models.check_against_model(teacher_src, "teacher", cfg.max_seq_length)
-    models.check_against_model(student_src, "student", cfg.max_seq_length)
-    identity = run_identity(store, mode, cfg, train_ref, teacher=teacher_src, student=student_src,
-                             teacher_forward=teacher_needed)
-    return reuse_or_train(output_dir, identity, lambda: _distill(
-        store, train_ref, cfg, output_dir, mode=mode, with_head=with_head, teacher_src=teacher_src,
-        student_src=student_src, resume=resume, teacher_needed=teacher_needed, model_dir=model_dir,
-        card_config=card_config or cfg), cfg.prune_checkpoints, model_dir)
+def teacher_labels(teacher: str) -> dict[str, Any]:
+    """The label kwargs of a fine-tuned sequence-classifier teacher; any other teacher is refused in one line."""
+    config = models.load_config(teacher)
+    if not any("ForSequenceClassification" in a for a in config.architectures or []):
+        raise DistilleryError(f"teacher {teacher} is not a fine-tuned sequence classifier (architectures: "
+                              f"{config.architectures}); make one with `distillery distill finetune`")
+    return model_labels(config)
 
 
-def _distill(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, *, mode: str, with_head: bool,
-             teacher_src: str, student_src: str, resume: bool, teacher_needed: bool, model_dir: Path | None,
-             card_config: TrainConfig) -> Path:
-    runtime = setup_runtime(cfg)
-    torch.manual_seed(cfg.seed)
-    teacher_config = models.load_config(teacher_src)
-    if with_head and not any("ForSequenceClassification" in a for a in teacher_config.architectures or []):
-        raise DistilleryError(f"teacher {teacher_src} is not a fine-tuned sequence classifier (architectures: "
-                              f"{teacher_config.architectures}); make one with `distillery distill finetune`")
-    labels = model_labels(teacher_config) if with_head else {}
-    teacher = models.load_teacher(teacher_src, with_head, runtime.device) if teacher_needed else None
-    if student_src in students.STUDENTS:
-        student, tokenizer = models.build_sequence_student(
-            cfg, student_src, teacher_src, teacher_config, labels,
-            students.version_texts(store.shard_paths(train_ref)), output_dir / "words")
-    else:
-        student = models.build_student(cfg, student_src, teacher, teacher_config, labels,
-                                       "classifier" if with_head else "none")
-        tokenizer = teacher_src if teacher_needed else models.resolve_model(student_src)
-    matches = build_matches(cfg, models.num_layers(student), models.num_layers(teacher_config),
-                            _is_regression(labels))
-    if not with_head and any(m.feature in ("logits", "labels") for m in matches):
-        raise DistilleryError("general distillation has no prediction layer: use only embedding / hidden / "
-                              "attention matches (prediction, kl and hard weights must be 0)")
-    match_set = MatchSet(matches, models.hidden_size(student), models.hidden_size(teacher_config),
-                         _is_regression(labels))
-    if isinstance(student, students.SequenceStudent):
-        if match_set.needs_hidden or match_set.needs_attentions:
-            raise DistilleryError(f"a {student.config.model_type} student is distilled from logits (and labels) only")
-        if teacher_needed and student.config.vocab_size != teacher_config.vocab_size:
-            raise DistilleryError(f"student {student_src} reads other tokens than the teacher: give the teacher's "
-                                  f"logits with --logits-ref (`distillery distill cache-logits`)")
-    match_set.check_layers(models.num_layers(student), models.num_layers(teacher_config))
-    objective = Objective(student, match_set, teacher)
-    stream = make_stream(store, train_ref, tokenizer, cfg, labels, runtime)
-    record = {"train_version": store.resolve(train_ref), "teacher": teacher_src, "student": student_src,
-              "matches": [m.to_dict() for m in matches]}
-    trainer = Trainer(objective, stream, cfg, output_dir, runtime,
-                      _eval_fn(store, cfg, tokenizer, labels, runtime), mode, record)
-    scores = trainer.run(resume)
-    return finish_run(trainer, mode, student, tokenizer, model_dir or output_dir / "model", mode=mode,
-                      base=student_src, teacher=teacher_src, data=data_records(store, train_ref, cfg), scores=scores,
-                      cfg=card_config)
+@dataclass(kw_only=True)
+class TinyBertRun(RunSpec):
+    """A TinyBERT-objective distillation of ``base`` from ``teacher`` through matches: general (``rows`` without
+    labels: no prediction layer) or one stage of task distillation (the teacher's labels)."""
+
+    config: DistillConfig
+    rows: ClassifierRows
+    live_teacher: bool = True            # False: the batches carry the teacher's logits (never loaded)
+
+    def settings(self) -> dict[str, Any]:
+        return {"teacher_forward": self.live_teacher}
+
+    def build(self, runtime: Runtime) -> Built:
+        teacher_config = models.load_config(self.teacher)
+        labels = self.rows.labels
+        teacher = models.load_teacher(self.teacher, bool(labels), runtime.device) if self.live_teacher else None
+        student, tokenizer = self._student(teacher, teacher_config)
+        matches = build_matches(self.config, models.num_layers(student), models.num_layers(teacher_config),
+                                _is_regression(labels))
+        if not labels and any(m.feature in ("logits", "labels") for m in matches):
+            raise DistilleryError("general distillation has no prediction layer: use only embedding / hidden / "
+                                  "attention matches (prediction, kl and hard weights must be 0)")
+        match_set = MatchSet(matches, models.hidden_size(student), models.hidden_size(teacher_config),
+                             _is_regression(labels))
+        self._check_student(student, match_set, teacher_config)
+        return Built(Objective(student, match_set, teacher), student, tokenizer,
+                     {"matches": [m.to_dict() for m in matches]})
+
+    def _student(self, teacher: nn.Module | None, teacher_config: Any) -> tuple[nn.Module, str | Path]:
+        """The student and the tokenizer of its rows."""
+        labels = self.rows.labels
+        if self.base in students.STUDENTS:
+            texts = students.version_texts(self.store.shard_paths(self.train_ref))
+            return models.build_sequence_student(self.config, self.base, self.teacher, teacher_config, labels, texts,
+                                                 self.output_dir / "words")
+        student = models.build_student(self.config, self.base, teacher, teacher_config, labels,
+                                       "classifier" if labels else "none")
+        return student, self.teacher if self.live_teacher else models.resolve_model(self.base)
+
+    def _check_student(self, student: nn.Module, match_set: MatchSet, teacher_config: Any) -> None:
+        """Refuse matches the student cannot make (a BiLSTM / TextCNN has no layers to match) or a teacher whose
+        tokens it does not read."""
+        if isinstance(student, students.SequenceStudent):
+            if match_set.needs_hidden or match_set.needs_attentions:
+                raise DistilleryError(f"a {student.config.model_type} student is distilled from logits (and labels) "
+                                      f"only")
+            if self.live_teacher and student.config.vocab_size != teacher_config.vocab_size:
+                raise DistilleryError(f"student {self.base} reads other tokens than the teacher: give the teacher's "
+                                      f"logits with --logits-ref (`distillery distill cache-logits`)")
+        match_set.check_layers(models.num_layers(student), models.num_layers(teacher_config))
+
+
+def tinybert_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, mode: str, student: str, *,
+                 live_teacher: bool = True, model_dir: Path | None = None,
+                 card_config: TrainConfig | None = None) -> TinyBertRun:
+    """The spec of a TinyBERT-objective run (``mode`` general, task-stage1 or task-stage2) of ``student``, the
+    teacher and the student checked against ``cfg.max_seq_length`` before anything is trained."""
+    teacher = models.resolve_model(cfg.teacher)
+    models.check_against_model(teacher, "teacher", cfg.max_seq_length)
+    models.check_against_model(student, "student", cfg.max_seq_length)
+    labels = {} if mode == "general" else teacher_labels(teacher)
+    return TinyBertRun(mode=mode, title=mode, store=store, train_ref=train_ref, config=cfg, output_dir=output_dir,
+                       base=student, teacher=teacher, rows=ClassifierRows(labels), live_teacher=live_teacher,
+                       model_dir=model_dir, card_config=card_config)
 
 
 def general_distill(store: Store, train_ref: str, config: DistillConfig, output_dir: str | Path,
@@ -276,8 +297,7 @@ def general_distill(store: Store, train_ref: str, config: DistillConfig, output_
     ``objective = "distilbert"`` DistilBERT's triple loss from a masked-LM teacher (``distill.mlm``)."""
     if config.objective == "distilbert":
         return distil_masked_lm(store, train_ref, config, output_dir, resume)
-    return _distill_run(store, train_ref, config, Path(output_dir), mode="general", with_head=False,
-                        student_src=config.student, resume=resume)
+    return train_run(tinybert_run(store, train_ref, config, Path(output_dir), "general", config.student), resume)
 
 
 def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output_dir: str | Path,
@@ -291,11 +311,22 @@ def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output
     teacher when that is set.
     """
     cfg, output_dir = config, Path(output_dir)
+    _check_task_config(cfg)
+    runs = []
+    if cfg.stage in ("1", "both") and cfg.student not in students.STUDENTS:
+        runs.append(train_run(tinybert_run(store, train_ref, stage_config(cfg, 1), output_dir / "stage1",
+                                           "task-stage1", cfg.student, card_config=cfg), resume))
+    if cfg.stage in ("2", "both"):
+        runs.append(train_run(_stage2_run(store, train_ref, cfg, output_dir), resume))
+    return TrainedModel(runs[-1].path, runs[-1].scores, up_to_date=all(r.up_to_date for r in runs))
+
+
+def _check_task_config(cfg: TaskDistillConfig) -> None:
+    """Refuse, before any run, a task distillation without a teacher or with stages its student cannot have."""
+    sequence = cfg.student in students.STUDENTS
     if not cfg.teacher:
         raise DistilleryError("task distillation needs a fine-tuned teacher (`distill finetune`'s model folder), "
                               "e.g. --teacher runs/teacher/model")
-    stage1_model = output_dir / "stage1" / "model"
-    sequence = cfg.student in students.STUDENTS
     if sequence and cfg.stage == "1":
         raise DistilleryError(f"a {cfg.student} student has no intermediate layers to distil: run stage 2 (the "
                               f"default 'both' runs only it)")
@@ -303,22 +334,22 @@ def task_distill(store: Store, train_ref: str, config: TaskDistillConfig, output
         raise DistilleryError("a word-vocabulary student (--student-embeddings glove) reads other tokens than the "
                               "teacher: give the teacher's logits with --logits-ref (`distillery distill "
                               "cache-logits`)")
-    runs = []
-    if cfg.stage in ("1", "both") and not sequence:
-        runs.append(_distill_run(store, train_ref, stage_config(cfg, 1), output_dir / "stage1", mode="task-stage1",
-                                 with_head=True, student_src=cfg.student, resume=resume, card_config=cfg))
-    if cfg.stage in ("2", "both"):
-        student = str(stage1_model) if (stage1_model / "config.json").exists() and not sequence else cfg.student
-        if student in models.PRESETS:
-            raise DistilleryError("stage 2 needs a student: run stage 1 first (same --output) or give --student PATH")
-        data_ref = cfg.logits_ref or train_ref
-        cached_logits = LOGITS in {f["name"] for f in store.manifest(data_ref)["schema"]}
-        if cfg.logits_ref and not cached_logits:
-            raise DistilleryError(f"logits_ref {cfg.logits_ref} has no '{LOGITS}' column (make one with "
-                                  f"`distillery distill cache-logits`)")
-        if cached_logits:                   # stage 2 learns from these instead of the teacher's forward pass
-            check_logits_labels(store, data_ref, cfg.teacher)
-        runs.append(_distill_run(store, data_ref, stage_config(cfg, 2), output_dir / "stage2", mode="task-stage2",
-                                 with_head=True, student_src=student, resume=resume,
-                                 teacher_needed=not cfg.logits_ref, model_dir=output_dir / "model", card_config=cfg))
-    return TrainedModel(runs[-1].path, runs[-1].scores, up_to_date=all(r.up_to_date for r in runs))
+
+
+def _stage2_run(store: Store, train_ref: str, cfg: TaskDistillConfig, output_dir: Path) -> TinyBertRun:
+    """Stage 2's spec: stage 1's student when ``output_dir`` holds one (else ``cfg.student``), trained from the
+    teacher's cached logits in ``cfg.logits_ref`` when given (the teacher is then never loaded)."""
+    stage1_model = output_dir / "stage1" / "model"
+    sequence = cfg.student in students.STUDENTS
+    student = str(stage1_model) if (stage1_model / "config.json").exists() and not sequence else cfg.student
+    if student in models.PRESETS:
+        raise DistilleryError("stage 2 needs a student: run stage 1 first (same --output) or give --student PATH")
+    data_ref = cfg.logits_ref or train_ref
+    cached_logits = LOGITS in {f["name"] for f in store.manifest(data_ref)["schema"]}
+    if cfg.logits_ref and not cached_logits:
+        raise DistilleryError(f"logits_ref {cfg.logits_ref} has no '{LOGITS}' column (make one with "
+                              f"`distillery distill cache-logits`)")
+    if cached_logits:                   # stage 2 learns from these instead of the teacher's forward pass
+        check_logits_labels(store, data_ref, cfg.teacher)
+    return tinybert_run(store, data_ref, stage_config(cfg, 2), output_dir / "stage2", "task-stage2", student,
+                        live_teacher=not cfg.logits_ref, model_dir=output_dir / "model", card_config=cfg)

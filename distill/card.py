@@ -88,12 +88,22 @@ def write_model_card(model_dir: Path) -> Path:
     data versions), its scores, its licence (the training data's), how to use it and the training configuration."""
     model_dir = Path(model_dir)
     inputs = read_own_json(model_dir / CARD_INPUTS)
-    mode, base, teacher, data = inputs["mode"], inputs["base"], inputs["teacher"], inputs["data"]
-    training, parameters = inputs["training"], inputs["parameters"]
     scores, evaluations = (read_own_json(model_dir / name, {}) for name in (SCORES, EVALUATIONS))
     config = AutoConfig.from_pretrained(model_dir)
-    tag, task = _task(config)
-    train = next((d for d in data if d["role"] == "train"), None)
+    train = next((d for d in inputs["data"] if d["role"] == "train"), None)
+    licence = (train or {}).get("licence") or {}
+    architecture, shape, usage, library = _architecture(config, inputs["parameters"])
+    lines = [*_heading(inputs, config, architecture, library, train, licence), f"- **architecture**: {shape}",
+             *_origin_lines(inputs["base"], inputs["teacher"]), *_data_lines(inputs["data"]),
+             *_score_lines(scores, inputs["data"]), *_evaluation_lines(evaluations), *deployment_lines(model_dir),
+             *_closing_lines(usage, licence, inputs["training"])]
+    path = Path(model_dir) / "README.md"
+    write_bytes_atomic(path, "\n".join(lines).encode())
+    return path
+
+
+def _architecture(config: Any, parameters: int) -> tuple[str, str, str, str]:
+    """(the architecture in a few words, its shape and size, how to use it, the library that loads it)."""
     if config.model_type in students.MODEL_TYPES:
         architecture, shape = students.describe(config)
         usage, library = students.USAGE, "distillery"
@@ -101,11 +111,17 @@ def write_model_card(model_dir: Path) -> Path:
         architecture = f"{config.num_hidden_layers} x {config.hidden_size} BERT"
         shape = (f"{config.num_hidden_layers} layers x {config.hidden_size} hidden, {config.num_attention_heads} "
                  f"heads, {config.intermediate_size} feed-forward")
-        usage, library = _usage(tag), "transformers"
-    shape += f", {parameters / 1e6:.1f} M parameters"
+        usage, library = _usage(_task(config)[0]), "transformers"
+    return architecture, f"{shape}, {parameters / 1e6:.1f} M parameters", usage, library
+
+
+def _heading(inputs: dict[str, Any], config: Any, architecture: str, library: str, train: dict[str, Any] | None,
+             licence: dict[str, Any]) -> list[str]:
+    """The YAML front matter, the title and the command that made the model."""
+    mode, base, teacher = inputs["mode"], inputs["base"], inputs["teacher"]
+    tag, task = _task(config)
     title = (f"{KINDS.get(mode, mode)}: {architecture}, {task}"
              + (f", trained on {train['name'] or train['version_id'][:12]}" if train else ""))
-    licence = (train or {}).get("licence") or {}
     front: dict[str, Any] = {"library_name": library, "pipeline_tag": tag,
                              "tags": ["distillery", "distillation" if teacher else "fine-tuned",
                                       architecture.split()[-1].lower()],
@@ -114,35 +130,51 @@ def write_model_card(model_dir: Path) -> Path:
     if origin:
         front["base_model"] = origin
     command, _, stage = mode.partition("-stage")
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", "",
-             f"Made by `distillery distill {command}`{f' (stage {stage})' if stage else ''}.", "",
-             f"- **architecture**: {shape}",
-             f"- **started from**: `{base}`" + (f" ({hub_id(base)})" if hub_id(base) and hub_id(base) != base else "")]
+    return ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", "",
+            f"Made by `distillery distill {command}`{f' (stage {stage})' if stage else ''}.", ""]
+
+
+def _origin_lines(base: str, teacher: str | None) -> list[str]:
+    """The model it started from and the teacher it learned from."""
+    lines = [f"- **started from**: `{base}`" + (f" ({hub_id(base)})" if hub_id(base) and hub_id(base) != base else "")]
     if teacher:
         lines.append(f"- **teacher**: `{teacher}`" + (f" ({hub_id(teacher)})" if hub_id(teacher) else ""))
-    lines += ["", "## Data versions", "", "| role | version | name | rows |", "|---|---|---|---|"]
-    lines += [f"| {d['role']} | `{d['version_id'][:12]}` | {d.get('name') or ''} | {d.get('num_rows', '')} |"
-              for d in data]
+    return lines
+
+
+def _data_lines(data: list[dict[str, Any]]) -> list[str]:
+    """The table of the data versions it was trained (and evaluated) on."""
+    return ["", "## Data versions", "", "| role | version | name | rows |", "|---|---|---|---|",
+            *[f"| {d['role']} | `{d['version_id'][:12]}` | {d.get('name') or ''} | {d.get('num_rows', '')} |"
+              for d in data]]
+
+
+def _score_lines(scores: dict[str, Any], data: list[dict[str, Any]]) -> list[str]:
+    """The scores of the run's last evaluation, on its evaluation version."""
     eval_name = next((d.get("name") or d["version_id"][:12] for d in data if d["role"] == "eval"), None)
-    lines += ["", f"## Scores{f' on {eval_name}' if eval_name else ''}", ""]
-    if scores:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scores.items()]
-    else:
-        lines += ["(no evaluation version was given)"]
-    if evaluations:
-        metrics = sorted({k for e in evaluations.values() for k, v in e["scores"].items() if isinstance(v, float)})
-        lines += ["", "## Evaluations (`distillery distill evaluate`)", "",
-                  "| version | name | rows | tokens per row | " + " | ".join(metrics) + " |",
-                  "|---|---|---|---|" + "---|" * len(metrics)]
-        lines += [f"| `{vid[:12]}` | {e['name'] or ''} | {e['rows']} | {e['scores'].get('max_seq_length', '')} | "
-                  + " | ".join(f"{e['scores'].get(m, float('nan')):.4f}" for m in metrics) + " |"
-                  for vid, e in evaluations.items()]
-    lines += deployment_lines(model_dir)
-    lines += ["", "## Use", "", usage, "", "## Licence", "",
-              *[f"- **{k}**: {v}" for k, v in (licence or {"license": "unknown (the training data set none)"}).items()],
-              "", "## Training configuration", "", "```json", json.dumps(training, indent=2, sort_keys=True,
-                                                                              default=str), "```", ""]
-    path = Path(model_dir) / "README.md"
-    write_bytes_atomic(path, "\n".join(lines).encode())
-    return path
+    lines = ["", f"## Scores{f' on {eval_name}' if eval_name else ''}", ""]
+    if not scores:
+        return lines + ["(no evaluation version was given)"]
+    return lines + ["| metric | value |", "|---|---|",
+                    *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scores.items()]]
+
+
+def _evaluation_lines(evaluations: dict[str, Any]) -> list[str]:
+    """The table of the evaluations ``distillery distill evaluate`` added (none: no lines)."""
+    if not evaluations:
+        return []
+    metrics = sorted({k for e in evaluations.values() for k, v in e["scores"].items() if isinstance(v, float)})
+    return ["", "## Evaluations (`distillery distill evaluate`)", "",
+            "| version | name | rows | tokens per row | " + " | ".join(metrics) + " |",
+            "|---|---|---|---|" + "---|" * len(metrics),
+            *[f"| `{vid[:12]}` | {e['name'] or ''} | {e['rows']} | {e['scores'].get('max_seq_length', '')} | "
+              + " | ".join(f"{e['scores'].get(m, float('nan')):.4f}" for m in metrics) + " |"
+              for vid, e in evaluations.items()]]
+
+
+def _closing_lines(usage: str, licence: dict[str, Any], training: dict[str, Any]) -> list[str]:
+    """How to use the model, its licence and the training configuration."""
+    return ["", "## Use", "", usage, "", "## Licence", "",
+            *[f"- **{k}**: {v}" for k, v in (licence or {"license": "unknown (the training data set none)"}).items()],
+            "", "## Training configuration", "", "```json", json.dumps(training, indent=2, sort_keys=True,
+                                                                        default=str), "```", ""]

@@ -188,9 +188,15 @@ class MLMConfig(TrainConfig):
     eval_rows: int = option(2000, ge=1, le=1_000_000, help="Held-out rows of --eval-ref scored at each evaluation.")
 
 
+def check_model_length(max_seq_length: int) -> None:
+    """Refuse a ``max_seq_length`` of 1 to 7 for a pass of a saved model (0: the length it was trained at)."""
+    if 0 < max_seq_length < 8:
+        raise ConfigError("max_seq_length", f"{max_seq_length}: at least 8 (0: the model's training length)")
+
+
 @dataclass
-class EvaluateConfig(Options):
-    """Scoring a saved classifier on a version."""
+class ModelPassConfig(Options):
+    """A pass of a saved model over a version: rows per batch, tokens per row, device."""
 
     batch_size: int = option(64, ge=1, le=65_536, runtime=True, help="Rows per batch.")
     max_seq_length: int = option(0, ge=0, le=MAX_SEQ_LENGTH, help="Tokens per row after truncation (0: the length "
@@ -200,27 +206,20 @@ class EvaluateConfig(Options):
 
     def check(self) -> None:
         check_device(self.device)
-        if 0 < self.max_seq_length < 8:
-            raise ConfigError("max_seq_length", f"{self.max_seq_length}: at least 8 (0: the model's training length)")
+        check_model_length(self.max_seq_length)
         check_batch_tokens(self.batch_size, self.max_seq_length)
 
 
 @dataclass
-class CacheLogitsConfig(Options):
+class EvaluateConfig(ModelPassConfig):
+    """Scoring a saved classifier on a version."""
+
+
+@dataclass
+class CacheLogitsConfig(ModelPassConfig):
     """Writing a teacher's logits into a new version."""
 
     batch_size: int = option(64, ge=1, le=65_536, help="Rows per teacher forward pass.")
-    max_seq_length: int = option(0, ge=0, le=MAX_SEQ_LENGTH, help="Tokens per row after truncation (0: the length "
-                                                                  "the teacher was trained at, from its card.json; "
-                                                                  "128 for a model distillery did not train).")
-    device: str = option("auto", runtime=True, help=DEVICE_HELP)
-
-    def check(self) -> None:
-        check_device(self.device)
-        if 0 < self.max_seq_length < 8:
-            raise ConfigError("max_seq_length", f"{self.max_seq_length}: at least 8 (0: the teacher's training "
-                                                f"length)")
-        check_batch_tokens(self.batch_size, self.max_seq_length)
 
 
 PREDICTION_FEATURES = ("logits", "labels")
@@ -261,6 +260,5 @@ class ExportConfig(Options):
     opset: int = option(17, ge=14, le=20, help="ONNX opset version (20: the newest of torch's TorchScript exporter).")
 
     def check(self) -> None:
-        if 0 < self.max_seq_length < 8:
-            raise ConfigError("max_seq_length", f"{self.max_seq_length}: at least 8 (0: the model's training length)")
+        check_model_length(self.max_seq_length)
         check_batch_tokens(self.batch_size, self.max_seq_length)

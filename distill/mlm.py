@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,10 @@ from torch import nn
 from distill import losses, models
 from distill.config import DistillConfig, MLMConfig, TrainConfig
 from distill.data import ROW_ID, TEXT, Collator, ShardStream
-from distill.runs import TrainedModel, data_records, finish_run, reuse_or_train, run_identity
-from distill.trainer import Runtime, Trainer, setup_runtime, to_device
+from distill.objective import FrozenTeacher
+from distill.runs import TrainedModel
+from distill.train_run import Built, RunSpec, train_run
+from distill.trainer import EvalFn, Runtime, to_device
 from pipelines.errors import DistilleryError
 from pipelines.store import Store
 
@@ -173,56 +176,70 @@ def masked_lm_scores(objective: MaskedLMObjective, stream: ShardStream, device: 
             "max_seq_length": stream.collate.max_seq_length}
 
 
-def _eval_fn(store: Store, cfg: MLMConfig | DistillConfig, tokenizer: str, runtime: Runtime,
-             scorer: CandidateScorer | None) -> Callable[[nn.Module], dict[str, Any]] | None:
-    """The evaluation on ``cfg.eval_ref``: masked-LM scores over the whole version (never this rank's share: rank 0
-    evaluates alone), plus ``scorer``'s on its first ``eval_rows`` texts (masked-LM training)."""
-    if not cfg.eval_ref:
-        return None
-    whole_word = isinstance(cfg, MLMConfig) and cfg.whole_word
-    stream = mlm_stream(store, cfg.eval_ref, tokenizer, cfg, cfg.mask_prob, whole_word, None, shuffle=False,
-                        batch_size=64)
-    texts = ([t for t in store.read_table(cfg.eval_ref, columns=[TEXT]).column(TEXT).to_pylist()[:cfg.eval_rows]
-              if t] if scorer is not None else [])
+@dataclass
+class MaskedRows:
+    """Rows masked for a masked-LM objective (BERT's 80/10/10 at ``mask_prob``, of whole words with
+    ``whole_word``), scored by ``masked_lm_scores`` plus ``scorer``'s scores on the first ``eval_rows`` held-out
+    texts."""
 
-    def evaluate(objective: nn.Module) -> dict[str, Any]:
-        scores: dict[str, Any] = masked_lm_scores(objective, stream, runtime.device)
-        if scorer is not None:
-            scores.update(scorer(objective.model, stream.collate.tokenizer, texts))
+    mask_prob: float
+    whole_word: bool = False
+    scorer: CandidateScorer | None = None
+    eval_rows: int = 0
+
+    def train_stream(self, store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig,
+                     runtime: Runtime) -> ShardStream:
+        return mlm_stream(store, ref, tokenizer, cfg, self.mask_prob, self.whole_word, runtime)
+
+    def eval_fn(self, store: Store, cfg: TrainConfig, tokenizer: str | Path, runtime: Runtime) -> EvalFn | None:
+        """Masked-LM scores on ``cfg.eval_ref`` over the whole version (never this rank's share: rank 0 evaluates
+        alone), plus the scorer's."""
+        if not cfg.eval_ref:
+            return None
+        stream = mlm_stream(store, cfg.eval_ref, tokenizer, cfg, self.mask_prob, self.whole_word, None,
+                            shuffle=False, batch_size=64)
+        texts = ([t for t in store.read_table(cfg.eval_ref, columns=[TEXT]).column(TEXT).to_pylist()[:self.eval_rows]
+                  if t] if self.scorer is not None else [])
+
+        def scores(objective: nn.Module) -> dict[str, Any]:
+            result: dict[str, Any] = masked_lm_scores(objective, stream, runtime.device)
+            if self.scorer is not None:
+                result.update(self.scorer(objective.model, stream.collate.tokenizer, texts))
+            return result
         return scores
-    return evaluate
 
 
-def train_mlm(store: Store, train_ref: str, config: MLMConfig, output_dir: str | Path, resume: bool = False,
-              scorer: CandidateScorer | None = None) -> TrainedModel:
-    """Train ``config.model`` as a masked LM on a text version; saved as a ``*ForMaskedLM`` that
-    ``distillery augment --mlm`` loads. ``scorer(model, tokenizer, held-out texts)`` adds candidate scores (the
-    augmentation's recall) to each evaluation on ``config.eval_ref``."""
-    output_dir = Path(output_dir)
+# ---- masked-LM training --------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class MaskedLMRun(RunSpec):
+    """Masked-LM training of ``base`` (its top ``config.train_layers`` layers, or all of it)."""
+
+    config: MLMConfig
+    rows: MaskedRows
+
+    def settings(self) -> dict[str, Any]:
+        return {"scorer": getattr(self.rows.scorer, "__name__", None)}
+
+    def build(self, runtime: Runtime) -> Built:
+        model = models.load_masked_lm(self.base)
+        freeze_below(model, self.config.train_layers)
+        return Built(MaskedLMObjective(model), model, self.base)
+
+
+def pretrain_masked_lm(store: Store, train_ref: str, config: MLMConfig, output_dir: str | Path,
+                       resume: bool = False, scorer: CandidateScorer | None = None) -> TrainedModel:
+    """Train ``config.model`` as a masked LM on a text version (domain-adaptive pre-training); saved as a
+    ``*ForMaskedLM`` that ``distillery augment --mlm`` loads. ``scorer(model, tokenizer, held-out texts)`` adds
+    candidate scores (the augmentation's recall) to each evaluation on ``config.eval_ref``."""
     source = models.resolve_model(config.model)
     models.check_against_model(source, "model", config.max_seq_length, config.train_layers)
-    identity = run_identity(store, "mlm", config, train_ref, model=source, scorer=getattr(scorer, "__name__", None))
-    return reuse_or_train(output_dir, identity, lambda: _train(store, train_ref, config, output_dir, source, resume,
-                                                               scorer), config.prune_checkpoints)
+    rows = MaskedRows(config.mask_prob, config.whole_word, scorer, config.eval_rows)
+    return train_run(MaskedLMRun(mode="mlm", title="masked-LM training", store=store, train_ref=train_ref,
+                                 config=config, output_dir=Path(output_dir), base=source, rows=rows), resume)
 
 
-def _train(store: Store, train_ref: str, cfg: MLMConfig, output_dir: Path, source: str, resume: bool,
-           scorer: CandidateScorer | None) -> Path:
-    runtime = setup_runtime(cfg)
-    torch.manual_seed(cfg.seed)
-    model = models.load_masked_lm(source)
-    freeze_below(model, cfg.train_layers)
-    objective = MaskedLMObjective(model)
-    stream = mlm_stream(store, train_ref, source, cfg, cfg.mask_prob, cfg.whole_word, runtime)
-    trainer = Trainer(objective, stream, cfg, output_dir, runtime, _eval_fn(store, cfg, source, runtime, scorer),
-                      "mlm", {"train_version": store.resolve(train_ref), "model": source})
-    scores = trainer.run(resume)
-    return finish_run(trainer, "masked-LM training", model, source, output_dir / "model", mode="mlm", base=source,
-                      teacher=None, data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
-
-
-
-class DistilBertObjective(MaskedLMObjective):
+# ---- DistilBERT's general distillation ---------------------------------------------------------------------------
+class DistilBertObjective(FrozenTeacher, MaskedLMObjective):
     """DistilBERT's triple loss for a masked-LM student (``model``) and a frozen masked-LM teacher: KL between their
     MLM distributions at the masked pieces x T^2 (DistilBERT's ``restrict_ce_to_mask``), the student's own MLM
     loss, and 1 - cosine between their last hidden states at every non-padding position."""
@@ -230,13 +247,9 @@ class DistilBertObjective(MaskedLMObjective):
     def __init__(self, student: nn.Module, teacher: nn.Module, kl: float, mlm: float, cosine: float,
                  temperature: float):
         super().__init__(student)
-        self._teacher = [teacher]          # a list keeps it out of parameters, state_dict and DDP
+        self.hold_teacher(teacher)
         self.weights = {"mlm_kl": kl, "mlm": mlm, "cosine": cosine}
         self.temperature = temperature
-
-    def to(self, *args: Any, **kwargs: Any) -> DistilBertObjective:
-        self._teacher[0] = self._teacher[0].to(*args, **kwargs)
-        return super().to(*args, **kwargs)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch[MLM_LABELS]
@@ -244,10 +257,9 @@ class DistilBertObjective(MaskedLMObjective):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         hidden = self.model.base_model(**inputs).last_hidden_state
         logits = mlm_head(self.model)(hidden[chosen])
-        teacher = self._teacher[0]
         with torch.no_grad():
-            teacher_hidden = teacher.base_model(**inputs).last_hidden_state
-            teacher_logits = mlm_head(teacher)(teacher_hidden[chosen])
+            teacher_hidden = self.teacher.base_model(**inputs).last_hidden_state
+            teacher_logits = mlm_head(self.teacher)(teacher_hidden[chosen])
         parts = {"mlm_kl": lambda: losses.kl_divergence(logits, teacher_logits, self.temperature),
                  "mlm": lambda: F.cross_entropy(logits.float(), labels[chosen]),
                  "cosine": lambda: losses.hidden_cosine(hidden, teacher_hidden, batch["attention_mask"])}
@@ -256,36 +268,33 @@ class DistilBertObjective(MaskedLMObjective):
         return loss, {name: value.detach() for name, value in values.items()}
 
 
+@dataclass(kw_only=True)
+class DistilBertRun(RunSpec):
+    """DistilBERT's general distillation of a masked-LM student (``base``) from a masked-LM ``teacher``."""
+
+    config: DistillConfig
+
+    def build(self, runtime: Runtime) -> Built:
+        cfg = self.config
+        teacher = models.load_masked_lm(self.teacher)
+        student = models.build_student(cfg, self.base, teacher, teacher.config, {}, "mlm")
+        objective = DistilBertObjective(student, teacher, cfg.kl_weight, cfg.hard_weight, cfg.cosine_weight,
+                                        cfg.temperature)
+        return Built(objective, student, self.teacher, {"objective": "distilbert"})
+
+
 def distil_masked_lm(store: Store, train_ref: str, cfg: DistillConfig, output_dir: str | Path,
                      resume: bool = False) -> TrainedModel:
     """DistilBERT general distillation of a masked-LM teacher into a masked-LM student on a text version."""
-    output_dir = Path(output_dir)
-    teacher_src = models.resolve_model(cfg.teacher)
-    models.check_against_model(teacher_src, "teacher", cfg.max_seq_length)
+    teacher = models.resolve_model(cfg.teacher)
+    models.check_against_model(teacher, "teacher", cfg.max_seq_length)
     models.check_against_model(cfg.student, "student", cfg.max_seq_length)
-    identity = run_identity(store, "general-distilbert", cfg, train_ref, teacher=teacher_src, student=cfg.student)
-    return reuse_or_train(output_dir, identity, lambda: _distil(store, train_ref, cfg, output_dir, teacher_src,
-                                                                resume), cfg.prune_checkpoints)
-
-
-def _distil(store: Store, train_ref: str, cfg: DistillConfig, output_dir: Path, teacher_src: str,
-            resume: bool) -> Path:
     if not (cfg.kl_weight or cfg.hard_weight or cfg.cosine_weight):
         raise DistilleryError("objective distilbert needs --kl-weight, --hard-weight and/or --cosine-weight "
                               "(DistilBERT: 5, 2, 1 with --temperature 2)")
-    runtime = setup_runtime(cfg)
-    torch.manual_seed(cfg.seed)
-    if not any(a.endswith("ForMaskedLM") for a in models.load_config(teacher_src).architectures or []):
-        raise DistilleryError(f"teacher {teacher_src} has no masked-LM head (train one with `distillery distill mlm`)")
-    teacher = models.load_masked_lm(teacher_src).requires_grad_(False).eval()
-    student = models.build_student(cfg, cfg.student, teacher, teacher.config, {}, "mlm")
-    objective = DistilBertObjective(student, teacher, cfg.kl_weight, cfg.hard_weight, cfg.cosine_weight,
-                                    cfg.temperature)
-    stream = mlm_stream(store, train_ref, teacher_src, cfg, cfg.mask_prob, False, runtime)
-    trainer = Trainer(objective, stream, cfg, output_dir, runtime, _eval_fn(store, cfg, teacher_src, runtime, None),
-                      "general", {"train_version": store.resolve(train_ref), "teacher": teacher_src,
-                                  "student": cfg.student, "objective": "distilbert"})
-    scores = trainer.run(resume)
-    return finish_run(trainer, "general distillation (DistilBERT)", student, teacher_src, output_dir / "model",
-                      mode="general", base=cfg.student, teacher=teacher_src,
-                      data=data_records(store, train_ref, cfg), scores=scores, cfg=cfg)
+    if not any(a.endswith("ForMaskedLM") for a in models.load_config(teacher).architectures or []):
+        raise DistilleryError(f"teacher {teacher} has no masked-LM head (train one with `distillery distill mlm`)")
+    return train_run(DistilBertRun(mode="general", identity_mode="general-distilbert",
+                                   title="general distillation (DistilBERT)", store=store, train_ref=train_ref,
+                                   config=cfg, output_dir=Path(output_dir), base=cfg.student, teacher=teacher,
+                                   rows=MaskedRows(cfg.mask_prob)), resume)

@@ -192,7 +192,7 @@ def finish_run(trainer: Trainer, title: str, model: nn.Module, tokenizer_src: st
     return out
 
 
-# ---- fine-tuning -------------------------------------------------------------------------------------
+# ---- what makes a run reusable --------------------------------------------------------------------
 def run_identity(store: Store, mode: str, cfg: TrainConfig, train_ref: str, **models_used: str) -> dict[str, Any]:
     """What makes a finished run reusable: its mode, config (runtime options aside), data and models. Its
     grad_accum counts the micro-batches of a step over all processes, so that the same global batch under another

@@ -1,4 +1,4 @@
-"""The training loop shared by fine-tuning and distillation.
+"""The training loop every training mode shares (``distill.train_run`` drives it).
 
 AdamW with linear warm-up and decay, gradient accumulation, clipping, AMP (bf16 / fp16), optional
 ``torch.compile``, DDP under ``torchrun`` (same code path; one process is the default), atomic checkpoints
@@ -30,7 +30,7 @@ from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar, say
 
 PREFETCH_BATCHES = 32   # open the next epoch's loader when this many batches of the current one are left
-EvalFn = Callable[[nn.Module], dict[str, Any]]
+EvalFn = Callable[[nn.Module], dict[str, Any]]   # the objective -> its scores on the evaluation version
 RUN_MARK = ".distillery-run"            # written into a run folder when a run first uses it
 PNG = b"\x89PNG\r\n\x1a\n"
 TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
@@ -219,7 +219,7 @@ class Trainer:
     cfg: TrainConfig
     output_dir: Path
     runtime: Runtime
-    evaluate: EvalFn | None = None
+    eval_fn: EvalFn | None = None
     description: str = "train"
     record: dict[str, Any] = field(default_factory=dict)   # extra facts for config.json
 
@@ -434,7 +434,7 @@ class Trainer:
             self._after_optimizer_step(result, bar)
             self.after_step()
         bar.close()
-        if self.evaluate is not None and self.last_eval.get("step") != self.step:
+        if self.eval_fn is not None and self.last_eval.get("step") != self.step:
             self._run_eval()
         if self.checkpointed_step != self.step:     # decided alike on every rank (never from the files rank 0 writes)
             self.save_checkpoint()
@@ -454,7 +454,7 @@ class Trainer:
             self._log({"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                        "loss": loss, "parts": parts, "nonfinite": self.nonfinite})
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-        if self.evaluate is not None and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+        if self.eval_fn is not None and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self._run_eval()
         if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
             self.save_checkpoint()
@@ -462,7 +462,7 @@ class Trainer:
     def _run_eval(self) -> None:
         if self.runtime.is_main:
             self.objective.eval()
-            scores = self.evaluate(self.objective)
+            scores = self.eval_fn(self.objective)
             self.objective.train()
             self.last_eval = {"step": self.step, **scores}
             self._log({"step": self.step, "eval": scores})

@@ -15,7 +15,7 @@ from augment.quality import candidate_recall
 from augment.words import WordSplitter
 from distill.config import MLMConfig
 from distill.data import Collator
-from distill.mlm import IGNORE, MLM_LABELS, MaskedLMObjective, MaskingCollator, freeze_below, train_mlm
+from distill.mlm import IGNORE, MLM_LABELS, MaskedLMObjective, MaskingCollator, freeze_below, pretrain_masked_lm
 from distill.models import load_masked_lm
 from distill.trainer import Trainer
 from distillery.cli.main import cli
@@ -135,16 +135,16 @@ class Crash(Exception):
 def test_exact_resume_and_a_saved_model_that_augment_uses(text_version, encoder, tmp_path, monkeypatch, glove_txt):
     cfg = MLMConfig(model=encoder, batch_size=8, max_steps=8, checkpoint_every=3, log_every=1, num_workers=0,
                     lr=1e-3, eval_ref="held", eval_every=4)
-    full = train_mlm(text_version, "text", cfg, tmp_path / "full", scorer=candidate_recall)
+    full = pretrain_masked_lm(text_version, "text", cfg, tmp_path / "full", scorer=candidate_recall)
 
     def crash_after_5(self):
         if self.step == 5:
             raise Crash
     monkeypatch.setattr(Trainer, "after_step", crash_after_5)
     with pytest.raises(Crash):
-        train_mlm(text_version, "text", cfg, tmp_path / "cut", scorer=candidate_recall)
+        pretrain_masked_lm(text_version, "text", cfg, tmp_path / "cut", scorer=candidate_recall)
     monkeypatch.undo()
-    resumed = train_mlm(text_version, "text", cfg, tmp_path / "cut", resume=True, scorer=candidate_recall)
+    resumed = pretrain_masked_lm(text_version, "text", cfg, tmp_path / "cut", resume=True, scorer=candidate_recall)
 
     def records(run):
         return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -216,8 +216,8 @@ def test_general_distillation_with_the_distilbert_objective_makes_a_masked_lm(te
     from distill import general_distill
     from distill.config import DistillConfig
 
-    teacher = train_mlm(text_version, "text", MLMConfig(model=encoder, batch_size=8, max_steps=2, num_workers=0),
-                        tmp_path / "teacher").path
+    teacher_cfg = MLMConfig(model=encoder, batch_size=8, max_steps=2, num_workers=0)
+    teacher = pretrain_masked_lm(text_version, "text", teacher_cfg, tmp_path / "teacher").path
     cfg = DistillConfig(teacher=str(teacher), student="custom", student_layers=1, student_init="teacher",
                         objective="distilbert", kl_weight=5, hard_weight=2, cosine_weight=1, temperature=2,
                         batch_size=8, max_steps=3, num_workers=0, log_every=1, eval_ref="held")

@@ -168,17 +168,18 @@ def test_masked_lm_and_distilbert_dev_evaluations_read_every_dev_row_on_any_rank
     expected = mlm.masked_lm_scores(objective, whole, torch.device("cpu"))["masked_pieces"]
     second_of_two = Runtime(torch.device("cpu"), rank=1, world_size=2)
     for config in (cfg, DistillConfig(teacher=model, student=model, eval_ref="text", batch_size=4)):
-        evaluate = mlm._eval_fn(store, config, model, second_of_two, None)
-        assert evaluate(objective)["masked_pieces"] == expected
+        eval_fn = mlm.MaskedRows(config.mask_prob).eval_fn(store, config, model, second_of_two)
+        assert eval_fn(objective)["masked_pieces"] == expected
 
 
 def test_the_classification_dev_evaluation_reads_every_dev_row_on_any_rank(store, make_version, classifier):
     make_version(store, [{"text": f"row {i}", "label": f"LABEL_{i % 2}"} for i in range(10)], name="dev")
     cfg = TrainConfig(eval_ref="dev", batch_size=2)
     labels = api.model_labels(AutoModelForSequenceClassification.from_pretrained(classifier).config)
-    evaluate = api._eval_fn(store, cfg, classifier, labels, Runtime(torch.device("cpu"), rank=1, world_size=2))
+    eval_fn = api.ClassifierRows(labels).eval_fn(store, cfg, classifier, Runtime(torch.device("cpu"), rank=1,
+                                                                                  world_size=2))
     student = AutoModelForSequenceClassification.from_pretrained(classifier)
-    assert evaluate(SimpleNamespace(student=student))["rows"] == 10
+    assert eval_fn(SimpleNamespace(student=student))["rows"] == 10
 
 
 # ---- cached logits in the teacher's label order ------------------------------------------------------------------

@@ -32,7 +32,7 @@ from distill.config import (
     TaskDistillConfig,
     TrainConfig,
 )
-from distill.mlm import train_mlm
+from distill.mlm import pretrain_masked_lm
 from distill.students import BiLSTMConfig
 from pipelines.config import ConfigError, Options, load_config
 from pipelines.errors import DistilleryError
@@ -169,9 +169,9 @@ def test_training_max_seq_length_is_checked_against_the_model_before_any_work(st
     runs = [
         (lambda: finetune(store, "nope", FinetuneConfig(model=tiny_models["clf"], max_seq_length=129), out),
          ("max_seq_length 129", "128 positions", tiny_models["clf"])),
-        (lambda: train_mlm(store, "nope", MLMConfig(model=tiny_models["mlm"], max_seq_length=200), out),
+        (lambda: pretrain_masked_lm(store, "nope", MLMConfig(model=tiny_models["mlm"], max_seq_length=200), out),
          ("max_seq_length 200", "128 positions",)),
-        (lambda: train_mlm(store, "nope", MLMConfig(model=tiny_models["mlm"], train_layers=3), out),
+        (lambda: pretrain_masked_lm(store, "nope", MLMConfig(model=tiny_models["mlm"], train_layers=3), out),
          ("train_layers 3", "2 layers")),
         (lambda: general_distill(store, "nope", DistillConfig(teacher=tiny_models["mlm"], max_seq_length=129), out),
          ("max_seq_length 129", "teacher", "128 positions")),
