@@ -1,5 +1,5 @@
 """TinyBERT data augmentation (Jiao et al. 2020, section 3.2), batched, parallel, deterministic and resumable."""
 from augment.config import AugmentConfig
-from augment.engine import STEP, augment_version, plan_augment
+from augment.engine import STEP, plan_augment
 
-__all__ = ["STEP", "AugmentConfig", "augment_version", "plan_augment"]
+__all__ = ["STEP", "AugmentConfig", "plan_augment"]

@@ -35,7 +35,7 @@ from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
 from pipelines.resources import minilm_path
-from pipelines.runner import Step, StepPlan, run_step
+from pipelines.runner import Step, StepPlan
 from pipelines.store import Store, VersionWriter
 
 if TYPE_CHECKING:
@@ -131,12 +131,6 @@ def _write(store: Store, vid: str, total_rows: int, setup: Setup, writer: Versio
         "run": {"engine": config.engine, **run, "device": setup.device, "batch_size": config.mlm_batch_size,
                 "timing_s": {k: round(v, 3) for k, v in timing.items()}},
     }
-
-
-def augment_version(store: Store, ref: str, config: AugmentConfig, name: str | None = None,
-                    resume: bool = False) -> dict[str, Any]:
-    """Write the augmented version of ``ref``; returns its manifest (the existing one if it is complete)."""
-    return run_step(store, plan_augment(store, ref, config), name, resume).manifest
 
 
 def _run_local(store: Store, vid: str, total_rows: int, setup: Setup,

@@ -41,11 +41,11 @@ from distill import (  # noqa: E402
     FinetuneConfig,
     MLMConfig,
     TaskDistillConfig,
-    cache_teacher_logits,
     finetune,
     general_distill,
     task_distill,
 )
+from distill.logits import plan_teacher_logits  # noqa: E402
 from distill.trainer import Trainer  # noqa: E402
 from distillery.compose import train_augmentation_mlm  # noqa: E402
 from distillery.demo import SAMPLE_DIR  # noqa: E402
@@ -133,8 +133,8 @@ def train_every_mode(store: Store, out: Path, base: str) -> dict[str, Path]:
                                                  eval_ref="dev", eval_every=8, **RUN), runs["general-distilbert"])
     task = {"teacher": str(teacher), "stage1_lr": 1e-3, "stage2_lr": 1e-3, "max_steps": 12, "eval_ref": "dev", **RUN}
     both = task_distill(store, "train", TaskDistillConfig(**task, **TINY_STUDENT), runs["task-both"])
-    logits = cache_teacher_logits(store, "train", teacher, CacheLogitsConfig(max_seq_length=32, device="cpu"),
-                                  name="train-logits")["version_id"]
+    plan = plan_teacher_logits(store, "train", teacher, CacheLogitsConfig(max_seq_length=32, device="cpu"))
+    logits = run_step(store, plan, "train-logits").manifest["version_id"]
     stage1 = str(runs["task-both"] / "stage1" / "model")
     task_distill(store, "train", TaskDistillConfig(**task, student=stage1, stage="2", logits_ref=logits),
                  runs["task-cached-logits"])

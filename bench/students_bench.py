@@ -38,6 +38,7 @@ from distill.config import ExportConfig, TaskDistillConfig
 from distill.export import INT8, ONNX, load_int8, onnx_classifier
 from distill.models import load_saved_classifier
 from pipelines.progress import quiet_libraries
+from pipelines.runner import run_step
 from pipelines.store import Store
 
 MAX_LENGTH = 128
@@ -99,7 +100,8 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     began = time.perf_counter()
-    distill.cache_teacher_logits(store, "ablation-train", args.teacher, name="ablation-train-logits")
+    run_step(store, distill.plan_teacher_logits(store, "ablation-train", args.teacher, distill.CacheLogitsConfig()),
+             "ablation-train-logits")
     timings["cache_logits_s"] = time.perf_counter() - began
     students: dict[str, Path] = {}
     dev: dict[str, dict[float, float]] = {}

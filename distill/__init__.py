@@ -3,7 +3,7 @@
 Python API (the CLI `distillery distill ...` calls the same functions)::
 
     from distill import finetune, general_distill, task_distill, pretrain_masked_lm, evaluate, export_model
-    from distill import cache_teacher_logits
+    from distill import plan_teacher_logits         # a step: run it with pipelines.runner.run_step
     from distill import FinetuneConfig, DistillConfig, TaskDistillConfig
 
 The functions are imported on first use, so importing the configs (and `--help`) stays fast.
@@ -24,7 +24,7 @@ from distill.config import (
 )
 
 _API = {"finetune": "distill.api", "general_distill": "distill.api", "task_distill": "distill.api",
-        "evaluate": "distill.api", "cache_teacher_logits": "distill.logits", "pretrain_masked_lm": "distill.mlm",
+        "evaluate": "distill.api", "plan_teacher_logits": "distill.logits", "pretrain_masked_lm": "distill.mlm",
         "TrainedModel": "distill.runs", "export_model": "distill.export"}
 __all__ = [*_API, "CacheLogitsConfig", "DistillConfig", "EvaluateConfig", "FinetuneConfig", "MLMConfig",
            "TaskDistillConfig", "TrainConfig"]

@@ -20,7 +20,7 @@ from pipelines.chunks import ChunkOutput, write_chunks
 from pipelines.config import identity_dict, to_dict
 from pipelines.fingerprint import model_sha256
 from pipelines.progress import progress_bar
-from pipelines.runner import Step, StepPlan, run_step
+from pipelines.runner import Step, StepPlan
 from pipelines.store import Store, VersionWriter
 
 if TYPE_CHECKING:
@@ -133,10 +133,3 @@ def agreement_summary(total: dict[str, dict[str, int]]) -> dict[str, Any]:
                               if counts["copies"] else None}
     return summary
 
-
-def cache_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, config: CacheLogitsConfig | None = None,
-                         name: str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Write a new version = ``ref`` plus a ``teacher_logits`` column (one chunk per input shard; resumable);
-    returns its manifest (the existing one when it is complete)."""
-    plan = plan_teacher_logits(store, ref, teacher_dir, config or CacheLogitsConfig())
-    return run_step(store, plan, name, resume).manifest

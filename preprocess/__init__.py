@@ -2,7 +2,7 @@
 de-duplicated version."""
 from preprocess.config import CleanConfig, DedupConfig, FilterConfig, InputConfig, LicenceConfig, PreprocessConfig
 from preprocess.readers import input_formats
-from preprocess.step import STEP, plan_preprocess, preprocess
+from preprocess.step import STEP, plan_preprocess
 
 __all__ = ["CleanConfig", "DedupConfig", "FilterConfig", "InputConfig", "LicenceConfig", "PreprocessConfig", "STEP",
-           "input_formats", "plan_preprocess", "preprocess"]
+           "input_formats", "plan_preprocess"]

@@ -25,8 +25,8 @@ from pipelines.config import identity_dict, to_dict
 from pipelines.errors import DistilleryError
 from pipelines.parallel import WorkerPool, worker_state
 from pipelines.progress import progress_bar
-from pipelines.runner import Step, StepPlan, run_step
-from pipelines.store import Store, VersionWriter
+from pipelines.runner import Step, StepPlan
+from pipelines.store import VersionWriter
 from preprocess.config import LENGTH_FILTERS, DedupConfig, PreprocessConfig
 from preprocess.dedup import DedupState, MinHasher, text_hash
 from preprocess.readers import (
@@ -429,9 +429,3 @@ def _write(writer: VersionWriter, sources: list[InputSource], schema: OutputSche
         extra["near_dup_lsh"] = {"bands": processor.hasher.bands, "rows_per_band": processor.hasher.rows_per_band}
     return extra
 
-
-def preprocess(store: Store, inputs: list[str | Path], config: PreprocessConfig, name: str | None = None,
-               resume: bool = False) -> dict[str, Any]:
-    """Read, clean, filter and de-duplicate ``inputs`` into a version; returns its manifest (the existing one
-    when the same inputs, config and code already made it)."""
-    return run_step(store, plan_preprocess(inputs, config), name, resume).manifest

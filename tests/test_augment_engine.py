@@ -97,14 +97,16 @@ def test_resume_after_kill_is_byte_identical(tmp_path, make_version, tiny_mlm_di
     script = textwrap.dedent(f"""
         import time
         from pipelines.store import Store, VersionWriter
-        from augment import AugmentConfig, augment_version
+        from augment import AugmentConfig, plan_augment
+        from pipelines.runner import run_step
         original = VersionWriter.write_chunk
         def slow(self, index, *args, **kwargs):
             record = original(self, index, *args, **kwargs)
             time.sleep(30)          # the parent kills us here, after chunk 0 committed
             return record
         VersionWriter.write_chunk = slow
-        augment_version(Store({str(killed.root)!r}), "src", AugmentConfig(**{cfg.__dict__!r}))
+        store = Store({str(killed.root)!r})
+        run_step(store, plan_augment(store, "src", AugmentConfig(**{cfg.__dict__!r})))
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "DISTILLERY_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO)

@@ -9,11 +9,12 @@ from test_distill_train import LABELS, crash_at_step_8, losses_of, rows
 from transformers import AutoTokenizer
 
 import distill
-from distill import checkpoint
+from distill import CacheLogitsConfig, checkpoint
 from distill.config import ExportConfig, TaskDistillConfig
 from distill.export import load_int8
 from distill.students import load_student_model, reverse_within
 from pipelines.errors import DistilleryError
+from pipelines.runner import run_step
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def teacher(tiny_bert_factory):
 def data(store, make_version, teacher):
     make_version(store, rows(42), name="train", chunk_rows=10)
     make_version(store, rows(12, offset=1), name="dev", chunk_rows=5, config={"dev": True})
-    distill.cache_teacher_logits(store, "train", teacher, name="train-logits")
+    run_step(store, distill.plan_teacher_logits(store, "train", teacher, CacheLogitsConfig()), "train-logits")
     return store
 
 

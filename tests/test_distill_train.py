@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 import distill
-from distill import checkpoint, losses
+from distill import CacheLogitsConfig, checkpoint, losses
 from distill.config import DistillConfig, FinetuneConfig, TaskDistillConfig
 from distill.metrics import classification_metrics, regression_metrics
 from distill.trainer import Trainer
 from pipelines.errors import DistilleryError
+from pipelines.runner import run_step
 
 WORDS = "the cat sat on a mat while dogs ran far away from home in rain and sun".split()
 LABELS = ["LABEL_0", "LABEL_1", "LABEL_2"]
@@ -236,7 +237,8 @@ def test_cached_logits_version_trains_stage2_without_teacher(data, teacher, tmp_
     manifest = data.manifest("train-logits")
     assert manifest["step"] == "teacher-logits" and manifest["num_rows"] == 42
     assert manifest["parents"] == [{"version_id": data.resolve("train")}]
-    assert distill.cache_teacher_logits(data, "train", teacher)["version_id"] == manifest["version_id"]
+    again = run_step(data, distill.plan_teacher_logits(data, "train", teacher, CacheLogitsConfig()))
+    assert again.up_to_date and again.manifest["version_id"] == manifest["version_id"]
     table = data.read_table("train-logits")
     model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
     enc = AutoTokenizer.from_pretrained(teacher)(table.column("text").to_pylist()[:3], padding=True,
@@ -492,7 +494,7 @@ def test_a_damaged_shard_stops_training_and_teacher_logits(store, make_version, 
     with pytest.raises(DistilleryError, match=damaged):
         distill.finetune(store, "bad", FinetuneConfig(model=teacher, num_workers=0), tmp_path / "ft")
     with pytest.raises(DistilleryError, match=damaged):
-        distill.cache_teacher_logits(store, "bad", teacher)
+        run_step(store, distill.plan_teacher_logits(store, "bad", teacher, CacheLogitsConfig()))
 
 
 def test_one_process_trains_into_a_run_folder(data, teacher, tmp_path):

@@ -35,6 +35,7 @@ from distill.students import build_student_model
 from distill.trainer import Runtime
 from distillery.demo import REPO_ROOT
 from pipelines.errors import DistilleryError
+from pipelines.runner import run_step
 
 LONG = " ".join(["river bank water stone tree"] * 12)          # ~60 pieces: truncation at 16 changes it
 
@@ -185,7 +186,7 @@ def test_the_classification_dev_evaluation_reads_every_dev_row_on_any_rank(store
 # ---- cached logits in the teacher's label order ------------------------------------------------------------------
 def test_logits_in_another_label_order_than_the_teachers_are_refused(store, make_version, classifier, tmp_path):
     make_version(store, [{"text": f"row {i}", "label": f"LABEL_{i % 2}"} for i in range(6)], name="train")
-    distill.cache_teacher_logits(store, "train", classifier, name="train-logits")
+    run_step(store, distill.plan_teacher_logits(store, "train", classifier, CacheLogitsConfig()), "train-logits")
     swapped = tmp_path / "swapped"
     model = AutoModelForSequenceClassification.from_pretrained(classifier)
     model.config.id2label, model.config.label2id = {0: "LABEL_1", 1: "LABEL_0"}, {"LABEL_1": 0, "LABEL_0": 1}
