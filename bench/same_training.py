@@ -35,16 +35,8 @@ os.environ.setdefault("DISTILLERY_PROGRESS", "0")
 import torch  # noqa: E402
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM  # noqa: E402
 
-from distill import (  # noqa: E402
-    CacheLogitsConfig,
-    DistillConfig,
-    FinetuneConfig,
-    MLMConfig,
-    TaskDistillConfig,
-    finetune,
-    general_distill,
-    task_distill,
-)
+from distill.api import finetune, general_distill, task_distill  # noqa: E402
+from distill.config import CacheLogitsConfig, DistillConfig, FinetuneConfig, MLMConfig, TaskDistillConfig  # noqa: E402
 from distill.logits import plan_teacher_logits  # noqa: E402
 from distill.trainer import Trainer  # noqa: E402
 from distillery.compose import train_augmentation_mlm  # noqa: E402

@@ -3,6 +3,7 @@ and resumes, committed chunks skipped, a chunk written in parts, the accounting 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -20,6 +21,13 @@ def toy_writer(store: Store, resume: bool = False) -> VersionWriter:
     parents = [{"kind": "raw", "path": "memory", "sha256": "0" * 64}]
     vid = version_id("toy", {}, parents, "test")
     return store.create_version(vid, "toy", {}, parents, resume=resume, code_version="test", rows_key="kept")
+
+
+def uninterrupted(root: Path) -> dict:
+    """The manifest of the toy version written in one go (what a resumed write must equal)."""
+    writer = toy_writer(Store(root))
+    write_chunks(writer, toy_outputs(writer))
+    return writer.finalize()
 
 
 def toy_output(index: int, rows: int, first: int = 0, last: bool = True) -> ChunkOutput:
@@ -65,9 +73,7 @@ def test_rows_are_numbered_across_chunks_and_the_figures_summed(store):
 
 
 def test_resume_skips_the_committed_chunks_and_row_ids_continue(tmp_path):
-    clean = toy_writer(Store(tmp_path / "clean"))
-    write_chunks(clean, toy_outputs(clean))
-    expected = clean.finalize()
+    expected = uninterrupted(tmp_path / "clean")
 
     store = Store(tmp_path / "store")
     writer = toy_writer(store)
@@ -91,9 +97,7 @@ def test_resume_skips_the_committed_chunks_and_row_ids_continue(tmp_path):
 
 
 def test_a_chunk_written_again_between_committed_ones_gets_its_row_ids(tmp_path):
-    clean = toy_writer(Store(tmp_path / "clean"))
-    write_chunks(clean, toy_outputs(clean))
-    expected = clean.finalize()
+    expected = uninterrupted(tmp_path / "clean")
     store = Store(tmp_path / "store")
     writer = toy_writer(store)
     write_chunks(writer, toy_outputs(writer))

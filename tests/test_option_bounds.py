@@ -24,14 +24,7 @@ from augment.config import MAX_CHUNK_OUTPUT_ROWS, AugmentConfig
 from augment.engine import plan_augment
 from distill import models
 from distill.api import evaluate, finetune, general_distill, task_distill
-from distill.config import (
-    DistillConfig,
-    EvaluateConfig,
-    FinetuneConfig,
-    MLMConfig,
-    TaskDistillConfig,
-    TrainConfig,
-)
+from distill.config import DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig, TrainConfig
 from distill.mlm import pretrain_masked_lm
 from distill.students import BiLSTMConfig
 from pipelines.config import ConfigError, Options, load_config

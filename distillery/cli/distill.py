@@ -6,23 +6,18 @@ file) and one flag per field that overrides the file.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from distill.config import (
-    CacheLogitsConfig,
-    DistillConfig,
-    EvaluateConfig,
-    FinetuneConfig,
-    MLMConfig,
-    TaskDistillConfig,
-)
+from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
 from distillery.cli.options import build_config, config_options
 from distillery.cli.shared import current_store, name_option, resume_option
 from distillery.present import echo_json, report_agreement, report_step, report_trained
 from pipelines.errors import DistilleryError
-from pipelines.runner import run_step
+from pipelines.runner import StepResult, run_step
+from pipelines.store import Store
 
 output_option = click.option("--output", "output", required=True, type=click.Path(file_okay=False),
                              help="Run folder (checkpoints/, metrics.jsonl, config.json, loss.png, model/).")
@@ -73,38 +68,44 @@ def evaluate_command(ref: str, model_dir: str, config_path: str | None, **flags:
     echo_json(evaluate(current_store(), ref, model_dir, cfg))
 
 
-@distill_group.command("cache-logits")
-@click.argument("ref")
-@click.argument("teacher_dir", type=click.Path(exists=True, file_okay=False))
-@name_option
-@resume_option
-@config_options(CacheLogitsConfig)
-def cache_logits_command(ref: str, teacher_dir: str, name: str | None, resume: bool, config_path: str | None,
-                         **flags: Any) -> None:
+def teacher_logits_command(name: str, check: Callable[[Store, str], None] | None = None
+                           ) -> Callable[[Callable[[StepResult], None]], click.Command]:
+    """A command ``NAME REF TEACHER_DIR`` that runs the teacher-logits step on REF (``check`` first), reports the
+    version and hands the result to the decorated function (its docstring is the command's help)."""
+    def decorate(after: Callable[[StepResult], None]) -> click.Command:
+        @distill_group.command(name, help=after.__doc__)
+        @click.argument("ref")
+        @click.argument("teacher_dir", type=click.Path(exists=True, file_okay=False))
+        @name_option
+        @resume_option
+        @config_options(CacheLogitsConfig)
+        def command(ref: str, teacher_dir: str, name: str | None, resume: bool, config_path: str | None,
+                    **flags: Any) -> None:
+            from distill.logits import plan_teacher_logits
+
+            cfg = build_config(CacheLogitsConfig, "cache_logits", config_path, flags)
+            store = current_store()
+            if check is not None:
+                check(store, ref)
+            result = run_step(store, plan_teacher_logits(store, ref, teacher_dir, cfg), name, resume)
+            report_step(result, store)
+            after(result)
+        return command
+    return decorate
+
+
+@teacher_logits_command("cache-logits")
+def cache_logits_command(result: StepResult) -> None:
     """Write a new version: REF plus the teacher's logits (for `task --stage 2 --logits-ref`)."""
-    from distill.logits import plan_teacher_logits
-
-    cfg = build_config(CacheLogitsConfig, "cache_logits", config_path, flags)
-    store = current_store()
-    report_step(run_step(store, plan_teacher_logits(store, ref, teacher_dir, cfg), name, resume), store)
 
 
-@distill_group.command("agreement")
-@click.argument("ref")
-@click.argument("teacher_dir", type=click.Path(exists=True, file_okay=False))
-@name_option
-@resume_option
-@config_options(CacheLogitsConfig)
-def agreement_command(ref: str, teacher_dir: str, name: str | None, resume: bool, config_path: str | None,
-                      **flags: Any) -> None:
-    """How often the teacher TEACHER_DIR predicts, on the augmented copies of REF, the label it predicts on their
-    originals, per candidate source. Writes (or reuses) REF's teacher-logits version, whose card records it."""
-    from distill.logits import plan_teacher_logits
-
-    cfg = build_config(CacheLogitsConfig, "cache_logits", config_path, flags)
-    store = current_store()
+def _augmented(store: Store, ref: str) -> None:
     if "aug_copy" not in {f["name"] for f in store.manifest(ref)["schema"]}:
         raise DistilleryError(f"{ref} is not an augmented version (no aug_copy column)")
-    result = run_step(store, plan_teacher_logits(store, ref, teacher_dir, cfg), name, resume)
-    report_step(result, store)
+
+
+@teacher_logits_command("agreement", check=_augmented)
+def agreement_command(result: StepResult) -> None:
+    """How often the teacher TEACHER_DIR predicts, on the augmented copies of REF, the label it predicts on their
+    originals, per candidate source. Writes (or reuses) REF's teacher-logits version, whose card records it."""
     report_agreement(result.manifest["extra"]["agreement"])
