@@ -27,7 +27,7 @@ def digest(root: Path) -> dict[str, Any]:
                          "id": manifest["version_id"][:12]})
     runs = {}
     for path in sorted((root / "runs" / "demo").rglob("*")):
-        if path.name in ARTEFACTS and path.is_file():
+        if path.name in ARTEFACTS and path.is_file() and not path.is_symlink():   # nothing outside ROOT
             relative = path.relative_to(root / "runs" / "demo")
             runs[str(Path(*relative.parts[1:]))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return {"versions": sorted(versions, key=lambda v: (v["step"], v["shards"])), "runs": runs}
