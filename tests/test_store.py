@@ -316,9 +316,12 @@ def test_a_forked_helper_does_not_keep_a_killed_writers_lock(tmp_path):
         from pathlib import Path
         from pipelines.atomic import WriterLock
         lock = WriterLock(Path({str(lock)!r}), "version v")
+        ready, started = os.pipe()
         if os.fork() == 0:
-            time.sleep(20)          # a helper outliving its parent
+            os.write(started, b"x")  # the at-fork hooks have run by now
+            time.sleep(20)           # a helper outliving its parent
             os._exit(0)
+        os.read(ready, 1)
         print("locked", flush=True)
         time.sleep(60)
     """)
