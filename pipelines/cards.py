@@ -17,6 +17,7 @@ from pipelines.atomic import write_bytes_atomic
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
 TEXT_COLUMNS = ("text", "text_pair")
+TAG_COLUMNS = ("tokens", "tags")
 MAX_LENGTH_BIN = 1 << 16
 HISTOGRAM_EDGES = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, MAX_LENGTH_BIN)
 MAX_LABELS = 100
@@ -58,17 +59,61 @@ def _batch_rows(parquet: pq.ParquetFile, budget: int = 16 << 20) -> int:
     return int(max(1, min(8192, budget * max(1, meta.num_rows) // max(1, size))))
 
 
+def _entity_types(tags: pa.Array) -> np.ndarray:
+    """The type of every entity in a list<string> column of tags, read as conlleval and seqeval read them: an
+    entity starts at ``B-X``, or at an ``I-X`` that follows neither ``B-X`` nor ``I-X`` in its row."""
+    flat = pc.list_flatten(tags)
+    if len(flat) == 0:
+        return np.empty(0, dtype=object)
+    prefix = pc.utf8_slice_codeunits(flat, 0, 2).to_numpy(zero_copy_only=False)
+    kinds = pc.utf8_slice_codeunits(flat, 2).to_numpy(zero_copy_only=False)
+    rows = pc.list_parent_indices(tags).to_numpy()
+    inside = ((prefix == "B-") | (prefix == "I-")) & (kinds != "")
+    after_same = np.r_[False, (rows[1:] == rows[:-1]) & inside[:-1] & (kinds[1:] == kinds[:-1])]
+    return kinds[inside & ~((prefix == "I-") & after_same)]
+
+
+class _TagStats:
+    """Token classification: tokens per tag, entities per type and tokens per sentence."""
+
+    def __init__(self) -> None:
+        self.tags: dict[str, int] = {}
+        self.entities: dict[str, int] = {}
+        self.lengths = _LengthStats()
+        self.seen = False
+
+    def add(self, tokens: pa.Array, tags: pa.Array) -> None:
+        self.seen = True
+        self.lengths.add(pc.fill_null(pc.list_value_length(tokens), 0).to_numpy(zero_copy_only=False))
+        for item in pc.value_counts(pc.list_flatten(tags).drop_null()).to_pylist():
+            self.tags[item["values"]] = self.tags.get(item["values"], 0) + item["counts"]
+        for kind, count in zip(*np.unique(_entity_types(tags).astype(str), return_counts=True)):
+            self.entities[str(kind)] = self.entities.get(str(kind), 0) + int(count)
+
+    def summary(self) -> dict[str, Any]:
+        """Every tag (a training run's tag vocabulary is read from it), entities and sentence lengths."""
+        def by_count(counts: dict[str, int]) -> dict[str, int]:
+            return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+        return {"tag_counts": by_count(self.tags), "num_tags": len(self.tags),
+                "entity_counts": by_count(self.entities), "sentence_length": self.lengths.summary()}
+
+
 def compute_stats(shards: Iterable[Path]) -> dict[str, Any]:
-    """Length statistics of the text columns and the label distribution, streamed shard by shard."""
+    """Length statistics of the text columns, the label distribution and, for token classification (``tokens``
+    and ``tags`` columns), tag and entity counts and sentence lengths; streamed shard by shard."""
     chars: dict[str, _LengthStats] = {}
     words: dict[str, _LengthStats] = {}
     labels: dict[str, int] = {}
     numeric_labels: list[float] = []
+    tagging = _TagStats()
     for path in shards:
         parquet = pq.ParquetFile(path, memory_map=True)
         names = parquet.schema_arrow.names
-        columns = [c for c in (*TEXT_COLUMNS, "label") if c in names]
+        columns = [c for c in (*TEXT_COLUMNS, "label", *TAG_COLUMNS) if c in names]
         for batch in parquet.iter_batches(columns=columns, batch_size=_batch_rows(parquet)):
+            if set(TAG_COLUMNS) <= set(batch.schema.names):
+                tagging.add(batch.column("tokens"), batch.column("tags"))
             for column in TEXT_COLUMNS:
                 if column not in batch.schema.names:
                     continue
@@ -94,6 +139,8 @@ def compute_stats(shards: Iterable[Path]) -> dict[str, Any]:
     if numeric_labels:
         values = np.asarray(numeric_labels)
         stats["label_values"] = {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
+    if tagging.seen:
+        stats.update(tagging.summary())
     return stats
 
 
@@ -201,20 +248,14 @@ def render_card(manifest: dict[str, Any], ancestry: list[dict[str, Any]] | None 
     }
     if "label_counts" in stats:
         front["task_categories"] = ["text-classification"]
+    if "tag_counts" in stats:
+        front["task_categories"] = ["token-classification"]
     if ancestry is not None:
         lineage = lineage_lines(manifest, ancestry)
     else:
         lineage = [f"- parents: {json.dumps(manifest['parents'])}"]
     acc_rows = accounting_rows(manifest["accounting"])
-    stat_lines = []
-    for key, summary in stats.items():
-        if key.endswith(("_chars", "_words")) and summary.get("count"):
-            stat_lines.append(f"**{key}**: min {summary['min']}, median {summary['median']}, mean {summary['mean']}, "
-                              f"p90 {summary['p90']}, max {summary['max']}\n")
-            stat_lines.append(_table(list(summary["histogram"].items()), ("length", "rows")) + "\n")
-    if "label_counts" in stats:
-        stat_lines.append(f"**labels** ({stats['num_labels']} distinct):\n")
-        stat_lines.append(_table(list(stats["label_counts"].items()), ("label", "rows")) + "\n")
+    stat_lines = statistics_lines(stats, manifest["extra"].get("tag_scheme"))
     loading = "\n".join([
         "import glob, datasets, pandas as pd, pyarrow.parquet as pq",
         'files = sorted(glob.glob("data/shard-*.parquet"))',
@@ -242,6 +283,30 @@ def render_card(manifest: dict[str, Any], ancestry: list[dict[str, Any]] | None 
         "licence": "\n".join(f"- **{k}**: {v}" for k, v in licence.items()),
     }
     return string.Template(TEMPLATE.read_text()).substitute(values)
+
+
+def statistics_lines(stats: dict[str, Any], tag_scheme: dict[str, str] | None = None) -> list[str]:
+    """The card's statistics: lengths (characters, words; tokens per sentence) with histograms, the labels, or
+    the tags, entities per type and the tag scheme's rule of a token-classification version."""
+    lines = []
+    for key, summary in stats.items():
+        if (key.endswith(("_chars", "_words")) or key == "sentence_length") and summary.get("count"):
+            unit = " (tokens per sentence)" if key == "sentence_length" else ""
+            lines.append(f"**{key}**{unit}: min {summary['min']}, median {summary['median']}, mean {summary['mean']}, "
+                         f"p90 {summary['p90']}, max {summary['max']}\n")
+            lines.append(_table(list(summary["histogram"].items()), ("length", "rows")) + "\n")
+    if "label_counts" in stats:
+        lines.append(f"**labels** ({stats['num_labels']} distinct):\n")
+        lines.append(_table(list(stats["label_counts"].items()), ("label", "rows")) + "\n")
+    if "tag_counts" in stats:
+        if tag_scheme:
+            lines.append(f"**tag scheme** `{tag_scheme['scheme']}`: {tag_scheme['rule']}.\n")
+        lines.append(f"**tags** ({stats['num_tags']} distinct):\n")
+        lines.append(_table(list(stats["tag_counts"].items()), ("tag", "tokens")) + "\n")
+        lines.append(f"**entities per type** ({sum(stats['entity_counts'].values())} entities, an entity starting "
+                     f"at B-X or at an I-X that follows neither B-X nor I-X):\n")
+        lines.append(_table(list(stats["entity_counts"].items()) or [("(none)", 0)], ("type", "entities")) + "\n")
+    return lines
 
 
 def lineage_lines(manifest: dict[str, Any], ancestry: list[dict[str, Any]]) -> list[str]:

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.config import Options, option, to_dict
+from pipelines.config import ConfigError, Options, option, to_dict
 from preprocess.readers import FORMATS
+from preprocess.tagging import TAG_SCHEMES
 from preprocess.text_clean import NORMALIZATIONS
 
 LENGTH_FILTERS = ("min_chars", "max_chars", "min_tokens", "max_tokens")
 MAX_ROW_BYTES = 1 << 26       # 64 MiB: longer than any real document; a text never has more characters than bytes
 MAX_SEED = 2**63 - 1
+MAX_CONLL_COLUMNS = 1024
 
 
 @dataclass
@@ -33,6 +35,32 @@ class InputConfig(Options):
                                                                    "schema.")
     max_rows: int = option(0, ge=0, le=10**12, help="Read only the first N input rows, over all inputs (0: all), "
                                                     "e.g. for a quick trial.")
+    tokens_column: str | None = option(None, help="Token classification: column holding the list of tokens "
+                                                  "(jsonl, parquet, dataset inputs; default tokens when tagging).")
+    tags_column: str | None = option(None, help="Token classification: column holding the list of tags, one per "
+                                                "token (default tags when tagging).")
+    token_column: int = option(0, ge=-MAX_CONLL_COLUMNS, lt=MAX_CONLL_COLUMNS,
+                               help="CoNLL files: index of the token column (negative: from the end).")
+    tag_column: int = option(-1, ge=-MAX_CONLL_COLUMNS, lt=MAX_CONLL_COLUMNS,
+                             help="CoNLL files: index of the tag column (-1: the last).")
+    tag_scheme: str = option("iob2", choices=TAG_SCHEMES,
+                             help="Token classification tags: iob2 = check, turn IOB1's I-X after O into B-X "
+                                  "(counted); strict-iob2 = reject such rows; as-is = keep any tag unchecked.")
+
+    def check(self) -> None:
+        if self.token_column == self.tag_column:
+            raise ConfigError("tag_column", f"the same column as token_column ({self.token_column})")
+        tokens, tags = self.tag_columns()
+        if self.tagging() and tokens == tags:
+            raise ConfigError("tags_column", f"the same column as tokens_column ('{tokens}')")
+
+    def tagging(self) -> bool:
+        """Whether the columns asked for make this a token-classification run (a CoNLL input makes it one too)."""
+        return self.tokens_column is not None or self.tags_column is not None
+
+    def tag_columns(self) -> tuple[str, str]:
+        """The columns holding the tokens and the tags (jsonl, parquet and dataset inputs)."""
+        return self.tokens_column or "tokens", self.tags_column or "tags"
 
 
 @dataclass

@@ -4,12 +4,15 @@ Kinds:
 
 * ``LINE``: one raw line of a text format (``txt`` / ``jsonl``) as ``bytes`` without its newline; decoding and
   JSON parsing happen later, in the workers.
-* ``ROW``: an already parsed row as a ``dict`` (CSV/TSV, Parquet, Hugging Face datasets).
+* ``ROW``: an already parsed row as a ``dict`` (CSV/TSV, Parquet, Hugging Face datasets, and one sentence of a
+  CoNLL column file as ``{"tokens": [...], "tags": [...]}``, its strings decoded with ``surrogateescape``).
 * ``BAD``: a row the reader itself had to reject, as ``(reason, raw_text)`` (over-long line, wrong CSV field
-  count, malformed CSV, blank CSV line).
+  count, malformed CSV, blank CSV line, a CoNLL sentence with a line that lacks its token or tag column:
+  ``tag_count_mismatch``).
 
 ``origin_row`` is the 1-based physical line number for text formats (CSV/TSV: the line the record starts on,
-the header being line 1) and the 0-based row index for Parquet and Hugging Face datasets.
+the header being line 1; CoNLL: the line of the sentence's first token) and the 0-based row index for Parquet
+and Hugging Face datasets.
 
 Nothing here loads a whole file: lines are read with a length limit (``max_row_bytes``), so a 10 MB line costs
 at most ``max_row_bytes`` of memory, and gzip / zstd inputs are decompressed as streams.
@@ -38,11 +41,13 @@ from pipelines.errors import DistilleryError, InputChangedError
 
 LINE, ROW, BAD = 0, 1, 2
 Record = tuple[int, int, Any]
-FORMATS = ("auto", "txt", "jsonl", "csv", "tsv", "parquet", "hf")
-TEXT_FORMATS = ("txt", "jsonl", "csv", "tsv")
+FORMATS = ("auto", "txt", "jsonl", "csv", "tsv", "parquet", "hf", "conll")
+TEXT_FORMATS = ("txt", "jsonl", "csv", "tsv", "conll")
+CONLL_COLUMNS = ("tokens", "tags")   # the keys of a CoNLL sentence's row
 RAW_CHARS = 1000                      # raw content kept in a rejects row
 _EXTENSIONS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-               ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+               ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
+               ".conll": "conll", ".bio": "conll", ".iob": "conll"}
 _COMPRESSED = (".gz", ".zst", ".zstd")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -398,6 +403,57 @@ def _csv_records(fh: BinaryIO, fmt: str, header: bool, quoting: str, max_bytes: 
             yield start, ROW, dict(zip(columns, fields))
 
 
+def conll_fields(line: str) -> list[str]:
+    """The columns of a CoNLL line: split at each tab when it has one (fields stripped of spaces), else at runs
+    of spaces; trailing spaces and tabs are no column."""
+    line = line.rstrip(" \t")
+    if "\t" in line:
+        return [part.strip(" ") for part in line.split("\t")]
+    return [part for part in line.split(" ") if part]
+
+
+def _conll_sentence(start: int, lines: list[str], too_long: bool, token_column: int, tag_column: int) -> Record:
+    """One sentence's record: its tokens and tags, or BAD when a line lacks the token or the tag column (or the
+    sentence is over the byte limit)."""
+    raw = "\n".join(lines)
+    if too_long:
+        return start, BAD, ("row_too_long", raw_text(raw + " ... [sentence over max_row_bytes]"))
+    tokens, tags = [], []
+    for line in lines:
+        fields = conll_fields(line)
+        n = len(fields)
+        token_at, tag_at = token_column % n, tag_column % n
+        if not (-n <= token_column < n and -n <= tag_column < n) or token_at == tag_at:
+            return start, BAD, ("tag_count_mismatch", raw_text(raw))
+        tokens.append(fields[token_at])
+        tags.append(fields[tag_at])
+    return start, ROW, dict(zip(CONLL_COLUMNS, (tokens, tags)))
+
+
+def _conll_records(fh: BinaryIO, token_column: int, tag_column: int, max_bytes: int) -> Iterator[Record]:
+    """CoNLL column files: one record per sentence (lines up to a blank line); ``-DOCSTART-`` lines are skipped
+    (and end a sentence). A sentence of more than ``max_bytes`` bytes is ``row_too_long``, its lines past the
+    limit left unkept."""
+    start, lines, size, too_long = 0, [], 0, False
+    for number, line, head in iter_lines(fh, max_bytes):
+        text = line.decode("utf-8", "surrogateescape") if line is not None else None
+        if text is not None and (not text.strip() or conll_fields(text)[0] == "-DOCSTART-"):
+            if start:
+                yield _conll_sentence(start, lines, too_long, token_column, tag_column)
+            start, lines, size, too_long = 0, [], 0, False
+            continue
+        start = start or number
+        size += len(line if line is not None else head) + 1
+        if text is None or size > max_bytes:
+            too_long = True
+            if text is None and not lines:
+                lines.append(head.decode("utf-8", "replace"))
+        elif not too_long:
+            lines.append(text)
+    if start:
+        yield _conll_sentence(start, lines, too_long, token_column, tag_column)
+
+
 def _load_hub(name: str, split: str) -> Any:
     """A dataset from the Hugging Face Hub (only works with network access; offline it fails clearly)."""
     import datasets
@@ -447,6 +503,25 @@ def arrow_schema(source: InputSource, split: str = "train") -> pa.Schema | None:
     return None
 
 
+def class_label_names(source: InputSource, column: str, split: str = "train") -> list[str] | None:
+    """The names of a Hugging Face ``List(ClassLabel)`` column (integer tags, e.g. ``ner_tags``) of a saved
+    dataset or of a Parquet file written by ``datasets``; None when the column is no such feature."""
+    features: Any = None
+    if source.format == "parquet":
+        metadata = pq.read_schema(source.path).metadata or {}
+        try:
+            features = json.loads(metadata[b"huggingface"])["info"]["features"]
+        except (KeyError, ValueError, TypeError):
+            return None
+    elif source.format == "hf":
+        dataset = load_hf(source.path, split)
+        features = dataset.features.to_dict() if getattr(dataset, "features", None) else None
+    feature = features.get(column) if isinstance(features, dict) else None
+    inner = feature.get("feature") if isinstance(feature, dict) else None
+    names = inner.get("names") if isinstance(inner, dict) and inner.get("_type") == "ClassLabel" else None
+    return [str(name) for name in names] if isinstance(names, list) else None
+
+
 def _row_bytes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     """The bytes of each row's string and binary values (what decides its size in memory as Python objects)."""
     sizes = np.zeros(batch.num_rows, dtype=np.int64)
@@ -479,15 +554,18 @@ def arrow_batch_rows(average_row_bytes: float) -> int:
 
 
 def iter_records(source: InputSource, *, max_row_bytes: int, csv_header: bool = True, csv_quoting: str = "auto",
-                 hf_split: str = "train") -> Iterator[Record]:
+                 hf_split: str = "train", token_column: int = 0, tag_column: int = -1) -> Iterator[Record]:
     """Stream the records of one input in order. A file that cannot be read raises DistilleryError naming it; a
-    text input whose bytes, read to the end, are not the fingerprinted ones raises ``InputChangedError``."""
+    text input whose bytes, read to the end, are not the fingerprinted ones raises ``InputChangedError``.
+    ``token_column`` / ``tag_column``: the columns (indices, negative from the end) of a CoNLL file."""
     try:
         if source.format in TEXT_FORMATS:
             tap: list[_Tap] = []
             with open_binary(source.path, tap) as fh:
                 if source.format in ("txt", "jsonl"):
                     yield from _line_records(fh, max_row_bytes)
+                elif source.format == "conll":
+                    yield from _conll_records(fh, token_column, tag_column, max_row_bytes)
                 else:
                     yield from _csv_records(fh, source.format, csv_header, csv_quoting, max_row_bytes)
                 digest = tap[0].hexdigest_to_end()

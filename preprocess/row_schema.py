@@ -1,6 +1,8 @@
 """The output schema of a preprocess run, derived once from the inputs, and value coercion into it.
 
-* ``text`` (string), ``text_pair`` (string, when mapped), ``label`` (when mapped), extra columns, ``row_id``.
+* ``text`` (string), ``text_pair`` (string, when mapped), ``label`` (when mapped), extra columns, ``row_id``;
+  a token-classification run: ``text`` (the tokens joined by spaces), ``tokens`` and ``tags`` (list<string>),
+  extra columns, ``row_id``.
 * The label keeps its type: string / int64 / float64. Parquet and saved Hugging Face datasets give it by
   their Arrow type; JSON by its values in the first rows (any string -> string, else int64 or float64);
   CSV/TSV labels (always text) become int64 or float64 when all the sampled values parse as such. A later
@@ -11,7 +13,7 @@
   string. A later value that does not fit is stored as null and counted (``repaired.extra_value_nulled``);
   keys that were not in the sampled rows are dropped and counted (``repaired.extra_key_dropped``).
 * An extra column whose name collides with an output column in use (``text``, ``row_id``, a mapped
-  ``text_pair`` / ``label``) is renamed ``src_<name>``.
+  ``text_pair`` / ``label``, ``tokens`` / ``tags`` when tagging) is renamed ``src_<name>``.
 """
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ from pipelines.errors import DistilleryError
 from preprocess.text_clean import fix_surrogates
 
 LABEL_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64()}
+STRING_LIST = pa.list_(pa.string())
 REJECTS_SCHEMA = pa.schema([("origin_file", pa.string()), ("origin_row", pa.int64()),
                             ("reason", pa.string()), ("raw", pa.string())])
 _INT64 = (-(2**63), 2**63 - 1)
+_MAPPING_FLAGS = {False: "--text-column, --text-pair-column, --label-column", True: "--tokens-column, --tags-column"}
 
 
 @dataclass
@@ -39,10 +43,14 @@ class OutputSchema:
     has_pair: bool = False
     label_kind: str | None = None                                       # string / int / float
     extras: list[tuple[str, str, pa.DataType]] = field(default_factory=list)   # (source, output name, type)
+    tagging: bool = False                                               # tokens and tags (token classification)
+    tag_names: dict[str, list[str]] = field(default_factory=dict)      # input -> names of its integer tags
 
     def candidate_schema(self) -> pa.Schema:
         """Columns written by the workers (everything but ``row_id``)."""
         fields = [pa.field("text", pa.string())]
+        if self.tagging:
+            fields += [pa.field("tokens", STRING_LIST), pa.field("tags", STRING_LIST)]
         if self.has_pair:
             fields.append(pa.field("text_pair", pa.string()))
         if self.label_kind:
@@ -147,6 +155,7 @@ class InputColumns:
     where: str
     columns: dict[str, pa.DataType]
     label_kind: str | None
+    tag_names: list[str] | None = None             # a ClassLabel tags column: the names of its integers
 
 
 def describe_input(where: str, *, arrow: pa.Schema | None, rows: list[dict[str, Any]], label_column: str | None,
@@ -170,18 +179,25 @@ def describe_input(where: str, *, arrow: pa.Schema | None, rows: list[dict[str, 
 
 
 def derive_schema(inputs: Iterable[InputColumns], text_column: str, text_pair_column: str | None,
-                  label_column: str | None, extra_columns: list[str] | None) -> OutputSchema:
-    """The one output schema for all inputs (mapped columns checked, extras unified in first-seen order)."""
+                  label_column: str | None, extra_columns: list[str] | None,
+                  tag_columns: tuple[str, str] | None = None) -> OutputSchema:
+    """The one output schema for all inputs (mapped columns checked, extras unified in first-seen order);
+    ``tag_columns`` (the tokens and tags columns) make it a token-classification schema."""
     mapped = {c for c in (text_column, text_pair_column, label_column) if c}
     used = {"text", "row_id"} | ({"text_pair"} if text_pair_column else set()) | ({"label"} if label_column else set())
+    if tag_columns:
+        mapped, used = set(tag_columns), {"text", "tokens", "tags", "row_id"}
     extra_types: dict[str, pa.DataType] = {}
     label_kind: str | None = None
+    tag_names: dict[str, list[str]] = {}
     for info in inputs:
+        if info.tag_names:
+            tag_names[info.where] = info.tag_names
         for column in mapped:
             if info.columns and column not in info.columns:
                 raise DistilleryError(f"{info.where}: no column '{column}' in its first rows "
-                                      f"(columns: {', '.join(info.columns)}); map columns with --text-column, "
-                                      f"--text-pair-column, --label-column")
+                                      f"(columns: {', '.join(info.columns)}); map columns with "
+                                      f"{_MAPPING_FLAGS[bool(tag_columns)]}")
         if info.label_kind:
             if label_kind and info.label_kind != label_kind and {label_kind, info.label_kind} != {"int", "float"}:
                 raise DistilleryError(f"{info.where}: label type {info.label_kind} differs from {label_kind} "
@@ -196,7 +212,7 @@ def derive_schema(inputs: Iterable[InputColumns], text_column: str, text_pair_co
     if label_column and label_kind is None:
         label_kind = "string"
     extras = [(name, f"src_{name}" if name in used else name, typ) for name, typ in extra_types.items()]
-    return OutputSchema(bool(text_pair_column), label_kind, extras)
+    return OutputSchema(bool(text_pair_column), label_kind, extras, tagging=bool(tag_columns), tag_names=tag_names)
 
 
 def coerce_label(value: Any, kind: str) -> Any:

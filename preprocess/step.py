@@ -6,6 +6,9 @@ duplicates in row order and writes the chunk, so the output bytes do not depend 
 Bad rows are repaired by a documented rule (counted in ``accounting.repaired``) or written to the chunk's
 rejects shard with their origin and reason; every chunk records
 ``input_rows = kept + sum(dropped.values()) + sum(rejected.values())``.
+
+A run is token classification when an input is a CoNLL file or ``tokens_column`` / ``tags_column`` is set: its
+rows are lists of tokens and tags, read, cleaned and checked by the rules of ``preprocess.tagging``.
 """
 from __future__ import annotations
 
@@ -27,15 +30,17 @@ from pipelines.parallel import WorkerPool, worker_state
 from pipelines.progress import progress_bar
 from pipelines.runner import Step, StepPlan
 from pipelines.store import VersionWriter
-from preprocess.config import LENGTH_FILTERS, DedupConfig, PreprocessConfig
+from preprocess.config import LENGTH_FILTERS, DedupConfig, InputConfig, PreprocessConfig
 from preprocess.dedup import DedupState, MinHasher, text_hash
 from preprocess.readers import (
     BAD,
+    CONLL_COLUMNS,
     LINE,
     ROW,
     InputSource,
     arrow_schema,
     check_unchanged,
+    class_label_names,
     expand_folders,
     iter_records,
     open_source,
@@ -44,6 +49,7 @@ from preprocess.readers import (
 )
 from preprocess.row_schema import (
     REJECTS_SCHEMA,
+    STRING_LIST,
     InputColumns,
     OutputSchema,
     build_column,
@@ -53,6 +59,7 @@ from preprocess.row_schema import (
     describe_input,
     is_blank,
 )
+from preprocess.tagging import SCHEME_RULES, RowReject, TaggedRows, tokens_key
 from preprocess.text_clean import Cleaner, count_tokens, split_sentences
 
 if TYPE_CHECKING:
@@ -77,10 +84,6 @@ class ChunkResult:
     last: bool = True
 
 
-class _Reject(Exception):
-    """A row goes to the rejects shard with this reason."""
-
-
 def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
     counts[key] = counts.get(key, 0) + n
 
@@ -98,21 +101,26 @@ class ChunkProcessor:
                                               config.dedup.ngram, config.dedup.seed) if config.dedup.near else None
         self.filters = [(name, getattr(config.filter, name)) for name in LENGTH_FILTERS if getattr(config.filter, name)]
         cols = config.input
-        self.known_keys = {cols.text_column, cols.text_pair_column, cols.label_column,
-                           *(s for s, _, _ in schema.extras)}
+        mapped = cols.tag_columns() if schema.tagging else (cols.text_column, cols.text_pair_column, cols.label_column)
+        self.known_keys = {*mapped, *(s for s, _, _ in schema.extras)}
+        self.tagged = TaggedRows(self.cleaner, cols.tag_scheme, cols.max_row_bytes) if schema.tagging else None
 
     def run(self, task: tuple[str, int, bool, Any]) -> ChunkResult:
         kind, index, last, payload = task
         if kind == "shard":
             return self._rehash(index, payload)
-        result = self._process(index, payload)
+        result = self._process_tagged(index, payload) if self.tagged else self._process(index, payload)
         result.last = last
         return result
 
     # ---- de-duplication inputs ------------------------------------------------------------
-    def _hashes(self, texts: list[str], pairs: list[str | None]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _hashes(self, texts: list[str], pairs: list[str | None],
+                tokens: list[list[str]] | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Exact hashes (of the token sequences when ``tokens`` are given) and near-duplicate band keys."""
         hashes = keys = None
-        if self.config.dedup.exact:
+        if self.config.dedup.exact and tokens is not None:
+            hashes = np.fromiter((text_hash(tokens_key(t)) for t in tokens), dtype=np.uint64, count=len(tokens))
+        elif self.config.dedup.exact:
             hashes = np.fromiter((text_hash(t, p) for t, p in zip(texts, pairs)), dtype=np.uint64, count=len(texts))
         if self.hasher is not None:
             keys = self.hasher.band_keys([t if p is None else f"{t}\x00{p}" for t, p in zip(texts, pairs)])
@@ -122,52 +130,54 @@ class ChunkProcessor:
         """Hashes of a committed chunk's rows, to rebuild the de-duplication state when resuming."""
         if shard is None:
             return ChunkResult(index, None)
-        columns = ["text", "text_pair"] if self.schema.has_pair else ["text"]
+        columns = ["text", "text_pair"] if self.schema.has_pair else ["text", "tokens"] if self.schema.tagging \
+            else ["text"]
         table = pq.read_table(shard, columns=columns)
         texts = table.column("text").to_pylist()
         pairs = table.column("text_pair").to_pylist() if self.schema.has_pair else [None] * len(texts)
-        return ChunkResult(index, None, None, *self._hashes(texts, pairs))
+        tokens = table.column("tokens").to_pylist() if self.schema.tagging else None
+        return ChunkResult(index, None, None, *self._hashes(texts, pairs, tokens))
 
     # ---- row processing ---------------------------------------------------------------------
     def _parse(self, source: InputSource, kind: int, payload: Any, repaired: dict[str, int]) -> dict[str, Any]:
         reject_bad_bytes = self.config.input.decode_errors == "reject"
         if kind == ROW:
-            if reject_bad_bytes and source.format in ("csv", "tsv") and any(
+            if reject_bad_bytes and source.format in ("csv", "tsv", "conll") and any(
                     isinstance(v, str) and not v.isascii() and _has_surrogates(v)
-                    for v in payload.values()):
-                raise _Reject("invalid_utf8")
+                    for v in _strings(payload)):
+                raise RowReject("invalid_utf8")
             return payload
         try:
             line = payload.decode("utf-8")
         except UnicodeDecodeError:
             if reject_bad_bytes:
-                raise _Reject("invalid_utf8") from None
+                raise RowReject("invalid_utf8") from None
             line = payload.decode("utf-8", "replace")
             _bump(repaired, "invalid_utf8")
         if source.format == "txt":
             return {self.config.input.text_column: line}
         if not line.strip():
-            raise _Reject("blank_line")
+            raise RowReject("blank_line")
         try:
             value = json.loads(line)
         except (ValueError, RecursionError):
-            raise _Reject("malformed_json") from None
+            raise RowReject("malformed_json") from None
         if not isinstance(value, dict):
-            raise _Reject("not_an_object")
+            raise RowReject("not_an_object")
         return value
 
     def _field(self, row: dict[str, Any], column: str, slot: str) -> str:
         value = row.get(column)
         if value is None:
-            raise _Reject(f"missing_{slot}")
+            raise RowReject(f"missing_{slot}")
         if not isinstance(value, str):
-            raise _Reject(f"wrong_type_{slot}")
+            raise RowReject(f"wrong_type_{slot}")
         return value
 
     def _clean(self, value: str, slot: str, repaired: dict[str, int]) -> str:
         text = self.cleaner.clean(value, repaired)
         if not text or text.isspace():
-            raise _Reject(f"empty_{slot}")
+            raise RowReject(f"empty_{slot}")
         return text
 
     def _drop_reason(self, text: str) -> str | None:
@@ -182,24 +192,24 @@ class ChunkProcessor:
 
     def _read_row(self, source: InputSource, kind: int, payload: Any,
                   repaired: dict[str, int]) -> tuple[dict[str, Any], str, str | None, Any]:
-        """Parse one record and return (row, clean text, clean pair, label); raises _Reject."""
+        """Parse one record and return (row, clean text, clean pair, label); raises RowReject."""
         cfg = self.config.input
         if kind == BAD:
-            raise _Reject(payload[0])
+            raise RowReject(payload[0])
         row = self._parse(source, kind, payload, repaired)
         text = self._field(row, cfg.text_column, "text")
         pair = self._field(row, cfg.text_pair_column, "text_pair") if cfg.text_pair_column else None
         if kind == ROW and len(text) + len(pair or "") > cfg.max_row_bytes:
-            raise _Reject("row_too_long")
+            raise RowReject("row_too_long")
         label = None
         if self.schema.label_kind:
             value = row.get(cfg.label_column)
             if is_blank(value):
-                raise _Reject("missing_label")
+                raise RowReject("missing_label")
             try:
                 label = coerce_label(value, self.schema.label_kind)
             except (ValueError, OverflowError):
-                raise _Reject("wrong_type_label") from None
+                raise RowReject("wrong_type_label") from None
         text = self._clean(text, "text", repaired)
         pair = self._clean(pair, "text_pair", repaired) if pair is not None else None
         return row, text, pair, label
@@ -218,7 +228,7 @@ class ChunkProcessor:
             source = self.sources[src]
             try:
                 row, text, pair, label = self._read_row(source, kind, payload, repaired)
-            except _Reject as exc:
+            except RowReject as exc:
                 _bump(rejected, str(exc))
                 rejects.append((source.path, origin, str(exc), self._raw(kind, payload)))
                 continue
@@ -231,13 +241,52 @@ class ChunkProcessor:
                 for column, value in zip(extras, extra_values):
                     column.append(value)
         table = self._candidate_table(texts, pairs, labels, extras, repaired)
-        rejects_table = pa.Table.from_pylist([dict(zip(REJECTS_SCHEMA.names, r)) for r in rejects],
-                                             schema=REJECTS_SCHEMA) if rejects else None
         accounting: dict[str, Any] = {"input_rows": len(items[0]) + split["rows_added"], "dropped": dropped,
                                       "rejected": rejected, "repaired": repaired}
         if self.config.clean.split_sentences_over:
             accounting["split"] = split
-        return ChunkResult(index, table, rejects_table, *self._hashes(texts, pairs), accounting=accounting)
+        return ChunkResult(index, table, _rejects_table(rejects), *self._hashes(texts, pairs), accounting=accounting)
+
+    def _read_tagged_row(self, source: InputSource, kind: int, payload: Any,
+                         repaired: dict[str, int]) -> tuple[dict[str, Any], list[str], list[str]]:
+        """Parse one token-classification record: (row for its extra columns, clean tokens, checked tags)."""
+        if kind == BAD:
+            raise RowReject(payload[0])
+        row = self._parse(source, kind, payload, repaired)
+        if source.format == "conll":            # a CoNLL sentence: tokens and tags, no other column
+            return {}, *self.tagged.read(row, *CONLL_COLUMNS, repaired)
+        names = self.schema.tag_names.get(source.path)
+        return row, *self.tagged.read(row, *self.config.input.tag_columns(), repaired, names)
+
+    def _process_tagged(self, index: int, items: Chunk) -> ChunkResult:
+        """A chunk of token-classification rows (rules: ``preprocess.tagging``); length filters read the text."""
+        columns: list[list[Any]] = [[] for _ in range(3 + len(self.schema.extras))]   # text, tokens, tags, extras
+        rejects: list[tuple[str, int, str, str]] = []
+        dropped = {name: 0 for name, _ in self.filters}
+        rejected: dict[str, int] = {}
+        repaired: dict[str, int] = {}
+        for src, origin, kind, payload in zip(*items):
+            source = self.sources[src]
+            try:
+                row, tokens, tags = self._read_tagged_row(source, kind, payload, repaired)
+            except RowReject as exc:
+                _bump(rejected, str(exc))
+                rejects.append((source.path, origin, str(exc), self._raw(kind, payload)))
+                continue
+            values = [" ".join(tokens), tokens, tags, *self._extra_values(row, repaired)]
+            reason = self._drop_reason(values[0]) if self.filters else None
+            if reason:
+                dropped[reason] += 1
+                continue
+            for column, value in zip(columns, values):
+                column.append(value)
+        schema = self.schema.candidate_schema()
+        arrays = [pa.array(values, schema.field(i).type) for i, values in enumerate(columns[:3])]
+        arrays += [build_column(values, typ, repaired) for values, (_, _, typ) in zip(columns[3:], self.schema.extras)]
+        accounting = {"input_rows": len(items[0]), "dropped": dropped, "rejected": rejected, "repaired": repaired}
+        hashes = self._hashes(columns[0], [None] * len(columns[0]), columns[1])
+        return ChunkResult(index, pa.Table.from_arrays(arrays, schema=schema), _rejects_table(rejects), *hashes,
+                           accounting=accounting)
 
     @staticmethod
     def _raw(kind: int, payload: Any) -> str:
@@ -289,6 +338,19 @@ class ChunkProcessor:
         return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _rejects_table(rejects: list[tuple[str, int, str, str]]) -> pa.Table | None:
+    """The rejected rows (origin file and row, reason, raw content) as a rejects shard's table; None if none."""
+    if not rejects:
+        return None
+    return pa.Table.from_pylist([dict(zip(REJECTS_SCHEMA.names, r)) for r in rejects], schema=REJECTS_SCHEMA)
+
+
+def _strings(row: dict[str, Any]) -> Iterator[Any]:
+    """A row's values, the items of its list values in their place (a CoNLL sentence's tokens and tags)."""
+    for value in row.values():
+        yield from value if isinstance(value, list) else (value,)
+
+
 def _has_surrogates(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -314,26 +376,31 @@ def _run_task(task: tuple[str, int, bool, Any]) -> ChunkResult:
 
 
 # ---- the step ------------------------------------------------------------------------------
-def _describe(source: InputSource, config: PreprocessConfig) -> InputColumns:
+def _describe(source: InputSource, config: PreprocessConfig, tagging: bool) -> InputColumns:
     cfg = config.input
     if source.format == "txt":
         return InputColumns(source.path, {cfg.text_column: pa.string()}, None)
+    if source.format == "conll":                 # read as the tokens and tags columns, and nothing else
+        return InputColumns(source.path, dict.fromkeys(cfg.tag_columns(), STRING_LIST), None)
     schema = arrow_schema(source, cfg.hf_split)
     rows = [] if schema is not None else sample_rows(source, cfg.schema_sample_rows, **_reader_args(config))
-    return describe_input(source.path, arrow=schema, rows=rows, label_column=cfg.label_column,
+    info = describe_input(source.path, arrow=schema, rows=rows, label_column=cfg.label_column,
                           from_text=source.format in ("csv", "tsv"))
+    if tagging and source.format in ("parquet", "hf"):
+        info.tag_names = class_label_names(source, cfg.tag_columns()[1], cfg.hf_split)
+    return info
 
 
 def _reader_args(config: PreprocessConfig) -> dict[str, Any]:
     cfg = config.input
     return {"max_row_bytes": cfg.max_row_bytes, "csv_header": cfg.csv_header, "csv_quoting": cfg.csv_quoting,
-            "hf_split": cfg.hf_split}
+            "hf_split": cfg.hf_split, "token_column": cfg.token_column, "tag_column": cfg.tag_column}
 
 
 def _payload_bytes(kind: int, payload: Any) -> int:
     """About how much memory a record's payload holds (its text bytes)."""
     if kind == ROW:
-        return 64 + sum(len(v) for v in payload.values() if isinstance(v, (str, bytes)))
+        return 64 + sum(len(v) for v in _strings(payload) if isinstance(v, (str, bytes)))
     return 64 + len(payload if kind == LINE else payload[1])
 
 
@@ -406,10 +473,30 @@ def plan_preprocess(inputs: list[str | Path], config: PreprocessConfig) -> StepP
     if cfg.text_column != "text" and all(s.format == "txt" for s in sources):
         raise DistilleryError(f"text_column '{cfg.text_column}' has no effect: a text file has no columns (each "
                               f"line is the text); it applies to jsonl, csv, tsv, parquet and dataset inputs")
-    schema = derive_schema([_describe(s, config) for s in sources], cfg.text_column, cfg.text_pair_column,
-                           cfg.label_column, cfg.extra_columns)
+    tagging = cfg.tagging() or any(s.format == "conll" for s in sources)
+    if tagging:
+        _check_tagging(sources, config)
+    schema = derive_schema([_describe(s, config, tagging) for s in sources], cfg.text_column, cfg.text_pair_column,
+                           cfg.label_column, cfg.extra_columns, cfg.tag_columns() if tagging else None)
     return StepPlan(STEP, to_dict(config), identity_dict(config), [s.parent() for s in sources],
                     lambda writer: _write(writer, sources, schema, config))
+
+
+def _check_tagging(sources: list[InputSource], config: PreprocessConfig) -> None:
+    """Refuse what does not apply to token-classification data (a CoNLL input or tokens/tags columns asked for)."""
+    cfg = config.input
+    plain = [s for s in sources if s.format in ("txt", "csv", "tsv")]
+    if plain:
+        raise DistilleryError(f"token classification reads CoNLL files and jsonl, parquet or dataset rows with a list "
+                              f"of tokens and a list of tags; {plain[0].path} is {plain[0].format}")
+    if config.clean.split_sentences_over:
+        raise DistilleryError("split_sentences_over does not apply to token-classification data (its sentences "
+                              "are the rows, their tags would be cut); leave it at 0")
+    defaults = InputConfig()
+    for key in ("text_column", "text_pair_column", "label_column"):
+        if getattr(cfg, key) != getattr(defaults, key):
+            raise DistilleryError(f"{key} does not apply to token-classification data (its columns are tokens and "
+                                  f"tags: --tokens-column, --tags-column)")
 
 
 def _write(writer: VersionWriter, sources: list[InputSource], schema: OutputSchema,
@@ -427,5 +514,7 @@ def _write(writer: VersionWriter, sources: list[InputSource], schema: OutputSche
         extra["licence"] = config.licence.recorded()
     if processor.hasher:
         extra["near_dup_lsh"] = {"bands": processor.hasher.bands, "rows_per_band": processor.hasher.rows_per_band}
+    if schema.tagging:
+        extra["tag_scheme"] = {"scheme": config.input.tag_scheme, "rule": SCHEME_RULES[config.input.tag_scheme]}
     return extra
 

@@ -20,7 +20,11 @@ from preprocess import PreprocessConfig, plan_preprocess
 def preprocess_command(inputs: tuple[str, ...], name: str | None, resume: bool, config_path: str | None,
                        **flags: Any) -> None:
     """Read INPUT files (txt, jsonl, csv, tsv, parquet, Hugging Face dataset folders; .gz/.zst too), clean,
-    filter and de-duplicate them into a new dataset version."""
+    filter and de-duplicate them into a new dataset version.
+
+    Token classification: CoNLL column files (.conll, .bio, .iob; --token-column, --tag-column) or rows with a
+    list of tokens and a list of tags (--tokens-column, --tags-column) make a version of tokens and tags, the
+    tags checked by --tag-scheme."""
     config = build_config(PreprocessConfig, "preprocess", config_path, flags)
     store = current_store()
     report_step(run_step(store, plan_preprocess(list(inputs), config), name, resume), store)
