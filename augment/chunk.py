@@ -1,6 +1,7 @@
-"""One chunk's augmentation, shared by the engines: words are split and routed (``prepare``), the models give
-candidates for the whole chunk at once, each row's copies are sampled with its own seed, and the output table
-is assembled. The local engine pipelines these stages over worker processes; a Ray actor runs them in turn."""
+"""One chunk's augmentation, shared by the engines: words are split and routed (``prepare``; a tagged row's words
+are its tokens, only those tagged O eligible: ``augment.tagging``), the models give candidates for the whole chunk
+at once, each row's copies are sampled with its own seed, and the output table is assembled. The local engine
+pipelines these stages over worker processes; a Ray actor runs them in turn."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ import pyarrow as pa
 from augment.config import AugmentConfig
 from augment.mlm import InputSpec, MaskedLM, Request, build_requests, load_mlm, load_tokenizer
 from augment.sampling import CandidateFilter, augment_sentence, row_rng
+from augment.tagging import OUTSIDE, Mention, MentionDraws, MentionPool, TaggedCopy, augment_tagged, find_mentions
 from augment.vectors import NeighbourIndex, VectorSource, WordVectors
 from augment.words import SentenceWords, WordSplitter
 from pipelines.chunks import ChunkOutput, WrittenChunks
@@ -21,17 +23,21 @@ from pipelines.parallel import WorkerPool, worker_state
 from pipelines.store import sum_counts
 
 TIMING_KEYS = ("prepare_s", "mlm_s", "neighbours_s", "sampling_s", "io_s", "wall_s")   # what a run records
+TOKENS, TAGS = "tokens", "tags"     # the word and tag lists of a token-classification version
 
 
 # ---- work units ------------------------------------------------------------------------------------------
 @dataclass
 class Unit:
-    """One text of one row to augment, with the eligible words routed to the masked LM or the vectors."""
+    """One text of one row to augment, with the eligible words routed to the masked LM or the vectors (a tagged
+    row: its tags, and its entity mentions)."""
 
     row: int
     field: str
     sentence: SentenceWords
     mlm_words: list[int]
+    tags: list[str] | None = None
+    mentions: list[Mention] = field(default_factory=list)
 
 
 @dataclass
@@ -53,9 +59,10 @@ class Copies:
 
 @dataclass
 class Sampled:
-    """One part of a chunk's sampling: each unit's copies, the part's counts and the seconds it took."""
+    """One part of a chunk's sampling: each unit's copies (a tagged unit's: a list of ``TaggedCopy``), the part's
+    counts and the seconds it took."""
 
-    copies: list[Copies]
+    copies: list[Copies | list[TaggedCopy]]
     counts: dict[str, int]
     seconds: float
 
@@ -66,32 +73,65 @@ class SampleSpec:
     rounds: int
     p: float
     output_form: str
+    tagging: bool = False
+    mention_prob: float = 0.0
 
     @classmethod
-    def of(cls, config: AugmentConfig) -> SampleSpec:
-        return cls(config.seed, config.rounds(), config.replace_prob, config.output_form)
+    def of(cls, config: AugmentConfig, tagging: bool) -> SampleSpec:
+        return cls(config.seed, config.rounds(), config.replace_prob, config.output_form, tagging,
+                   config.mention_replace_prob)
 
 
-def _worker_tools(tokenizer: Any, spec: InputSpec | None) -> tuple[WordSplitter, InputSpec | None]:
-    """What each worker holds (the pool's per-worker state): the word splitter and the masked-LM input spec."""
-    return WordSplitter(tokenizer), spec
+def _worker_tools(tokenizer: Any, spec: InputSpec | None,
+                  mentions: MentionPool | None) -> tuple[WordSplitter, InputSpec | None, MentionPool | None]:
+    """What each worker holds (the pool's per-worker state): the word splitter, the masked-LM input spec and the
+    version's mentions (tagging with mention replacement, else None)."""
+    return WordSplitter(tokenizer), spec, mentions
+
+
+def _add_unit(out: Prepared, unit: Unit, spec: InputSpec | None) -> None:
+    """Add ``unit`` to ``out``, its single-piece eligible words routed to the masked LM, their inputs built."""
+    sentence = unit.sentence
+    unit.mlm_words = [i for i in sentence.eligible if spec is not None and len(sentence.pieces[i]) == 1]
+    out.units.append(unit)
+    if spec is not None:
+        for request in build_requests(sentence, unit.mlm_words, spec):
+            out.requests.append((len(out.units) - 1, request))
+            out.counts["truncated_contexts"] += request.truncated
 
 
 def _prepare_part(rows: list[tuple[int, str, str | None]]) -> Prepared:
     """Split texts into words, route eligible words, and build the masked-LM inputs (worker side)."""
     start = time.perf_counter()
-    splitter, spec = worker_state()
+    splitter, spec, _ = worker_state()
     out = Prepared(counts={"empty_texts": 0, "truncated_contexts": 0})
     valid = [(r, f, t) for r, f, t in rows if t is not None and t.strip()]
     out.counts["empty_texts"] = len(rows) - len(valid)
     sentences = splitter.split([t for _, _, t in valid]) if valid else []
     for (row, name, _), sentence in zip(valid, sentences):
-        mlm_words = [i for i in sentence.eligible if spec is not None and len(sentence.pieces[i]) == 1]
-        out.units.append(Unit(row, name, sentence, mlm_words))
-        if spec is not None:
-            for request in build_requests(sentence, mlm_words, spec):
-                out.requests.append((len(out.units) - 1, request))
-                out.counts["truncated_contexts"] += request.truncated
+        _add_unit(out, Unit(row, name, sentence, []), spec)
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def _prepare_tagged_part(rows: list[tuple[int, list[str] | None, list[str] | None]]) -> Prepared:
+    """Tagged rows: the tokens are the words (never re-split), only words tagged O are eligible, the masked LM's
+    context is built from the tokens' pieces (worker side). A row without tokens, or whose tags do not match
+    them one to one, is left as it is and counted."""
+    start = time.perf_counter()
+    splitter, spec, _ = worker_state()
+    out = Prepared(counts=dict.fromkeys(("empty_texts", "misaligned_rows", "truncated_contexts", "entity_words",
+                                         "mentions"), 0))
+    valid = [(r, tokens, tags) for r, tokens, tags in rows if tokens and tags is not None and len(tags) == len(tokens)]
+    out.counts["empty_texts"] = sum(not tokens for _, tokens, _ in rows)
+    out.counts["misaligned_rows"] = len(rows) - len(valid) - out.counts["empty_texts"]
+    sentences = splitter.split_tokens([tokens for _, tokens, _ in valid]) if valid else []
+    for (row, _, tags), sentence in zip(valid, sentences):
+        sentence.eligible = [i for i in sentence.eligible if tags[i] == OUTSIDE]
+        mentions = find_mentions(tags)
+        out.counts["entity_words"] += sum(tag != OUTSIDE for tag in tags)
+        out.counts["mentions"] += len(mentions)
+        _add_unit(out, Unit(row, TOKENS, sentence, [], tags, mentions), spec)
     out.seconds = time.perf_counter() - start
     return out
 
@@ -99,8 +139,11 @@ def _prepare_part(rows: list[tuple[int, str, str | None]]) -> Prepared:
 def _sample_part(units: list[Unit], candidates: list[list[list[str]]], row_ids: list[int],
                  spec: SampleSpec) -> Sampled:
     """The augmented texts of each unit with the words each changed per candidate source (worker side)."""
+    if spec.tagging:
+        return _sample_tagged_part(units, candidates, row_ids, spec)
     start = time.perf_counter()
-    copies, counts = [], {"replacements": 0, "mlm_replacements": 0, "duplicates_dropped": 0}
+    copies: list[Copies | list[TaggedCopy]] = []
+    counts = {"replacements": 0, "mlm_replacements": 0, "duplicates_dropped": 0}
     for unit, cands in zip(units, candidates):
         rng = row_rng(spec.seed, row_ids[unit.row], unit.field)
         mlm_words = set(unit.mlm_words)
@@ -113,14 +156,35 @@ def _sample_part(units: list[Unit], candidates: list[list[list[str]]], row_ids: 
     return Sampled(copies, counts, time.perf_counter() - start)
 
 
+def _sample_tagged_part(units: list[Unit], candidates: list[list[list[str]]], row_ids: list[int],
+                        spec: SampleSpec) -> Sampled:
+    """The copies of each tagged unit (O words replaced, mentions swapped: ``augment.tagging``) (worker side)."""
+    start = time.perf_counter()
+    pool = worker_state()[2]
+    copies: list[Copies | list[TaggedCopy]] = []
+    counts = dict.fromkeys(("replacements", "mlm_replacements", "mentions_replaced", "duplicates_dropped"), 0)
+    for unit, cands in zip(units, candidates):
+        row_id = row_ids[unit.row]
+        mention = MentionDraws(unit.mentions, pool, spec.mention_prob,
+                               row_rng(spec.seed, row_id, f"{unit.field}/mentions") if spec.mention_prob else None)
+        mlm_words = set(unit.mlm_words)
+        made, c = augment_tagged(unit.sentence, unit.tags or [], cands, spec.rounds, spec.p,
+                                 row_rng(spec.seed, row_id, unit.field),
+                                 [i in mlm_words for i in unit.sentence.eligible], mention)
+        copies.append(made)
+        for key in counts:
+            counts[key] += getattr(c, key)
+    return Sampled(copies, counts, time.perf_counter() - start)
+
+
 class Executor(WorkerPool):
     """Augment's worker pool: ``workers`` helper processes for preparation and sampling (0: none, the parts run in
     this process), each holding the word splitter and the masked-LM input spec; results in submission order."""
 
-    def __init__(self, workers: int, tokenizer: Any, spec: InputSpec | None):
+    def __init__(self, workers: int, tokenizer: Any, spec: InputSpec | None, mentions: MentionPool | None = None):
         if workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        super().__init__(workers, init=_worker_tools, init_args=(tokenizer, spec))
+        super().__init__(workers, init=_worker_tools, init_args=(tokenizer, spec, mentions))
 
     @property
     def parts(self) -> int:
@@ -147,6 +211,8 @@ class Setup:
     mlm_identity: dict[str, Any] | None
     vectors: VectorSource
     recorded: dict[str, Any]
+    tagging: bool = False                       # a token-classification version: words = its tokens
+    mentions: MentionPool | None = None         # its mentions, when mention replacement is on (read by _write)
 
 
 @dataclass
@@ -189,8 +255,13 @@ def load_models(setup: Setup) -> Models:
 
 
 # ---- the stages of one chunk -----------------------------------------------------------------------------
-def submit_prepare(table: pa.Table, fields: list[str], executor: Executor) -> Callable[[], list[Prepared]]:
-    """Start splitting and routing the chunk's texts; returns the collector of the parts."""
+def submit_prepare(table: pa.Table, fields: list[str], executor: Executor,
+                   tagging: bool) -> Callable[[], list[Prepared]]:
+    """Start splitting and routing the chunk's texts (``tagging``: its token lists); returns the collector of the
+    parts."""
+    if tagging:
+        tagged = list(zip(range(table.num_rows), table.column(TOKENS).to_pylist(), table.column(TAGS).to_pylist()))
+        return executor.submit(_prepare_tagged_part, [(tagged[s],) for s in _slices(len(tagged), executor.parts)])
     texts = {f: table.column(f).to_pylist() for f in fields}
     rows = [(r, f, texts[f][r] if isinstance(texts[f][r], str) else None)
             for r in range(table.num_rows) for f in fields]
@@ -251,24 +322,26 @@ def submit_sample(prepared: Prepared, cands: list[list[list[str]]], row_ids: lis
 
 
 def assemble(table: pa.Table, fields: list[str], prepared: Prepared, parts: list[Sampled], row_ids: list[int],
-             output: ChunkOutput) -> ChunkOutput:
+             output: ChunkOutput, tagging: bool) -> ChunkOutput:
     """The chunk's ``output`` completed: its table (rows not yet numbered), the sampling counts and seconds, and
     ``output_rows``."""
     for part in parts:
         output.add(accounting=part.counts, timing={"sampling_s": part.seconds})
-    output.table = output_table(table, fields, prepared.units, [c for part in parts for c in part.copies], row_ids)
+    copies = [c for part in parts for c in part.copies]
+    output.table = tagged_output_table(table, prepared.units, copies, row_ids) if tagging else \
+        output_table(table, fields, prepared.units, copies, row_ids)
     output.accounting["output_rows"] = output.table.num_rows
     return output
 
 
 def augment_chunk(index: int, table: pa.Table, row_ids: list[int], fields: list[str], models: Models,
-                  config: AugmentConfig, executor: Executor) -> ChunkOutput:
+                  config: AugmentConfig, executor: Executor, tagging: bool) -> ChunkOutput:
     """Chunk ``index``'s output (rows not yet numbered), its stages run one after the other."""
     output = ChunkOutput(index, accounting={"input_rows": table.num_rows})
-    prepared = merge_prepared(submit_prepare(table, fields, executor)(), output)
+    prepared = merge_prepared(submit_prepare(table, fields, executor, tagging)(), output)
     cands = candidates(prepared, models, config, output)
-    parts = submit_sample(prepared, cands, row_ids, SampleSpec.of(config), executor)()
-    return assemble(table, fields, prepared, parts, row_ids, output)
+    parts = submit_sample(prepared, cands, row_ids, SampleSpec.of(config, tagging), executor)()
+    return assemble(table, fields, prepared, parts, row_ids, output, tagging)
 
 
 # ---- tables ----------------------------------------------------------------------------------------------
@@ -310,10 +383,51 @@ def output_table(table: pa.Table, fields: list[str], units: list[Unit], copies: 
         column_type = column_type if pa.types.is_string(column_type) or pa.types.is_large_string(column_type) \
             else pa.string()
         out = out.set_column(out.schema.get_field_index(f), f, pa.array(values[f], column_type))
+    return _with_record(out, [ids[r] for r in take], aug_field, aug_copy, changed)
+
+
+def _with_record(out: pa.Table, source_ids: list[int], aug_field: list[str | None], aug_copy: list[int],
+                 changed: list[tuple[int, int]]) -> pa.Table:
+    """``out`` without ``row_id`` and with each row's record: its source row, the field changed, the copy number
+    and the words it changed with each candidate source."""
     if "row_id" in out.column_names:
         out = out.drop_columns(["row_id"])
-    return (out.append_column("source_row_id", pa.array([ids[r] for r in take], pa.int64()))
+    return (out.append_column("source_row_id", pa.array(source_ids, pa.int64()))
             .append_column("aug_field", pa.array(aug_field, pa.string()))
             .append_column("aug_copy", pa.array(aug_copy, pa.int32()))
             .append_column("aug_mlm_words", pa.array([mlm for mlm, _ in changed], pa.int32()))
             .append_column("aug_vector_words", pa.array([vectors for _, vectors in changed], pa.int32())))
+
+
+def tagged_output_table(table: pa.Table, units: list[Unit], copies: list[Any], ids: list[int]) -> pa.Table:
+    """A tagged chunk's rows: each original (aug_copy 0) followed by its copies, whose ``tokens`` and ``tags``
+    are the copy's and ``text`` its tokens joined by spaces (other columns carried); the record columns of
+    ``output_table`` (``aug_field`` "tokens") plus ``aug_mentions`` (mentions swapped) and ``aug_word_source``
+    (per word, the index of the original word it stands for, -1 inside a swapped-in mention; originals:
+    0 .. n-1)."""
+    made: dict[int, list[TaggedCopy]] = {unit.row: c for unit, c in zip(units, copies)}
+    columns = {name: table.column(name).to_pylist() for name in (TOKENS, TAGS)}
+    columns["text"] = table.column("text").to_pylist() if "text" in table.column_names else \
+        [None if t is None else " ".join(t) for t in columns[TOKENS]]
+    take, aug_copy, changed, mentions, sources = [], [], [], [], []
+    values: dict[str, list[Any]] = {name: [] for name in columns}
+    for r in range(table.num_rows):
+        identity = list(range(len(columns[TOKENS][r] or [])))
+        for c, copy in enumerate([TaggedCopy(columns[TOKENS][r], None, None, (0, 0), 0), *made.get(r, [])]):
+            take.append(r)
+            aug_copy.append(c)
+            changed.append(copy.changed)
+            mentions.append(copy.mentions)
+            sources.append(identity if copy.word_source is None else copy.word_source)
+            values[TOKENS].append(copy.words)
+            values[TAGS].append(columns[TAGS][r] if copy.tags is None else copy.tags)
+            values["text"].append(columns["text"][r] if c == 0 else " ".join(copy.words))
+    out = table.take(pa.array(take, pa.int64()))
+    for name, column in values.items():
+        column_type = table.schema.field(name).type if name in table.column_names else pa.string()
+        array = pa.array(column, column_type)
+        out = out.set_column(out.schema.get_field_index(name), name, array) if name in out.column_names else \
+            out.append_column(name, array)
+    out = _with_record(out, [ids[r] for r in take], [TOKENS if c else None for c in aug_copy], aug_copy, changed)
+    return (out.append_column("aug_mentions", pa.array(mentions, pa.int32()))
+            .append_column("aug_word_source", pa.array(sources, pa.list_(pa.int32()))))

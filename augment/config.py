@@ -33,6 +33,9 @@ class AugmentConfig(Options):
                                                            "30).")
     top_k: int = option(15, ge=1, le=1024, help="Candidates K per word (kept for every masked word of a chunk).")
     replace_prob: float = option(0.4, ge=0.0, le=1.0, help="Replacement probability p per eligible word.")
+    mention_replace_prob: float = option(0.0, ge=0.0, le=1.0, help="Token-classification versions: probability "
+                                         "that each entity mention of a copy is swapped for another mention of "
+                                         "its type from the version, tags rebuilt (Dai & Adel 2020; 0 = off).")
     glove_vocab_limit: int = option(100_000, ge=2, le=10_000_000,
                                     help="Neighbours among the first V words of the vectors.")
     input_mode: str = option("pair", choices=INPUT_MODES, help="pair: [CLS] masked [SEP] original [SEP] "

@@ -114,7 +114,7 @@ class ChunkAugmenter:
             setup = dataclasses.replace(setup, device="cuda")
         self.setup, self.shards, self.total_rows = setup, shards, total_rows
         self.models = load_models(setup)
-        self.executor = Executor(0, self.models.tokenizer, self.models.spec)
+        self.executor = Executor(0, self.models.tokenizer, self.models.spec, setup.mentions)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         config = self.setup.config
@@ -124,7 +124,7 @@ class ChunkAugmenter:
             table = read_rows(self.shards, start, _input_rows(index, config.chunk_rows, self.total_rows))
             before = self._stats()
             output = augment_chunk(index, table, row_ids(table, start), self.setup.fields, self.models, config,
-                                   self.executor)
+                                   self.executor, self.setup.tagging)
             output.stats = {name: {k: v - before[name][k] for k, v in values.items()}
                             for name, values in self._stats().items()}
             outputs.append(pickle.dumps(output, protocol=5))

@@ -77,6 +77,29 @@ class WordSplitter:
         sentence.eligible = [i for i, word in enumerate(sentence.words) if is_eligible(word)]
         return sentence
 
+    def split_tokens(self, token_lists: Sequence[Sequence[str]]) -> list[SentenceWords]:
+        """Tagging data: each given token is one word, never re-split (its WordPieces may be several); ``text``
+        is the tokens joined by single spaces, each word's span its token's there, and ``eligible`` every word
+        the reference's test admits (the caller narrows it by tag). A token that normalises to nothing is a word
+        without pieces, never eligible. One Rust call for the batch."""
+        encodings = self.tokenizer([list(t) for t in token_lists], is_split_into_words=True,
+                                   add_special_tokens=False).encodings
+        return [self._token_words(list(tokens), enc) for tokens, enc in zip(token_lists, encodings)]
+
+    def _token_words(self, tokens: list[str], enc: Any) -> SentenceWords:
+        sentence = SentenceWords(" ".join(tokens), words=[""] * len(tokens), pieces=[[] for _ in tokens])
+        for token_id, token, word_id in zip(enc.ids, enc.tokens, enc.word_ids):
+            sentence.pieces[word_id].append(token_id)
+            sentence.words[word_id] += token[2:] if token.startswith("##") else token
+        start = 0
+        for index, token in enumerate(tokens):
+            sentence.spans.append((start, start + len(token)))
+            start += len(token) + 1
+            if self.unk_id in sentence.pieces[index]:     # [UNK] hides the word: normalise the token instead
+                sentence.words[index] = self.normalizer.normalize_str(token) if self.normalizer else token
+        sentence.eligible = [i for i, word in enumerate(sentence.words) if is_eligible(word)]
+        return sentence
+
 
 def apply_case(candidate: str, surface: str) -> str:
     """Give ``candidate`` the casing pattern of the original ``surface`` word (upper, capitalised or as is)."""
