@@ -1,5 +1,9 @@
 """Python API: fine-tune a teacher, general and task distillation, evaluation of a saved model.
 
+Sequence classification (and regression) and token classification (a version with ``tokens`` and ``tags``: a
+token head, labels per piece, entity-level scores) share every mode; the label kwargs of a run say which
+(``models.token_classifier``).
+
 Each training mode is a ``RunSpec`` (``distill.train_run``): fine-tuning and TinyBERT-objective distillation
 here, masked-LM training and DistilBERT's general distillation in ``distill.mlm``."""
 from __future__ import annotations
@@ -22,12 +26,13 @@ from distill.config import (
     check_batch_tokens,
     stage_config,
 )
-from distill.data import LOGITS, ShardStream, make_loader
+from distill.data import LOGITS, TAGS, TOKENS, WORD_IDS, Collator, ShardStream, make_loader, to_tensors
 from distill.matches import Match, MatchSet, default_matches
 from distill.metrics import classification_metrics, regression_metrics
 from distill.mlm import distil_masked_lm
 from distill.objective import Objective
 from distill.runs import TrainedModel, record_evaluation
+from distill.tagging import OUTSIDE_TAG, entity_scores, word_predictions
 from distill.train_run import Built, RunSpec, train_run
 from distill.trainer import EvalFn, Runtime, setup_runtime, to_device
 from pipelines.errors import DistilleryError
@@ -36,8 +41,12 @@ from pipelines.store import Store
 
 # ---- labels ------------------------------------------------------------------------------------------
 def label_kwargs(store: Store, ref: str, cfg: TrainConfig) -> dict[str, Any]:
-    """num_labels / id2label / label2id / problem_type for a model trained on ``ref`` (empty: no labels)."""
-    stats = store.manifest(ref)["stats"]
+    """num_labels / id2label / label2id / problem_type for a model trained on ``ref`` (empty: no labels); for token
+    classification (``task``, or ``auto`` and a ``tags`` column) those of a token classifier (``tag_kwargs``)."""
+    manifest = store.manifest(ref)
+    if cfg.task == "token-classification" or (cfg.task == "auto" and _has_tags(manifest)):
+        return tag_kwargs(ref, manifest, cfg)
+    stats = manifest["stats"]
     regression = cfg.task == "regression" or (cfg.task == "auto" and "label_values" in stats)
     if regression:
         return {"num_labels": 1, "problem_type": "regression"}
@@ -49,12 +58,36 @@ def label_kwargs(store: Store, ref: str, cfg: TrainConfig) -> dict[str, Any]:
     if not cfg.labels and stats.get("num_labels", len(labels)) > len(labels):
         raise DistilleryError(f"version {ref} has {stats['num_labels']} labels but its manifest lists only "
                               f"{len(labels)}; give the vocabulary explicitly with `labels`")
+    return {**_vocabulary(labels), "problem_type": "single_label_classification"}
+
+
+def _vocabulary(labels: list[str]) -> dict[str, Any]:
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)}, "problem_type": "single_label_classification"}
+            "label2id": {label: i for i, label in enumerate(labels)}}
+
+
+def _has_tags(manifest: dict[str, Any]) -> bool:
+    return TAGS in {f["name"] for f in manifest["schema"]}
+
+
+def tag_kwargs(ref: str, manifest: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """The label kwargs of a token classifier trained on the tagging version ``ref``: its tag vocabulary (the
+    sorted ``tag_counts`` of its manifest, or ``cfg.labels``) and the token-classifier marker (``architectures``,
+    which saving replaces with the model's own class)."""
+    if not _has_tags(manifest):
+        raise DistilleryError(f"version {ref} has no '{TAGS}' column to train a token classifier on")
+    tags = [str(x) for x in cfg.labels] or sorted(manifest["stats"].get("tag_counts", {}))
+    if not tags:
+        raise DistilleryError(f"version {ref} records no tags (stats.tag_counts); give the tag vocabulary with "
+                              f"`labels`")
+    return {**_vocabulary(tags), "architectures": [models.TOKEN_HEAD]}
 
 
 def model_labels(config: Any) -> dict[str, Any]:
-    """The label kwargs a saved model carries."""
+    """The label kwargs a saved model carries (a token classifier's with its ``architectures``)."""
+    if models.token_classifier(config):
+        tags = [str(v) for _, v in sorted((int(k), v) for k, v in config.id2label.items())]
+        return {**_vocabulary(tags), "architectures": list(config.architectures)}
     if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
         return {"num_labels": 1, "problem_type": "regression"}
     id2label = {int(k): str(v) for k, v in config.id2label.items()}
@@ -64,6 +97,10 @@ def model_labels(config: Any) -> dict[str, Any]:
 
 def _is_regression(labels: dict[str, Any]) -> bool:
     return labels.get("problem_type") == "regression"
+
+
+def _is_tagging(labels: dict[str, Any]) -> bool:
+    return models.token_classifier(labels)
 
 
 def _label_order(id2label: Any) -> list[str] | None:
@@ -95,7 +132,11 @@ def make_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig,
                                   max_seq_length=cfg.max_seq_length, seed=cfg.seed, shuffle=shuffle,
                                   shuffle_buffer=cfg.shuffle_buffer, group_batches=cfg.group_batches,
                                   label2id=labels.get("label2id"), regression=_is_regression(labels),
+                                  tagging=_is_tagging(labels), label_all_pieces=cfg.label_all_pieces,
                                   rank=runtime.rank, world_size=runtime.world_size)
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @torch.no_grad()
@@ -115,7 +156,7 @@ def classifier_scores(model: nn.Module, stream: ShardStream, device: torch.devic
     for batch in make_loader(stream, num_workers):
         if "labels" not in batch:
             raise DistilleryError("the evaluation version has no 'label' column")
-        inputs = to_device({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, device)
+        inputs = to_device({k: batch[k] for k in MODEL_INPUTS}, device)
         logits = model(**inputs).logits.float().cpu()
         labels = batch["labels"]
         rows += len(labels)
@@ -137,10 +178,43 @@ def classifier_scores(model: nn.Module, stream: ShardStream, device: torch.devic
     return {**scores, "rows": rows, "unknown_labels": unknown, "max_seq_length": stream.collate.max_seq_length}
 
 
+@torch.no_grad()
+def tagger_scores(model: nn.Module, store: Store, ref: str, tokenizer: str | Path, max_seq_length: int,
+                  device: torch.device, strict: bool = False, batch_size: int = 64) -> dict[str, Any]:
+    """Entity-level precision / recall / F1 (seqeval, micro and ``per_type``; ``strict``: its strict IOB2 mode) and
+    token accuracy of a token classifier on every word of the tagging version ``ref``, with ``rows``,
+    ``words_beyond_window`` (words the ``max_seq_length`` window cut off: each is predicted O) and
+    ``max_seq_length``. A word is predicted by its first piece; a gold tag the model does not know is an error
+    (``unknown_tag_words``; ``tagging.entity_scores``). The main metric, ``f1``, comes first."""
+    if not _has_tags(store.manifest(ref)):
+        raise DistilleryError(f"the evaluation version {ref} has no '{TAGS}' column")
+    was_training = model.training
+    model.eval()
+    id2label = model_labels(model.config)["id2label"]
+    collate = Collator(tokenizer, max_seq_length, tagging=True)
+    gold, predicted, beyond = [], [], 0
+    for table in store.iter_batches(ref, columns=[TOKENS, TAGS], batch_size=batch_size):
+        rows = table.to_pylist()
+        collate.encode(rows)
+        inputs = to_device({k: v for k, v in to_tensors(collate(rows)).items() if k in MODEL_INPUTS}, device)
+        for row, pieces in zip(rows, model(**inputs).logits.argmax(-1).cpu().tolist()):
+            words, cut = word_predictions(pieces, row[WORD_IDS], len(row[TOKENS] or []), -1)
+            gold.append([str(tag) for tag in row[TAGS] or []])
+            predicted.append([id2label.get(i, OUTSIDE_TAG) for i in words])
+            beyond += cut
+    model.train(was_training)
+    try:
+        scores = entity_scores(gold, predicted, strict, known_tags=set(id2label.values()))
+    except ValueError as exc:
+        raise DistilleryError(f"cannot score the tags of {ref}: {exc}") from None
+    return {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"], **scores,
+            "rows": len(gold), "words_beyond_window": beyond, "max_seq_length": max_seq_length}
+
+
 def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConfig | None = None) -> dict[str, Any]:
-    """accuracy / macro-F1 / Matthews (classification) or Pearson / Spearman (regression) of a saved model on a
-    version (``classifier_scores``), added to its card's evaluations; at the sequence length it was trained at
-    unless ``config.max_seq_length`` says otherwise."""
+    """accuracy / macro-F1 / Matthews (classification), Pearson / Spearman (regression) or entity F1 (token
+    classification) of a saved model on a version (``classifier_scores``, ``tagger_scores``), added to its card's
+    evaluations; at the sequence length it was trained at unless ``config.max_seq_length`` says otherwise."""
     config = config or EvaluateConfig()
     model_dir = models.saved_model_dir(model_dir)
     length = model_seq_length(model_dir, config.max_seq_length)
@@ -149,17 +223,22 @@ def evaluate(store: Store, ref: str, model_dir: str | Path, config: EvaluateConf
     runtime = setup_runtime(TrainConfig(device=config.device, num_workers=0))
     model = models.load_saved_classifier(model_dir).to(runtime.device)
     labels = model_labels(model.config)
-    cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=length)
-    stream = make_stream(store, ref, model_dir, cfg, labels, shuffle=False)
-    scores = {"version_id": store.resolve(ref), **classifier_scores(model, stream, runtime.device)}
+    if _is_tagging(labels):
+        found = tagger_scores(model, store, ref, model_dir, length, runtime.device, config.strict, config.batch_size)
+    else:
+        cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=length)
+        found = classifier_scores(model, make_stream(store, ref, model_dir, cfg, labels, shuffle=False),
+                                  runtime.device)
+    scores = {"version_id": store.resolve(ref), **found}
     record_evaluation(Path(model_dir), store.manifest(ref), scores)
     return scores
 
 
 @dataclass
 class ClassifierRows:
-    """Rows for a sequence classifier or regressor, their gold labels mapped by name to its outputs; ``labels``:
-    the model's label kwargs ({}: plain text for a model without a prediction layer, nothing to score)."""
+    """Rows for a sequence classifier or regressor, or a token classifier, their gold labels mapped by name to its
+    outputs; ``labels``: the model's label kwargs ({}: plain text for a model without a prediction layer, nothing to
+    score)."""
 
     labels: dict[str, Any]
 
@@ -168,10 +247,13 @@ class ClassifierRows:
         return make_stream(store, ref, tokenizer, cfg, self.labels, runtime)
 
     def eval_fn(self, store: Store, cfg: TrainConfig, tokenizer: str | Path, runtime: Runtime) -> EvalFn | None:
-        """The student's ``classifier_scores`` on ``cfg.eval_ref`` at the run's length, over the whole version (no
-        runtime given to the stream: rank 0 evaluates alone, never only its share of the rows)."""
+        """The student's ``classifier_scores`` (``tagger_scores``) on ``cfg.eval_ref`` at the run's length, over the
+        whole version (no runtime given to the stream: rank 0 evaluates alone, never only its share of the rows)."""
         if not cfg.eval_ref or not self.labels:
             return None
+        if _is_tagging(self.labels):
+            return lambda objective: tagger_scores(objective.student, store, cfg.eval_ref, tokenizer,
+                                                   cfg.max_seq_length, runtime.device)
         stream = make_stream(store, cfg.eval_ref, tokenizer, cfg, self.labels, shuffle=False, batch_size=64)
         return lambda objective: classifier_scores(objective.student, stream, runtime.device)
 
@@ -186,7 +268,8 @@ class FinetuneRun(RunSpec):
     def build(self, runtime: Runtime) -> Built:
         model = models.load_classifier(self.base, self.rows.labels)
         hidden = model.config.hidden_size
-        matches = MatchSet([Match("labels", "hard")], hidden, hidden, _is_regression(self.rows.labels))
+        labels = self.rows.labels
+        matches = MatchSet([Match("labels", "hard")], hidden, hidden, _is_regression(labels), _is_tagging(labels))
         return Built(Objective(model, matches), model, self.base)
 
 
@@ -217,11 +300,13 @@ def build_matches(cfg: DistillConfig, student_layers: int, teacher_layers: int, 
 
 
 def teacher_labels(teacher: str) -> dict[str, Any]:
-    """The label kwargs of a fine-tuned sequence-classifier teacher; any other teacher is refused in one line."""
+    """The label kwargs of a fine-tuned sequence- or token-classifier teacher; any other teacher is refused in one
+    line."""
     config = models.load_config(teacher)
-    if not any("ForSequenceClassification" in a for a in config.architectures or []):
-        raise DistilleryError(f"teacher {teacher} is not a fine-tuned sequence classifier (architectures: "
-                              f"{config.architectures}); make one with `distillery distill finetune`")
+    heads = ("ForSequenceClassification", models.TOKEN_HEAD)
+    if not any(head in a for a in config.architectures or [] for head in heads):
+        raise DistilleryError(f"teacher {teacher} is not a fine-tuned sequence classifier or token classifier "
+                              f"(architectures: {config.architectures}); make one with `distillery distill finetune`")
     return model_labels(config)
 
 
@@ -248,7 +333,7 @@ class TinyBertRun(RunSpec):
             raise DistilleryError("general distillation has no prediction layer: use only embedding / hidden / "
                                   "attention matches (prediction, kl and hard weights must be 0)")
         match_set = MatchSet(matches, models.hidden_size(student), models.hidden_size(teacher_config),
-                             _is_regression(labels))
+                             _is_regression(labels), _is_tagging(labels))
         self._check_student(student, match_set, teacher_config)
         return Built(Objective(student, match_set, teacher), student, tokenizer,
                      {"matches": [m.to_dict() for m in matches]})
@@ -257,6 +342,9 @@ class TinyBertRun(RunSpec):
         """The student and the tokenizer of its rows."""
         labels = self.rows.labels
         if self.base in students.STUDENTS:
+            if _is_tagging(labels):
+                raise DistilleryError(f"a {self.base} student does not tag words yet: distil a token classifier into "
+                                      f"a BERT student (a preset or a saved model)")
             texts = students.version_texts(self.store.shard_paths(self.train_ref))
             return models.build_sequence_student(self.config, self.base, self.teacher, teacher_config, labels, texts,
                                                  self.output_dir / "words")
@@ -286,6 +374,9 @@ def tinybert_run(store: Store, train_ref: str, cfg: DistillConfig, output_dir: P
     models.check_against_model(teacher, "teacher", cfg.max_seq_length)
     models.check_against_model(student, "student", cfg.max_seq_length)
     labels = {} if mode == "general" else teacher_labels(teacher)
+    if _is_tagging(labels) and not _has_tags(store.manifest(train_ref)):
+        raise DistilleryError(f"teacher {teacher} is a token classifier but version {train_ref} has no '{TAGS}' "
+                              f"column (words and tags) to distil it on")
     return TinyBertRun(mode=mode, title=mode, store=store, train_ref=train_ref, config=cfg, output_dir=output_dir,
                        base=student, teacher=teacher, rows=ClassifierRows(labels), live_teacher=live_teacher,
                        model_dir=model_dir, card_config=card_config)

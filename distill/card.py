@@ -9,6 +9,8 @@ import yaml
 from transformers import AutoConfig
 
 from distill import students
+from distill.models import token_classifier
+from distill.tagging import entity_report
 from pipelines.atomic import write_bytes_atomic
 from pipelines.cards import card_licence
 from pipelines.confine import is_regular, read_own_json
@@ -55,6 +57,8 @@ def _task(config: Any) -> tuple[str, str]:
     """(pipeline tag, a few words on the task) of a model config."""
     if any(a.endswith("ForMaskedLM") for a in config.architectures or []):
         return "fill-mask", "masked-language modelling"
+    if token_classifier(config):
+        return "token-classification", f"token classification, {config.num_labels} tags"
     if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
         return "text-classification", "regression"
     return "text-classification", f"text classification, {config.num_labels} labels"
@@ -155,8 +159,12 @@ def _score_lines(scores: dict[str, Any], data: list[dict[str, Any]]) -> list[str
     lines = ["", f"## Scores{f' on {eval_name}' if eval_name else ''}", ""]
     if not scores:
         return lines + ["(no evaluation version was given)"]
-    return lines + ["| metric | value |", "|---|---|",
-                    *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scores.items()]]
+    lines += ["| metric | value |", "|---|---|",
+              *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scores.items()
+                if not isinstance(v, dict)]]
+    if isinstance(scores.get("per_type"), dict):          # token classification: the entities per type
+        lines += ["", f"Entities per type ({scores.get('mode', 'default')} mode):", "", entity_report(scores)]
+    return lines
 
 
 def _evaluation_lines(evaluations: dict[str, Any]) -> list[str]:

@@ -70,8 +70,10 @@ class TrainConfig(Options):
                                                                            "non-finite loss.")
     labels: list[str | int] = option(default_factory=list, help="Label vocabulary (default: the training version's "
                                                           "labels).")
-    task: str = option("auto", choices=("auto", "classification", "regression"),
-                       help="auto: float labels mean regression.")
+    task: str = option("auto", choices=("auto", "classification", "regression", "token-classification"),
+                       help="auto: float labels mean regression, a tags column token classification.")
+    label_all_pieces: bool = option(False, help="Token classification: label every piece of a word (default: its "
+                                                "first piece only, -100 on the others).")
 
     def check(self) -> None:
         check_device(self.device)
@@ -213,6 +215,9 @@ class ModelPassConfig(Options):
 @dataclass
 class EvaluateConfig(ModelPassConfig):
     """Scoring a saved classifier on a version."""
+
+    strict: bool = option(False, help="Token classification: entities in seqeval's strict IOB2 mode (default: as "
+                                      "conlleval, an I-X after O starts an entity).")
 
 
 @dataclass

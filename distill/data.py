@@ -11,6 +11,12 @@ Usable on its own by any PyTorch trainer::
             ...                                     # dict of tensors: input_ids, attention_mask, token_type_ids,
                                                     # labels, row_id (and teacher_logits when the version has them)
 
+A token-classification version (``tokens`` and ``tags`` columns) streamed with ``tagging=True`` (``from_store``'s
+default for such a version, with its tag vocabulary) is tokenised from its words (``is_split_into_words``) and its
+``labels`` are per piece: the word's tag id on its first piece, -100 on the other pieces (unless
+``label_all_pieces``), on special tokens, on padding and for tags outside ``label2id``, exactly where Hugging Face's
+``DataCollatorForTokenClassification`` puts them.
+
 (``EpochLoaders`` does the same while opening the next epoch's loader early, so its workers fill their shuffle
 buffer in the background; the trainer uses it.)
 
@@ -50,6 +56,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from distill.tagging import piece_labels
 from pipelines.errors import DistilleryError
 
 if TYPE_CHECKING:
@@ -57,6 +64,8 @@ if TYPE_CHECKING:
 
 IGNORE_LABEL = -100
 TEXT, PAIR, LABEL, ROW_ID, LOGITS = "text", "text_pair", "label", "row_id", "teacher_logits"
+TOKENS, TAGS = "tokens", "tags"         # the columns of a token-classification version
+WORD_IDS = "word_ids"                   # an encoded tagging row's word of each piece (None: a special token)
 
 
 @dataclass
@@ -69,14 +78,18 @@ class StreamState:
 
 
 class Collator:
-    """Tokenises rows and pads them into batch tensors; the tokenizer is loaded lazily (once per worker)."""
+    """Tokenises rows and pads them into batch tensors; the tokenizer is loaded lazily (once per worker).
+    ``tagging``: rows are words with tags (token classification), labelled per piece (``label_all_pieces``: every
+    piece of a word, not only its first)."""
 
     def __init__(self, tokenizer: str | Path, max_seq_length: int = 128, label2id: dict[str, int] | None = None,
-                 regression: bool = False):
+                 regression: bool = False, tagging: bool = False, label_all_pieces: bool = False):
         self.tokenizer_path = str(tokenizer)
         self.max_seq_length = max_seq_length
         self.label2id = label2id
         self.regression = regression
+        self.tagging = tagging
+        self.label_all_pieces = label_all_pieces
         self._tokenizer = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -100,13 +113,34 @@ class Collator:
         return self.label2id.get(str(value), IGNORE_LABEL)
 
     def encode(self, rows: list[dict[str, Any]]) -> None:
-        """Tokenise rows in place (adds ``input_ids`` and ``token_type_ids``, truncated, unpadded)."""
+        """Tokenise rows in place (adds ``input_ids`` and ``token_type_ids``, truncated, unpadded; tagging: their
+        words, and ``word_ids``)."""
+        if self.tagging:
+            self._encode_words(rows)
+            return
         texts = [r.get(TEXT) or "" for r in rows]
         pairs = [r.get(PAIR) or "" for r in rows] if rows and PAIR in rows[0] else None
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_seq_length,
                              return_attention_mask=False, return_token_type_ids=True)
         for row, ids, types in zip(rows, enc["input_ids"], enc["token_type_ids"]):
             row["input_ids"], row["token_type_ids"] = ids, types
+
+    def _encode_words(self, rows: list[dict[str, Any]]) -> None:
+        enc = self.tokenizer([r.get(TOKENS) or [] for r in rows], is_split_into_words=True, truncation=True,
+                             max_length=self.max_seq_length, return_attention_mask=False, return_token_type_ids=True)
+        for i, row in enumerate(rows):
+            row["input_ids"], row["token_type_ids"] = enc["input_ids"][i], enc["token_type_ids"][i]
+            row[WORD_IDS] = enc.word_ids(i)
+
+    def piece_labels(self, row: dict[str, Any], width: int) -> np.ndarray:
+        """A tagging row's labels per piece, padded with IGNORE_LABEL to ``width``; a tag outside ``label2id`` is
+        IGNORE_LABEL, and so is every piece of a row without as many tags as words."""
+        tags = row.get(TAGS) or []
+        word_labels = [self.label2id.get(str(tag), IGNORE_LABEL) for tag in tags]
+        word_ids = row[WORD_IDS] if len(tags) == len(row.get(TOKENS) or []) else [None] * len(row[WORD_IDS])
+        labels = np.full(width, IGNORE_LABEL, dtype=np.int64)
+        labels[:len(word_ids)] = piece_labels(word_ids, word_labels, self.label_all_pieces, IGNORE_LABEL)
+        return labels
 
     def __call__(self, rows: Sequence[dict[str, Any]], epoch: int = 0) -> dict[str, np.ndarray]:
         """Pad encoded rows to the longest one: a dict of NumPy arrays (see ``to_tensors``). ``epoch`` is for
@@ -121,7 +155,9 @@ class Collator:
             token_type_ids[i, :n] = row["token_type_ids"]
             attention_mask[i, :n] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        if LABEL in rows[0] and (self.regression or self.label2id is not None):
+        if self.tagging and self.label2id is not None and TAGS in rows[0]:
+            batch["labels"] = np.stack([self.piece_labels(row, width) for row in rows])
+        elif LABEL in rows[0] and (self.regression or self.label2id is not None):
             dtype = np.float32 if self.regression else np.int64
             batch["labels"] = np.array([self.label_id(r[LABEL]) for r in rows], dtype=dtype)
         if ROW_ID in rows[0]:
@@ -147,7 +183,7 @@ class ShardStream(IterableDataset):
                  max_seq_length: int = 128, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
                  group_batches: int = 50, label2id: dict[str, int] | None = None, regression: bool = False,
                  rank: int = 0, world_size: int = 1, num_rows: int | None = None, collator: Collator | None = None,
-                 version: str | None = None):
+                 version: str | None = None, tagging: bool = False, label_all_pieces: bool = False):
         super().__init__()
         if batch_size < 1:
             raise DistilleryError(f"batch_size must be >= 1 (got {batch_size})")
@@ -159,7 +195,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = max(1, shuffle_buffer)
         self.group_batches = max(1, group_batches)
         self.rank, self.world_size = rank, world_size
-        self.collate = collator or Collator(tokenizer, max_seq_length, label2id, regression)
+        self.collate = collator or Collator(tokenizer, max_seq_length, label2id, regression, tagging, label_all_pieces)
         self.num_rows = num_rows if num_rows is not None else sum(pq.ParquetFile(s).metadata.num_rows
                                                                   for s in self.shards)
         self.version = version or _shards_fingerprint(self.shards)
@@ -170,9 +206,17 @@ class ShardStream(IterableDataset):
     @classmethod
     def from_store(cls, store: Store, ref: str, tokenizer: str | Path, **options: Any) -> ShardStream:
         """The stream of ``store``'s version ``ref`` (its shards, row count and id); ``options`` as for the
-        constructor."""
+        constructor. A token-classification version (a ``tags`` column) is streamed with ``tagging`` unless told
+        otherwise, labelled with its tag vocabulary (the sorted tags of its manifest) unless ``label2id`` is given."""
         vid = store.resolve(ref)
-        return cls(store.shard_paths(vid), tokenizer, num_rows=store.manifest(vid)["num_rows"], version=vid,
+        manifest = store.manifest(vid)
+        if options.get("tagging", TAGS in {f["name"] for f in manifest["schema"]}):
+            tags = sorted(manifest["stats"].get("tag_counts", {}))
+            if not tags and not options.get("label2id"):
+                raise DistilleryError(f"version {ref} records no tags (stats.tag_counts): give label2id")
+            options = {**options, "tagging": True,
+                       "label2id": options.get("label2id") or {tag: i for i, tag in enumerate(tags)}}
+        return cls(store.shard_paths(vid), tokenizer, num_rows=manifest["num_rows"], version=vid,
                    **options)
 
     def _read_columns(self) -> list[str]:
@@ -181,7 +225,8 @@ class ShardStream(IterableDataset):
         names = pq.ParquetFile(self.shards[0]).schema_arrow.names
         if TEXT not in names:
             raise DistilleryError(f"{self.shards[0]}: no '{TEXT}' column (columns: {', '.join(names)})")
-        return [c for c in (TEXT, PAIR, LABEL, ROW_ID, LOGITS) if c in names]
+        wanted = (TEXT, PAIR, LABEL, ROW_ID, LOGITS) + ((TOKENS, TAGS) if self.collate.tagging else ())
+        return [c for c in wanted if c in names]
 
     # ---- the global order and the checkpoint protocol ------------------------------------------------
     def set_state(self, epoch: int, position: int = 0) -> None:

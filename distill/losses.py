@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.tagging import IGNORE_INDEX  # a label no loss reads (padding, special tokens, a word's later pieces)
+
 MASKED_SCORE = -1e2  # TinyBERT reference: scores at or below this (masked positions) count as 0
 
 
@@ -43,6 +45,17 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return -(targets * log_probs).sum(dim=-1).mean()
 
 
+def token_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                             temperature: float = 1.0) -> torch.Tensor:
+    """Token classification's prediction loss: ``soft_cross_entropy`` at each position (batch, pieces) whose label
+    is not IGNORE_INDEX (a word's first piece; padding, special tokens and a word's other pieces are left out),
+    averaged over those positions; 0 when there are none."""
+    keep = labels != IGNORE_INDEX
+    if not bool(keep.any()):
+        return student_logits.sum() * 0.0
+    return soft_cross_entropy(student_logits[keep], teacher_logits[keep], temperature)
+
+
 def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """DistilBERT: KL(teacher_T || student_T) * T^2, averaged over the batch."""
     log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
@@ -56,11 +69,12 @@ def logits_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> to
 
 
 def hard_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
-    """Gold-label loss: cross-entropy (unknown labels ignored) or MSE for regression (NaN labels ignored)."""
+    """Gold-label loss: cross-entropy (unknown labels ignored) or MSE for regression (NaN labels ignored); per
+    position for token classification (logits (batch, pieces, labels), labels (batch, pieces))."""
     if regression:
         keep = ~torch.isnan(labels)
         return F.mse_loss(logits.view(-1)[keep].float(), labels[keep].float())
-    return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
 LOSSES = {"attention_mse": attention_mse, "mse": hidden_mse, "cosine": hidden_cosine, "soft_ce": soft_cross_entropy,

@@ -91,7 +91,8 @@ def default_matches(mapping: list[int], *, embedding: float = 0.0, hidden: float
 class MatchSet(nn.Module):
     """The matches plus their learned projections; computes the weighted total loss."""
 
-    def __init__(self, matches: list[Match], student_width: int, teacher_width: int, regression: bool = False):
+    def __init__(self, matches: list[Match], student_width: int, teacher_width: int, regression: bool = False,
+                 tagging: bool = False):
         super().__init__()
         if not matches:
             raise DistilleryError("nothing to distil: every loss weight is 0 and no matches are given")
@@ -100,6 +101,7 @@ class MatchSet(nn.Module):
             raise DistilleryError(f"two matches compare the same student feature with the same loss: {names}")
         self.matches = matches
         self.regression = regression
+        self.tagging = tagging              # token classification: logits per piece, compared at labelled pieces
         unprojected = [m.name for m in matches if m.feature in ("embedding", "hidden") and not m.projection]
         if unprojected and student_width != teacher_width:
             raise DistilleryError(f"matches {unprojected} compare student width {student_width} with teacher width "
@@ -143,6 +145,8 @@ class MatchSet(nn.Module):
             return losses.hard_loss(s.logits, labels, self.regression)
         if m.feature == "logits":
             teacher_logits = batch["teacher_logits"] if t is None or t.logits is None else t.logits
+            if self.tagging:
+                return self._per_token(m, s.logits, teacher_logits, batch["labels"])
             if m.loss == "logits_mse":
                 return losses.logits_mse(s.logits, teacher_logits)
             fn = losses.soft_cross_entropy if m.loss == "soft_ce" else losses.kl_divergence
@@ -156,6 +160,18 @@ class MatchSet(nn.Module):
         if m.loss == "cosine":
             return losses.hidden_cosine(student, teacher, batch["attention_mask"])
         return losses.hidden_mse(student, teacher)
+
+    @staticmethod
+    def _per_token(m: Match, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A logits match of token classification, over the labelled pieces (a word's first piece) only."""
+        if m.loss == "soft_ce":
+            return losses.token_soft_cross_entropy(student, teacher, labels, m.temperature)
+        keep = labels != losses.IGNORE_INDEX
+        if not bool(keep.any()):
+            return student.sum() * 0.0
+        if m.loss == "logits_mse":
+            return losses.logits_mse(student[keep], teacher[keep])
+        return losses.kl_divergence(student[keep], teacher[keep], m.temperature)
 
     def forward(self, s: Features, t: Features | None,
                 batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -21,6 +21,7 @@ from transformers import (
     AutoModel,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     BertConfig,
 )
@@ -39,6 +40,7 @@ PRESETS = {
     "custom": {},
 }
 _SINK = "_distill_scores"
+TOKEN_HEAD = "ForTokenClassification"   # what a token classifier's architectures end with (its marker)
 MAX_STUDENT_PARAMETERS = 1 << 31     # a fresh student this large is no longer a small model (AdamW: ~34 GB)
 
 
@@ -143,11 +145,22 @@ def check_against_model(model: str | Path, what: str, max_seq_length: int, train
         raise DistilleryError(f"train_layers {train_layers} is more than the {layers} layers of {what} '{model}'")
 
 
+def token_classifier(config: Any) -> bool:
+    """Whether a model config, or the label kwargs of a model (``architectures`` among them), is a token
+    classifier's: its architectures say so."""
+    architectures = config.get("architectures") if isinstance(config, dict) else getattr(config, "architectures", None)
+    return any(str(a).endswith(TOKEN_HEAD) for a in architectures or [])
+
+
+def classifier_class(config: Any) -> Any:
+    """The Auto class of a classifier with this config or these label kwargs: token or sequence classification."""
+    return AutoModelForTokenClassification if token_classifier(config) else AutoModelForSequenceClassification
+
+
 def load_classifier(path: str | Path, labels: dict[str, Any]) -> nn.Module:
-    """A sequence classifier from a pre-trained encoder; weights the checkpoint lacks (a new classifier head) are
-    said in one line of ours instead of the library's load report."""
-    model, info = from_pretrained(AutoModelForSequenceClassification, path, "model", output_loading_info=True,
-                                  **labels)
+    """A sequence (or, as ``labels`` say, token) classifier from a pre-trained encoder; weights the checkpoint lacks
+    (a new classifier head) are said in one line of ours instead of the library's load report."""
+    model, info = from_pretrained(classifier_class(labels), path, "model", output_loading_info=True, **labels)
     missing = list(info.get("missing_keys", []))
     head = [k for k in missing if k.startswith("classifier.")]
     if head:
@@ -178,9 +191,10 @@ def load_masked_lm(path: str | Path) -> nn.Module:
 
 
 def load_teacher(path: str | Path, with_head: bool, device: torch.device) -> nn.Module:
-    """A frozen teacher in eval mode (sequence classifier when ``with_head``)."""
+    """A frozen teacher in eval mode (with ``with_head``, the sequence or token classifier its config names)."""
     path = resolve_model(path)
-    model = from_pretrained(AutoModelForSequenceClassification if with_head else AutoModel, path, "teacher")
+    model = from_pretrained(classifier_class(load_config(path, "teacher")) if with_head else AutoModel, path,
+                            "teacher")
     if with_head and not getattr(model.config, "label2id", None):
         raise DistilleryError(f"teacher '{path}' has no classification head labels")
     model.requires_grad_(False)
@@ -229,7 +243,7 @@ def load_student(student: str, teacher_config: Any, overrides: dict[str, int], l
     ``init_from=(teacher, mapping)``, of the teacher's width with its embeddings and layers g(m) copied
     (DistilBERT-style initialisation; the preset then only gives the number of layers, and an explicit
     ``intermediate_size`` below the teacher's keeps each copied layer's most important feed-forward neurons)."""
-    cls = {"classifier": AutoModelForSequenceClassification, "none": AutoModel, "mlm": AutoModelForMaskedLM}[head]
+    cls = {"classifier": classifier_class(labels), "none": AutoModel, "mlm": AutoModelForMaskedLM}[head]
     if student in PRESETS:
         if init_from is not None:
             overrides = {**overrides, **teacher_width(teacher_config, overrides)}
@@ -276,7 +290,7 @@ def build_sequence_student(cfg: DistillConfig, kind: str, teacher_src: str, teac
         pad = vocab[students.PAD]
     else:
         tokenizer = Path(teacher_src)
-        teacher = from_pretrained(AutoModelForSequenceClassification, teacher_src, "teacher")
+        teacher = from_pretrained(classifier_class(teacher_config), teacher_src, "teacher")
         vectors = teacher.get_input_embeddings().weight.detach().clone()
         pad = getattr(teacher_config, "pad_token_id", 0) or 0
     model = bounded(lambda: students.build_student_model(kind, vectors.shape[0], vectors, student_shape(cfg), labels,
@@ -297,10 +311,11 @@ def saved_model_dir(path: str | Path) -> Path:
 
 
 def load_saved_classifier(folder: str | Path) -> nn.Module:
-    """A saved sequence classifier in eval mode: a BERT-family model or a bilstm / textcnn student."""
+    """A saved sequence (or token) classifier in eval mode: a BERT-family model or a bilstm / textcnn student."""
     if students.is_student_folder(folder):
         return students.load_student_model(folder)
-    return from_pretrained(AutoModelForSequenceClassification, folder, "the classifier in").eval()
+    cls = classifier_class(load_config(folder, "the classifier in"))
+    return from_pretrained(cls, folder, "the classifier in").eval()
 
 
 def teacher_width(teacher_config: Any, overrides: dict[str, int]) -> dict[str, int]:
