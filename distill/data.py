@@ -162,9 +162,30 @@ class Collator:
             batch["labels"] = np.array([self.label_id(r[LABEL]) for r in rows], dtype=dtype)
         if ROW_ID in rows[0]:
             batch["row_id"] = np.array([r[ROW_ID] for r in rows], dtype=np.int64)
-        if LOGITS in rows[0]:
+        if LOGITS in rows[0] and self.tagging:
+            batch["teacher_logits"] = self.word_logits(rows, width, batch.get("labels"))
+        elif LOGITS in rows[0]:
             batch["teacher_logits"] = np.array([r[LOGITS] for r in rows], dtype=np.float32)
         return batch
+
+    def word_logits(self, rows: Sequence[dict[str, Any]], width: int, labels: np.ndarray | None) -> np.ndarray:
+        """Cached teacher logits of tagging rows (one row of logits per word, ``distill cache-logits``) placed on
+        the pieces that carry each word's label (its first piece, or all of them with ``label_all_pieces``), so
+        they follow this run's tokenizer whatever the teacher's was. A word the cache has no logits for (beyond
+        the teacher's window) gets IGNORE_LABEL in ``labels``: it is left out of the losses, never matched to
+        zeros."""
+        classes = next((len(r[LOGITS][0]) for r in rows if r[LOGITS]), 1)
+        out = np.zeros((len(rows), width, classes), dtype=np.float32)
+        for i, row in enumerate(rows):
+            cached = np.asarray(row[LOGITS] or np.zeros((0, classes)), dtype=np.float32).reshape(-1, classes)
+            for piece, word in enumerate(row[WORD_IDS]):
+                if word is None:
+                    continue
+                if word < len(cached):
+                    out[i, piece] = cached[word]
+                elif labels is not None:
+                    labels[i, piece] = IGNORE_LABEL
+        return out
 
 
 def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -193,3 +193,22 @@ def test_token_classification_needs_a_tags_column(store, make_version, base, tmp
     with pytest.raises(DistilleryError, match="no 'tags' column"):
         distill.finetune(store, "plain", FinetuneConfig(model=base, task="token-classification", num_workers=0),
                          tmp_path / "ft")
+
+
+def test_cached_word_logits_land_on_each_words_first_piece():
+    """Cached teacher logits are one row per word; the collator places them on this run's first pieces, and a word
+    the cache has no row for (beyond the teacher's window) is left out of the losses (its label -> -100)."""
+    collate = Collator(minilm_path(), 32, {"O": 0, "B-PER": 1, "I-PER": 2}, tagging=True)
+    rows = [{"tokens": ["Zbigniew", "met", "Ann"], "tags": ["B-PER", "O", "B-PER"],
+             "teacher_logits": [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]}]        # no row for the third word
+    collate.encode(rows)
+    batch = collate(rows)
+    word_ids = rows[0]["word_ids"]
+    first = [word_ids.index(w) for w in range(3)]
+    logits, labels = batch["teacher_logits"][0], batch["labels"][0]
+    assert logits.shape == (len(word_ids), 3)
+    assert logits[first[0]].tolist() == [0.0, 1.0, 2.0] and logits[first[1]].tolist() == [3.0, 4.0, 5.0]
+    assert labels[first[0]] == 1 and labels[first[1]] == 0
+    assert labels[first[2]] == -100                  # Ann: no teacher logits cached, left out
+    assert first[1] - first[0] > 1                   # Zbigniew spans several pieces; only its first is labelled
+    assert all(labels[p] == -100 for p in range(first[0] + 1, first[1]))
