@@ -5,6 +5,11 @@ the linear and LSTM layers, read with ``torch.load(weights_only=True)``; ``load_
 quantized model) and ``onnx/model.onnx`` (logits from ``input_ids``, ``attention_mask`` (and ``token_type_ids``),
 any batch size and length; onnxruntime runs it without distillery or torch). Each copy's top-1 agreement with the
 fp32 model and largest logit difference on a version go to ``exports.json`` and the model card.
+
+A token classifier's ONNX graph returns logits per piece (batch x sequence x tags). Its copies are checked per word
+(each word predicted by its first piece; words beyond the window predicted O): ``agreement`` is the share of words
+whose prediction equals the fp32 model's, ``entity_f1_vs_fp32`` the entity F1 of the copy's tags against the fp32
+tags, and, when the check version has tags, ``entity_f1`` (the copy's) and ``fp32_entity_f1`` against them.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from distill import models
 from distill.api import make_stream, model_labels
 from distill.card import CARD_INPUTS, EXPORTS, model_seq_length, write_model_card
 from distill.config import ExportConfig, TrainConfig, check_batch_tokens
-from distill.data import make_loader
+from distill.data import TAGS, TOKENS, WORD_IDS, Collator, make_loader, to_tensors
+from distill.tagging import OUTSIDE_TAG, entity_scores, first_pieces, word_predictions
 from pipelines.atomic import replace_atomic, write_json_atomic
 from pipelines.confine import read_own_json, real_dir
 from pipelines.errors import DistilleryError
@@ -35,6 +41,7 @@ LOAD = {"int8": "int8: `distill.export.load_int8(folder)` (the fp32 model quanti
         "onnx": "onnx: `onnxruntime.InferenceSession('onnx/model.onnx')`, fed the inputs it lists from this folder's "
                 "tokenizer (`AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors='np')`)."}
 Classifier = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+TaggedRows = list[tuple[dict[str, torch.Tensor], list[dict[str, Any]]]]   # a token classifier's check: inputs, rows
 
 
 @contextlib.contextmanager
@@ -79,7 +86,9 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path, o
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")             # plain ops the exporter knows
     wrapper = _Logits(model).eval()                         # eval: no dropout traced into the graph
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {"logits": {0: "batch"}}
+    per_piece = models.token_classifier(getattr(model, "config", {}))
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | \
+        {"logits": {0: "batch", 1: "sequence"} if per_piece else {0: "batch"}}
     real_dir(path.parent, "export folder", create=True, parents=True)
     with _quiet(), torch.no_grad():
         replace_atomic(path, lambda tmp: torch.onnx.export(
@@ -151,9 +160,7 @@ def export_model(store: Store, model_dir: str | Path, config: ExportConfig | Non
         raise DistilleryError(f"{folder}: a regression model has no top-1 prediction to check copies on")
     ref = _check_ref(store, folder, config.check_ref)
     manifest = store.manifest(ref)
-    cfg = TrainConfig(batch_size=config.batch_size, max_seq_length=length)
-    stream = make_stream(store, ref, folder, cfg, model_labels(model.config), shuffle=False)
-    batches = list(make_loader(stream))
+    batches, rows = _check_batches(store, ref, folder, model, length, config.batch_size)
     both = not (config.int8 or config.onnx)
     copies: dict[str, Classifier] = {}
     if config.int8 or both:
@@ -165,7 +172,8 @@ def export_model(store: Store, model_dir: str | Path, config: ExportConfig | Non
         sample = batches[0] if len(batches[0]["input_ids"]) > 1 else _two_rows(batches[0])
         export_onnx(copy.deepcopy(model), sample, folder / ONNX, config.opset)
         copies["onnx"] = onnx_classifier(folder / ONNX)
-    figures = compare(_torch_classifier(model), copies, batches)
+    figures = compare(_torch_classifier(model), copies, batches) if rows is None else \
+        compare_tags(_torch_classifier(model), copies, rows, model_labels(model.config)["id2label"])
     path = folder / EXPORTS
     records = read_own_json(path, {})
     for name, result in figures.items():
@@ -179,6 +187,81 @@ def export_model(store: Store, model_dir: str | Path, config: ExportConfig | Non
     return {"model": str(folder), **{name: records[name] for name in figures}}
 
 
+def _check_batches(store: Store, ref: str, folder: Path, model: nn.Module, length: int,
+                   batch_size: int) -> tuple[list[dict[str, torch.Tensor]], TaggedRows | None]:
+    """The batches of ``ref`` to check the copies on and, for a token classifier, its encoded rows beside them."""
+    if models.token_classifier(model.config):
+        rows = _tagged_rows(store, ref, folder, length, batch_size)
+        return [batch for batch, _ in rows], rows
+    cfg = TrainConfig(batch_size=batch_size, max_seq_length=length)
+    return list(make_loader(make_stream(store, ref, folder, cfg, model_labels(model.config), shuffle=False))), None
+
+
 def _two_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A one-row batch doubled (the exporter would fix a batch axis traced at size 1)."""
     return {k: torch.cat([v, v]) for k, v in batch.items()}
+
+
+# ---- token classification ----------------------------------------------------------------------------------
+def _tagged_rows(store: Store, ref: str, tokenizer: Path, length: int, batch_size: int) -> TaggedRows:
+    """The check version's rows for a token classifier, ``batch_size`` at a time: the model's inputs and the
+    encoded rows (their ``word_ids``, ``tokens`` and, when the version has them, ``tags``)."""
+    names = {f["name"] for f in store.manifest(ref)["schema"]}
+    if TOKENS not in names:
+        raise DistilleryError(f"{ref} has no '{TOKENS}' column to check a token classifier on")
+    collate = Collator(tokenizer, length, tagging=True)
+    out: TaggedRows = []
+    for table in store.iter_batches(ref, columns=[c for c in (TOKENS, TAGS) if c in names], batch_size=batch_size):
+        rows = table.to_pylist()
+        collate.encode(rows)
+        out.append(({k: v for k, v in to_tensors(collate(rows)).items() if k in INPUTS}, rows))
+    if not out:
+        raise DistilleryError("the check version has no rows")
+    return out
+
+
+@torch.no_grad()
+def compare_tags(reference: Classifier, copies: dict[str, Classifier], rows: TaggedRows,
+                 id2label: dict[int, str]) -> dict[str, dict[str, Any]]:
+    """Each copy of a token classifier against ``reference`` on ``rows`` (``_tagged_rows``): the share of words
+    (in the window) it predicts as the reference does, its largest absolute logit difference on real pieces, the
+    entity F1 of its tags against the reference's and, when the rows have gold ``tags``, of both against them."""
+    tags: dict[str, list[list[str]]] = {name: [] for name in ("fp32", *copies)}
+    agree, diff, words = dict.fromkeys(copies, 0), dict.fromkeys(copies, 0.0), 0
+    for batch, encoded in rows:
+        real = batch["attention_mask"].bool()
+        expected = reference(batch)
+        predicted = {"fp32": expected.argmax(-1)}
+        for name, run in copies.items():
+            logits = run(batch)
+            diff[name] = max(diff[name], float((logits - expected).abs()[real].max()))
+            predicted[name] = logits.argmax(-1)
+        for i, row in enumerate(encoded):
+            first = first_pieces(row[WORD_IDS])
+            words += len(first)
+            for name in copies:
+                agree[name] += int((predicted[name][i, first] == predicted["fp32"][i, first]).sum())
+            for name, pieces in predicted.items():
+                tags[name].append(_word_tags(pieces[i].tolist(), row, id2label))
+    gold = [[str(t) for t in row.get(TAGS) or []] for _, encoded in rows for row in encoded] \
+        if TAGS in rows[0][1][0] else None
+    return {name: {"agreement": agree[name] / max(1, words), "max_abs_diff": diff[name],
+                   "rows": len(tags["fp32"]), "words": words, "entity_f1_vs_fp32": _f1(tags["fp32"], tags[name]),
+                   **({"entity_f1": _f1(gold, tags[name]), "fp32_entity_f1": _f1(gold, tags["fp32"])}
+                      if gold is not None else {})}
+            for name in copies}
+
+
+def _word_tags(pieces: list[int], row: dict[str, Any], id2label: dict[int, str]) -> list[str]:
+    """A row's predicted tag per word (its first piece's; O for a word beyond the window)."""
+    ids, _ = word_predictions(pieces, row[WORD_IDS], len(row[TOKENS] or []), -1)
+    return [id2label.get(i, OUTSIDE_TAG) for i in ids]
+
+
+def _f1(gold: list[list[str]], predicted: list[list[str]]) -> float | None:
+    """Entity F1 (conlleval's, via seqeval) of ``predicted`` against ``gold``; None when the tags are not IOB or a
+    gold row has a different number of tags."""
+    try:
+        return float(entity_scores(gold, predicted)["f1"])
+    except ValueError:
+        return None
