@@ -172,8 +172,8 @@ class Collator:
         """Cached teacher logits of tagging rows (one row of logits per word, ``distill cache-logits``) placed on
         the pieces that carry each word's label (its first piece, or all of them with ``label_all_pieces``), so
         they follow this run's tokenizer whatever the teacher's was. A word the cache has no logits for (beyond
-        the teacher's window) gets IGNORE_LABEL in ``labels``: it is left out of the losses, never matched to
-        zeros."""
+        the teacher's window, or a NaN row: no piece of it in the teacher's) gets IGNORE_LABEL in ``labels``: it
+        is left out of the losses, never matched to zeros."""
         classes = next((len(r[LOGITS][0]) for r in rows if r[LOGITS]), 1)
         out = np.zeros((len(rows), width, classes), dtype=np.float32)
         for i, row in enumerate(rows):
@@ -181,7 +181,7 @@ class Collator:
             for piece, word in enumerate(row[WORD_IDS]):
                 if word is None:
                     continue
-                if word < len(cached):
+                if word < len(cached) and not np.isnan(cached[word]).any():
                     out[i, piece] = cached[word]
                 elif labels is not None:
                     labels[i, piece] = IGNORE_LABEL

@@ -201,6 +201,7 @@ def test_cached_word_logits_land_on_each_words_first_piece():
     collate = Collator(minilm_path(), 32, {"O": 0, "B-PER": 1, "I-PER": 2}, tagging=True)
     rows = [{"tokens": ["Zbigniew", "met", "Ann"], "tags": ["B-PER", "O", "B-PER"],
              "teacher_logits": [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]}]        # no row for the third word
+    nan_rows = [{**rows[0], "teacher_logits": [[0.0, 1.0, 2.0], [float("nan")] * 3, [6.0, 7.0, 8.0]]}]
     collate.encode(rows)
     batch = collate(rows)
     word_ids = rows[0]["word_ids"]
@@ -212,3 +213,7 @@ def test_cached_word_logits_land_on_each_words_first_piece():
     assert labels[first[2]] == -100                  # Ann: no teacher logits cached, left out
     assert first[1] - first[0] > 1                   # Zbigniew spans several pieces; only its first is labelled
     assert all(labels[p] == -100 for p in range(first[0] + 1, first[1]))
+    collate.encode(nan_rows)                         # "met" had no piece in the teacher's window: a NaN row
+    batch = collate(nan_rows)
+    assert batch["labels"][0][first[1]] == -100 and batch["labels"][0][first[2]] == 1
+    assert not np.isnan(batch["teacher_logits"]).any()
