@@ -77,9 +77,11 @@ def deployment_lines(model_dir: Path) -> list[str]:
     if not copies:
         return []
     lines = ["", "## Deployment copies (`distillery export-model`)", "",
-             "| copy | path | size (MB) | top-1 agreement with fp32 | max abs logit diff | checked on |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {name} | `{c['path']}` | {c['size_bytes'] / 1e6:.1f} | {c['agreement']:.4f} | "
+             "| copy | path | size (MB) | top-1 agreement with fp32 (per word for a tagger) | max abs logit diff "
+             "| checked on |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | `{c['path']}` | {c['size_bytes'] / 1e6:.1f} | {c['agreement']:.4f}"
+              + (f" (entity F1 vs fp32 {c['entity_f1_vs_fp32']:.4f})" if c.get("entity_f1_vs_fp32") is not None
+                 else "") + " | "
               f"{c['max_abs_diff']:.2e} | {c['check_name'] or c['check_version'][:12]} ({c['rows']} rows"
               + (f", {c['max_seq_length']} tokens per row" if "max_seq_length" in c else "") + ") |"
               for name, c in copies.items()]

@@ -214,14 +214,18 @@ def _share(part: int, whole: int, what: str = "") -> str:
 
 
 def readable_counts(counts: dict[str, Any]) -> str:
-    """A group of counts as a person reads it: ``same_label`` of ``copies`` and every ``X_right`` of ``X`` as a
-    share in percent, other counts as ``name: value``."""
+    """A group of counts as a person reads it: ``same_label`` of ``copies`` (``same_tag`` of ``words``: a tagging
+    version's unchanged words) and every ``X_right`` of ``X`` as a share in percent, other counts as
+    ``name: value``."""
     parts = []
     for name, value in sorted(counts.items()):
-        if name == "same_label" and "copies" in counts or name.endswith("_right") and name[:-6] in counts:
+        if (name == "same_label" and "copies" in counts or name == "same_tag" and "words" in counts
+                or name.endswith("_right") and name[:-6] in counts):
             continue
         if name == "copies" and "same_label" in counts:
             parts.append(f"teacher's label unchanged on {_share(counts['same_label'], value, ' copies')}")
+        elif name == "words" and "same_tag" in counts:
+            parts.append(f"teacher's tag unchanged on {_share(counts['same_tag'], value, ' unchanged words')}")
         elif f"{name}_right" in counts:
             parts.append(f"{name} right: {_share(counts[f'{name}_right'], value)}")
         else:

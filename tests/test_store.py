@@ -343,3 +343,10 @@ def test_the_card_shows_agreement_counts_as_shares_a_person_reads():
     assert rows["agreement: mixed"] == "teacher's label unchanged on 0 of 0 copies"
     assert rows["agreement: gold"] == "copies right: 6,000 of 7,450 (80.5%); originals right: 950 of 1,000 (95.0%)"
     assert not any("{" in str(v) for v in rows.values())
+
+
+def test_the_card_shows_a_tagging_versions_agreement_per_unchanged_word():
+    from pipelines.cards import readable_counts
+
+    text = readable_counts({"copies": 41, "words": 258, "same_tag": 196})
+    assert text == "copies: 41; teacher's tag unchanged on 196 of 258 unchanged words (76.0%)"
