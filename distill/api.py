@@ -342,9 +342,6 @@ class TinyBertRun(RunSpec):
         """The student and the tokenizer of its rows."""
         labels = self.rows.labels
         if self.base in students.STUDENTS:
-            if _is_tagging(labels):
-                raise DistilleryError(f"a {self.base} student does not tag words yet: distil a token classifier into "
-                                      f"a BERT student (a preset or a saved model)")
             texts = students.version_texts(self.store.shard_paths(self.train_ref))
             return models.build_sequence_student(self.config, self.base, self.teacher, teacher_config, labels, texts,
                                                  self.output_dir / "words")

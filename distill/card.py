@@ -112,7 +112,7 @@ def _architecture(config: Any, parameters: int) -> tuple[str, str, str, str]:
     """(the architecture in a few words, its shape and size, how to use it, the library that loads it)."""
     if config.model_type in students.MODEL_TYPES:
         architecture, shape = students.describe(config)
-        usage, library = students.USAGE, "distillery"
+        usage, library = students.usage(config), "distillery"
     else:
         architecture = f"{config.num_hidden_layers} x {config.hidden_size} BERT"
         shape = (f"{config.num_hidden_layers} layers x {config.hidden_size} hidden, {config.num_attention_heads} "

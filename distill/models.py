@@ -283,7 +283,7 @@ def build_sequence_student(cfg: DistillConfig, kind: str, teacher_src: str, teac
     embeddings, or (``cfg.student_embeddings`` glove) a word vocabulary of ``texts`` saved in ``words_dir`` with
     word vectors."""
     if cfg.student_embeddings == "glove":
-        tokenizer = students.words_tokenizer(texts, words_dir)
+        tokenizer = students.words_tokenizer(texts, words_dir, tagging=token_classifier(labels))
         vocab = AutoTokenizer.from_pretrained(tokenizer).get_vocab()
         vectors, found = students.vocabulary_vectors(vocab, cfg.word_vectors, cfg.seed)
         say(f"{kind} student: {len(vocab)} words, {found} with a word vector")

@@ -7,6 +7,11 @@ word-level vocabulary built from the training version (``words_tokenizer``: a Hu
 collator and the saved folder work unchanged) with GloVe vectors. A saved student is a folder with
 ``config.json`` (``model_type`` ``distillery-bilstm`` / ``distillery-textcnn``), ``model.safetensors`` and the
 tokenizer files; ``load_student_model`` reads it back.
+
+A BiLSTM also tags words (token classification: label kwargs whose ``architectures`` mark a token classifier,
+``models.token_classifier``): ``BiLSTMForTokenClassification`` gives logits at every position, (batch, sequence,
+labels), and its word vocabulary (``words_tokenizer(..., tagging=True)``) keeps each given word one piece. A TextCNN
+classifies sentences only.
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 from transformers import AutoConfig, PretrainedConfig
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
+from distill.tagging import IGNORE_INDEX
 from pipelines.atomic import fill_folder
 from pipelines.errors import DistilleryError
 from pipelines.resources import glove_6b_50d_files
@@ -84,18 +91,22 @@ class SequenceStudent(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def encode(self, embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(batch, features): the sentence vector the classifier reads."""
+        """(batch, features): the sentence vector the classifier reads (a tagger: (batch, sequence, features))."""
         raise NotImplementedError
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
-                return_dict: bool = True) -> SequenceClassifierOutput:
+    def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 output_hidden_states: bool) -> torch.Tensor:
+        """The classifier's logits over what ``encode`` gives (hidden states refused: there are none to match)."""
         if output_hidden_states:
             raise DistilleryError(f"a {self.config.model_type} student has no hidden states to match: distil it "
                                   f"from logits only")
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        sentence = self.encode(self.dropout(self.embeddings(input_ids)), mask)
-        return SequenceClassifierOutput(logits=self.classifier(self.dropout(sentence)))
+        return self.classifier(self.dropout(self.encode(self.dropout(self.embeddings(input_ids)), mask)))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
+                return_dict: bool = True) -> SequenceClassifierOutput:
+        return SequenceClassifierOutput(logits=self.classify(input_ids, attention_mask, output_hidden_states))
 
     def save_pretrained(self, folder: str | Path) -> None:
         """config.json and model.safetensors (the tokenizer is saved beside them by the caller)."""
@@ -116,22 +127,62 @@ class BiLSTMStudent(SequenceStudent):
 
     def __init__(self, config: StudentConfig):
         super().__init__(config)
-        width, sizes = config.hidden_size, [config.embedding_size] + [2 * config.hidden_size] * config.num_hidden_layers
-        self.forward_lstms = nn.ModuleList(nn.LSTM(sizes[i], width, batch_first=True)
-                                           for i in range(config.num_hidden_layers))
-        self.backward_lstms = nn.ModuleList(nn.LSTM(sizes[i], width, batch_first=True)
-                                            for i in range(config.num_hidden_layers))
+        width = config.hidden_size
+        self.forward_lstms, self.backward_lstms = lstm_stacks(config)
         self.dense = nn.Linear(2 * width, 2 * width)
         self.classifier = nn.Linear(2 * width, config.num_labels)
 
     def encode(self, embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lengths, states = mask.sum(dim=1).clamp(min=1), embedded
-        for i, (ahead, back) in enumerate(zip(self.forward_lstms, self.backward_lstms)):
-            if i:
-                states = self.dropout(states)
-            backward = reverse_within(back(reverse_within(states, lengths))[0], lengths)
-            states = torch.cat([ahead(states)[0], backward], dim=-1)
+        states = bidirectional_states(self.forward_lstms, self.backward_lstms, self.dropout, embedded, mask)
         return torch.relu(self.dense(masked_max(states, mask)))
+
+
+class BiLSTMForTokenClassification(SequenceStudent):
+    """A BiLSTM tagger: the same stacked bidirectional LSTMs, and the classifier at every position (no pooling).
+
+    ``forward`` returns logits (batch, sequence, labels) and, given ``labels`` per position (-100 ignored), their
+    mean cross-entropy as ``loss``, like a Hugging Face token classifier. Padding never enters a position's states."""
+
+    config_class = BiLSTMConfig
+
+    def __init__(self, config: StudentConfig):
+        super().__init__(config)
+        self.forward_lstms, self.backward_lstms = lstm_stacks(config)
+        self.classifier = nn.Linear(2 * config.hidden_size, config.num_labels)
+
+    def encode(self, embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return bidirectional_states(self.forward_lstms, self.backward_lstms, self.dropout, embedded, mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_hidden_states: bool = False, return_dict: bool = True) -> TokenClassifierOutput:
+        logits = self.classify(input_ids, attention_mask, output_hidden_states)
+        loss = None if labels is None else F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                                           ignore_index=IGNORE_INDEX)
+        return TokenClassifierOutput(loss=loss, logits=logits)
+
+
+def lstm_stacks(config: StudentConfig) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """(forward, backward) unidirectional LSTMs, one pair per layer, ``hidden_size`` wide each."""
+    sizes = [config.embedding_size] + [2 * config.hidden_size] * config.num_hidden_layers
+
+    def stack() -> nn.ModuleList:
+        return nn.ModuleList(nn.LSTM(size, config.hidden_size, batch_first=True) for size in sizes[:-1])
+
+    return stack(), stack()
+
+
+def bidirectional_states(forward_lstms: nn.ModuleList, backward_lstms: nn.ModuleList, dropout: nn.Module,
+                         embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(batch, sequence, 2 x hidden): both directions' states at each position after the stacked layers; the
+    backward LSTMs read each row reversed within its length (``mask``), so padding never enters them."""
+    lengths, states = mask.sum(dim=1).clamp(min=1), embedded
+    for i, (ahead, back) in enumerate(zip(forward_lstms, backward_lstms)):
+        if i:
+            states = dropout(states)
+        backward = reverse_within(back(reverse_within(states, lengths))[0], lengths)
+        states = torch.cat([ahead(states)[0], backward], dim=-1)
+    return states
 
 
 class TextCNNStudent(SequenceStudent):
@@ -157,6 +208,26 @@ class TextCNNStudent(SequenceStudent):
 
 STUDENTS: dict[str, type[SequenceStudent]] = {"bilstm": BiLSTMStudent, "textcnn": TextCNNStudent}
 MODEL_TYPES = {cls.config_class.model_type: cls for cls in STUDENTS.values()}
+KINDS = {cls.config_class.model_type: kind for kind, cls in STUDENTS.items()}
+TAGGERS: dict[str, type[SequenceStudent]] = {"bilstm": BiLSTMForTokenClassification}
+
+
+def student_class(kind: str, config: Any) -> type[SequenceStudent]:
+    """The class of a ``kind`` student with this config, or these label kwargs: its tagger when they mark a token
+    classifier (``models.token_classifier``: their ``architectures``), refused in one line for a TextCNN."""
+    from distill.models import token_classifier  # models imports this module: looked up at call time
+
+    if not token_classifier(config):
+        return STUDENTS[kind]
+    if kind not in TAGGERS:
+        raise DistilleryError(f"a {kind} student classifies sentences only: tag words with a bilstm student (or a "
+                              f"BERT one)")
+    return TAGGERS[kind]
+
+
+def is_tagger(config: StudentConfig) -> bool:
+    """Whether a student config is a tagger's (token classification)."""
+    return student_class(KINDS[config.model_type], config) in TAGGERS.values()
 
 
 def is_student_folder(folder: str | Path) -> bool:
@@ -168,8 +239,11 @@ def is_student_folder(folder: str | Path) -> bool:
 def describe(config: StudentConfig) -> tuple[str, str]:
     """(short name, shape in words) of a student config, for its model card."""
     words = f"{config.embedding_size}-d embeddings of {config.vocab_size} tokens"
+    layers = f"{config.num_hidden_layers} layer(s) x {config.hidden_size} per direction, {words}"
+    if is_tagger(config):
+        return "BiLSTM tagger", f"BiLSTM tagger (a tag for each word from its first piece, no CRF), {layers}"
     if config.model_type == BiLSTMConfig.model_type:
-        return "BiLSTM", f"BiLSTM, {config.num_hidden_layers} layer(s) x {config.hidden_size} per direction, {words}"
+        return "BiLSTM", f"BiLSTM, {layers}"
     widths = "/".join(map(str, KERNEL_SIZES))
     return "TextCNN", f"TextCNN, {config.hidden_size} filters of widths {widths}, {words}"
 
@@ -181,22 +255,42 @@ from distill.students import load_student_model   # distillery's; or the ONNX co
 model, tokenizer = load_student_model("path/to/this/folder"), AutoTokenizer.from_pretrained("path/to/this/folder")
 print(model(**tokenizer(["a small piece of land surrounded by water"], return_tensors="pt")).logits)
 ```"""
+TAGGER_USAGE = """```python
+from transformers import AutoTokenizer
+from distill.students import load_student_model   # distillery's; or the ONNX copy in onnx/ with onnxruntime
+
+model, tokenizer = load_student_model("path/to/this/folder"), AutoTokenizer.from_pretrained("path/to/this/folder")
+words = ["Ada", "Lovelace", "was", "born", "in", "London", "."]
+batch = tokenizer([words], is_split_into_words=True, return_tensors="pt")
+predicted = model(**batch).logits.argmax(-1)[0].tolist()             # one tag id per piece
+first = {}                                                           # each word's first piece tags it
+for piece, word in enumerate(batch.word_ids(0)):
+    if word is not None:
+        first.setdefault(word, piece)
+print([(words[w], model.config.id2label[predicted[p]]) for w, p in sorted(first.items())])
+```"""
+
+
+def usage(config: StudentConfig) -> str:
+    """How to run a student with this config, for its model card: a sentence classifier's or a tagger's."""
+    return TAGGER_USAGE if is_tagger(config) else USAGE
 
 
 def load_student_model(folder: str | Path) -> SequenceStudent:
-    """A saved BiLSTM / TextCNN student (safetensors weights), in eval mode."""
+    """A saved BiLSTM / TextCNN student or BiLSTM tagger (safetensors weights), in eval mode."""
     folder = Path(folder)
     model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    cls = MODEL_TYPES[model_type]
-    model = cls(cls.config_class.from_pretrained(folder))
+    config = MODEL_TYPES[model_type].config_class.from_pretrained(folder)
+    model = student_class(KINDS[model_type], config)(config)
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.eval()
 
 
 def build_student_model(kind: str, vocab_size: int, vectors: torch.Tensor, shape: dict[str, int],
                         labels: dict[str, Any], seed: int, pad_token_id: int = 0) -> SequenceStudent:
-    """A fresh student of ``kind`` (bilstm / textcnn) whose embeddings start as ``vectors`` (vocab x dim)."""
-    cls = STUDENTS[kind]
+    """A fresh student of ``kind`` (bilstm / textcnn) whose embeddings start as ``vectors`` (vocab x dim): a tagger
+    when ``labels`` are a token classifier's (``student_class``)."""
+    cls = student_class(kind, labels)
     sizes = {**SHAPES[kind], **{k: v for k, v in shape.items() if k in SHAPES[kind] and v}}
     config = cls.config_class(vocab_size=vocab_size, embedding_size=vectors.shape[1], pad_token_id=pad_token_id,
                               **sizes, **labels)
@@ -209,13 +303,17 @@ def build_student_model(kind: str, vocab_size: int, vectors: torch.Tensor, shape
 
 
 # ---- word-level vocabulary and GloVe vectors ------------------------------------------------------------
-def words_tokenizer(texts: Iterable[str], folder: Path, max_words: int = 0) -> Path:
+def words_tokenizer(texts: Iterable[str], folder: Path, max_words: int = 0, tagging: bool = False) -> Path:
     """A word-level Hugging Face tokenizer (lower-cased, BERT's word splitting) over the words of ``texts``, most
-    frequent first (``max_words`` > 0 keeps that many), saved in ``folder`` (through a new temporary folder)."""
+    frequent first (``max_words`` > 0 keeps that many), saved in ``folder`` (through a new temporary folder).
+
+    ``tagging``: words are split at whitespace only, so a tagging version's word (its ``text`` is its words joined by
+    spaces) stays one piece, punctuation and all ("O'Neill", "U.S."), or [UNK], and ``word_ids()`` of words given
+    with ``is_split_into_words`` maps each piece to its word; a word holding a space is one piece per part."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    splitter = pre_tokenizers.BertPreTokenizer()
+    splitter = pre_tokenizers.WhitespaceSplit() if tagging else pre_tokenizers.BertPreTokenizer()
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(word for word, _ in splitter.pre_tokenize_str((text or "").lower()))
