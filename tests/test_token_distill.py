@@ -217,3 +217,24 @@ def test_cached_word_logits_land_on_each_words_first_piece():
     batch = collate(nan_rows)
     assert batch["labels"][0][first[1]] == -100 and batch["labels"][0][first[2]] == 1
     assert not np.isnan(batch["teacher_logits"]).any()
+
+
+def test_a_bilstm_tagger_learns_from_cached_word_logits(data, base, tmp_path):
+    """The whole tagging path with a non-BERT student: a teacher's logits cached per word, a BiLSTM over its own
+    word vocabulary (a tokenizer unlike the teacher's) distilled from them, scored on every dev word."""
+    from distill.config import CacheLogitsConfig
+    from pipelines.runner import run_step
+
+    teacher = distill.finetune(data, "ner-train", FinetuneConfig(model=base, epochs=1, batch_size=8, lr=3e-3,
+                                                                 num_workers=0), tmp_path / "teacher")
+    run_step(data, distill.plan_teacher_logits(data, "ner-train", teacher.path, CacheLogitsConfig()), "ner-logits")
+    cfg = TaskDistillConfig(teacher=str(teacher.path), student="bilstm", student_hidden=8, student_embeddings="glove",
+                            stage2_epochs=1, stage2_lr=1e-2, batch_size=8, num_workers=0, log_every=1,
+                            logits_ref="ner-logits", eval_ref="ner-dev")
+    student = distill.task_distill(data, "ner-train", cfg, tmp_path / "bilstm")
+    assert set(losses_of(tmp_path / "bilstm" / "stage2")[0][2]) == {"logits_soft_ce"}
+    assert all(math.isfinite(total) for _, total, _ in losses_of(tmp_path / "bilstm" / "stage2"))
+    config = AutoConfig.from_pretrained(student.path)
+    assert config.architectures == ["BiLSTMForTokenClassification"] and config.id2label == dict(enumerate(TAGS))
+    scores = json.loads((student.path / "scores.json").read_text())
+    assert scores["words"] == sum(len(row["tokens"]) for row in dev_rows()) and "per_type" in scores
