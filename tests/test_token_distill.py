@@ -238,3 +238,28 @@ def test_a_bilstm_tagger_learns_from_cached_word_logits(data, base, tmp_path):
     assert config.architectures == ["BiLSTMForTokenClassification"] and config.id2label == dict(enumerate(TAGS))
     scores = json.loads((student.path / "scores.json").read_text())
     assert scores["words"] == sum(len(row["tokens"]) for row in dev_rows()) and "per_type" in scores
+
+
+def test_a_tagging_version_feeds_hf_token_classification_without_our_code(data):
+    """A user's own trainer: the shards loaded with `datasets`, labels aligned as HF's run_ner does and padded by
+    DataCollatorForTokenClassification, give the batches distillery's own stream gives."""
+    import datasets
+
+    label2id = {t: i for i, t in enumerate(sorted(data.manifest("ner-train")["stats"]["tag_counts"]))}
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    version = datasets.load_dataset("parquet", data_files=[str(p) for p in data.shard_paths("ner-train")],
+                                    split="train")
+
+    def features(row):
+        enc = tokenizer(row["tokens"], is_split_into_words=True, truncation=True, max_length=8)
+        previous, labels = None, []
+        for word in enc.word_ids():
+            labels.append(-100 if word is None or word == previous else label2id[row["tags"][word]])
+            previous = word
+        return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"], "labels": labels}
+
+    hf = DataCollatorForTokenClassification(tokenizer, return_tensors="np")([features(r) for r in version][:3])
+    ours = next(iter(ShardStream.from_store(data, "ner-train", minilm_path(), batch_size=3, shuffle=False,
+                                            max_seq_length=8)))
+    for key in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+        np.testing.assert_array_equal(hf[key], ours[key].numpy())
