@@ -2,7 +2,7 @@
 
 Sequence classification (and regression) and token classification (a version with ``tokens`` and ``tags``: a
 token head, labels per piece, entity-level scores) share every mode; the label kwargs of a run say which
-(``models.token_classifier``).
+(``tagging.token_classifier``).
 
 Each training mode is a ``RunSpec`` (``distill.train_run``): fine-tuning and TinyBERT-objective distillation
 here, masked-LM training and DistilBERT's general distillation in ``distill.mlm``."""
@@ -32,7 +32,7 @@ from distill.metrics import classification_metrics, regression_metrics
 from distill.mlm import distil_masked_lm
 from distill.objective import Objective
 from distill.runs import TrainedModel, record_evaluation
-from distill.tagging import OUTSIDE_TAG, entity_scores, word_predictions
+from distill.tagging import OUTSIDE_TAG, TOKEN_HEAD, entity_scores, token_classifier, word_predictions
 from distill.train_run import Built, RunSpec, train_run
 from distill.trainer import EvalFn, Runtime, setup_runtime, to_device
 from pipelines.errors import DistilleryError
@@ -80,12 +80,12 @@ def tag_kwargs(ref: str, manifest: dict[str, Any], cfg: TrainConfig) -> dict[str
     if not tags:
         raise DistilleryError(f"version {ref} records no tags (stats.tag_counts); give the tag vocabulary with "
                               f"`labels`")
-    return {**_vocabulary(tags), "architectures": [models.TOKEN_HEAD]}
+    return {**_vocabulary(tags), "architectures": [TOKEN_HEAD]}
 
 
 def model_labels(config: Any) -> dict[str, Any]:
     """The label kwargs a saved model carries (a token classifier's with its ``architectures``)."""
-    if models.token_classifier(config):
+    if token_classifier(config):
         tags = [str(v) for _, v in sorted((int(k), v) for k, v in config.id2label.items())]
         return {**_vocabulary(tags), "architectures": list(config.architectures)}
     if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
@@ -100,7 +100,7 @@ def _is_regression(labels: dict[str, Any]) -> bool:
 
 
 def _is_tagging(labels: dict[str, Any]) -> bool:
-    return models.token_classifier(labels)
+    return token_classifier(labels)
 
 
 def _label_order(id2label: Any) -> list[str] | None:
@@ -303,7 +303,7 @@ def teacher_labels(teacher: str) -> dict[str, Any]:
     """The label kwargs of a fine-tuned sequence- or token-classifier teacher; any other teacher is refused in one
     line."""
     config = models.load_config(teacher)
-    heads = ("ForSequenceClassification", models.TOKEN_HEAD)
+    heads = ("ForSequenceClassification", TOKEN_HEAD)
     if not any(head in a for a in config.architectures or [] for head in heads):
         raise DistilleryError(f"teacher {teacher} is not a fine-tuned sequence classifier or token classifier "
                               f"(architectures: {config.architectures}); make one with `distillery distill finetune`")

@@ -9,8 +9,7 @@ import yaml
 from transformers import AutoConfig
 
 from distill import students
-from distill.models import token_classifier
-from distill.tagging import entity_report
+from distill.tagging import entity_report, token_classifier
 from pipelines.atomic import write_bytes_atomic
 from pipelines.cards import card_licence
 from pipelines.confine import is_regular, read_own_json

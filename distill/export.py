@@ -28,7 +28,7 @@ from distill.api import make_stream, model_labels
 from distill.card import CARD_INPUTS, EXPORTS, model_seq_length, write_model_card
 from distill.config import ExportConfig, TrainConfig, check_batch_tokens
 from distill.data import TAGS, TOKENS, WORD_IDS, Collator, make_loader, to_tensors
-from distill.tagging import OUTSIDE_TAG, entity_scores, first_pieces, word_predictions
+from distill.tagging import OUTSIDE_TAG, entity_scores, first_pieces, token_classifier, word_predictions
 from pipelines.atomic import replace_atomic, write_json_atomic
 from pipelines.confine import read_own_json, real_dir
 from pipelines.errors import DistilleryError
@@ -86,7 +86,7 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path, o
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")             # plain ops the exporter knows
     wrapper = _Logits(model).eval()                         # eval: no dropout traced into the graph
-    per_piece = models.token_classifier(getattr(model, "config", {}))
+    per_piece = token_classifier(getattr(model, "config", {}))
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | \
         {"logits": {0: "batch", 1: "sequence"} if per_piece else {0: "batch"}}
     real_dir(path.parent, "export folder", create=True, parents=True)
@@ -190,7 +190,7 @@ def export_model(store: Store, model_dir: str | Path, config: ExportConfig | Non
 def _check_batches(store: Store, ref: str, folder: Path, model: nn.Module, length: int,
                    batch_size: int) -> tuple[list[dict[str, torch.Tensor]], TaggedRows | None]:
     """The batches of ``ref`` to check the copies on and, for a token classifier, its encoded rows beside them."""
-    if models.token_classifier(model.config):
+    if token_classifier(model.config):
         rows = _tagged_rows(store, ref, folder, length, batch_size)
         return [batch for batch, _ in rows], rows
     cfg = TrainConfig(batch_size=batch_size, max_seq_length=length)

@@ -23,7 +23,7 @@ from distill import models
 from distill.card import model_seq_length
 from distill.config import CacheLogitsConfig, TrainConfig, check_batch_tokens
 from distill.data import LABEL, LOGITS, TAGS, TOKENS, WORD_IDS, Collator, to_tensors
-from distill.tagging import OUTSIDE_TAG, first_pieces, token_agreement
+from distill.tagging import OUTSIDE_TAG, first_pieces, token_agreement, token_classifier
 from distill.trainer import setup_runtime, to_device
 from pipelines.chunks import ChunkOutput, write_chunks
 from pipelines.config import identity_dict, to_dict
@@ -50,7 +50,7 @@ def plan_teacher_logits(store: Store, ref: str, teacher_dir: str | Path, config:
     check_batch_tokens(config.batch_size, config.max_seq_length)
     models.check_against_model(teacher_src, "teacher", config.max_seq_length)
     parent = store.manifest(ref)
-    if models.token_classifier(models.load_config(teacher_src, "teacher")) and \
+    if token_classifier(models.load_config(teacher_src, "teacher")) and \
             TOKENS not in {f["name"] for f in parent["schema"]}:
         raise DistilleryError(f"teacher {teacher_src} is a token classifier but {ref} has no '{TOKENS}' column (a "
                               f"token-classification version)")
@@ -66,7 +66,7 @@ def _write(store: Store, parent: dict[str, Any], teacher_src: str, config: Cache
     classifier)."""
     runtime = setup_runtime(TrainConfig(device=config.device, num_workers=0))
     teacher = models.load_teacher(teacher_src, True, runtime.device)
-    tagging = models.token_classifier(teacher.config)
+    tagging = token_classifier(teacher.config)
     collate = Collator(teacher_src, config.max_seq_length, tagging=tagging)
     shards = store.shard_paths(parent["version_id"])
 

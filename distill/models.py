@@ -29,6 +29,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from distill import students
 from distill.config import MINILM, DistillConfig
+from distill.tagging import token_classifier
 from pipelines.errors import DistilleryError
 from pipelines.progress import say
 from pipelines.resources import load_problem, minilm_path, model_reference, position_limit
@@ -40,7 +41,6 @@ PRESETS = {
     "custom": {},
 }
 _SINK = "_distill_scores"
-TOKEN_HEAD = "ForTokenClassification"   # what a token classifier's architectures end with (its marker)
 MAX_STUDENT_PARAMETERS = 1 << 31     # a fresh student this large is no longer a small model (AdamW: ~34 GB)
 
 
@@ -143,13 +143,6 @@ def check_against_model(model: str | Path, what: str, max_seq_length: int, train
     layers = getattr(config, "num_hidden_layers", None)
     if isinstance(layers, int) and train_layers > layers:
         raise DistilleryError(f"train_layers {train_layers} is more than the {layers} layers of {what} '{model}'")
-
-
-def token_classifier(config: Any) -> bool:
-    """Whether a model config, or the label kwargs of a model (``architectures`` among them), is a token
-    classifier's: its architectures say so."""
-    architectures = config.get("architectures") if isinstance(config, dict) else getattr(config, "architectures", None)
-    return any(str(a).endswith(TOKEN_HEAD) for a in architectures or [])
 
 
 def classifier_class(config: Any) -> Any:

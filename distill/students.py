@@ -9,7 +9,7 @@ collator and the saved folder work unchanged) with GloVe vectors. A saved studen
 tokenizer files; ``load_student_model`` reads it back.
 
 A BiLSTM also tags words (token classification: label kwargs whose ``architectures`` mark a token classifier,
-``models.token_classifier``): ``BiLSTMForTokenClassification`` gives logits at every position, (batch, sequence,
+``tagging.token_classifier``): ``BiLSTMForTokenClassification`` gives logits at every position, (batch, sequence,
 labels), and its word vocabulary (``words_tokenizer(..., tagging=True)``) keeps each given word one piece. A TextCNN
 classifies sentences only.
 """
@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
-from distill.tagging import IGNORE_INDEX
+from distill.tagging import IGNORE_INDEX, token_classifier
 from pipelines.atomic import fill_folder
 from pipelines.errors import DistilleryError
 from pipelines.resources import glove_6b_50d_files
@@ -214,8 +214,7 @@ TAGGERS: dict[str, type[SequenceStudent]] = {"bilstm": BiLSTMForTokenClassificat
 
 def student_class(kind: str, config: Any) -> type[SequenceStudent]:
     """The class of a ``kind`` student with this config, or these label kwargs: its tagger when they mark a token
-    classifier (``models.token_classifier``: their ``architectures``), refused in one line for a TextCNN."""
-    from distill.models import token_classifier  # models imports this module: looked up at call time
+    classifier (``tagging.token_classifier``: their ``architectures``), refused in one line for a TextCNN."""
 
     if not token_classifier(config):
         return STUDENTS[kind]

@@ -10,9 +10,18 @@ import warnings
 from collections import Counter
 from collections.abc import Collection, Sequence
 from functools import partial
+from typing import Any
 
 IGNORE_INDEX = -100  # what torch's cross-entropy and HF's DataCollatorForTokenClassification ignore
 OUTSIDE_TAG = "O"
+TOKEN_HEAD = "ForTokenClassification"   # what a token classifier's architectures end with (its marker)
+
+
+def token_classifier(config: Any) -> bool:
+    """Whether a model config, or the label kwargs of a model (``architectures`` among them), is a token
+    classifier's: its architectures say so."""
+    architectures = config.get("architectures") if isinstance(config, dict) else getattr(config, "architectures", None)
+    return any(str(a).endswith(TOKEN_HEAD) for a in architectures or [])
 # Tag prefixes seqeval reads: its default mode accepts IOB1, IOB2 and IOBES tags; strict mode is IOB2 only.
 DEFAULT_PREFIXES = ("B", "I", "E", "S")
 STRICT_PREFIXES = ("B", "I")

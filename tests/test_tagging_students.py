@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from distill import losses, models, students
+from distill import losses, models, students, tagging
 from distill.data import Collator
 from distill.tagging import IGNORE_INDEX
 from pipelines.errors import DistilleryError
 
 TAGS = ["B-LOC", "B-PER", "I-PER", "O"]
 TAGGING = {"num_labels": len(TAGS), "id2label": dict(enumerate(TAGS)),
-           "label2id": {t: i for i, t in enumerate(TAGS)}, "architectures": [models.TOKEN_HEAD]}
+           "label2id": {t: i for i, t in enumerate(TAGS)}, "architectures": [tagging.TOKEN_HEAD]}
 SENTENCES = [["O'Neill", "visited", "the", "U.S.", "in", "May", "."],
              ["Ada", "Lovelace", "was", "born", "in", "London"]]
 SENTENCE_TAGS = [["B-PER", "O", "O", "B-LOC", "O", "O", "O"], ["B-PER", "I-PER", "O", "O", "O", "B-LOC"]]
@@ -35,7 +35,7 @@ def words_folder(tmp_path):
 
 def test_tagger_gives_logits_per_position_and_a_loss_over_labelled_positions(one_torch_thread):
     model = tagger().eval()
-    assert isinstance(model, students.BiLSTMForTokenClassification) and models.token_classifier(model.config)
+    assert isinstance(model, students.BiLSTMForTokenClassification) and tagging.token_classifier(model.config)
     ids = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
     mask = (ids != 0).long()
     labels = torch.tensor([[1, IGNORE_INDEX, 3, IGNORE_INDEX, IGNORE_INDEX], [0, 2, IGNORE_INDEX, 3, 3]])
@@ -84,7 +84,7 @@ def test_tagger_saves_loads_and_says_it_tags(words_folder, tmp_path, one_torch_t
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(words_folder).save_pretrained(folder)
     loaded = models.load_saved_classifier(folder)
-    assert type(loaded) is students.BiLSTMForTokenClassification and models.token_classifier(loaded.config)
+    assert type(loaded) is students.BiLSTMForTokenClassification and tagging.token_classifier(loaded.config)
     assert loaded.config.id2label == dict(enumerate(TAGS)) and not loaded.training
     ids = torch.tensor([[2, 3, 4, 5], [6, 7, 0, 0]])
     with torch.no_grad():
