@@ -82,11 +82,24 @@ def report_agreement(agreement: dict[str, Any]) -> None:
 
 
 def report_trained(model: TrainedModel, what: str) -> None:
-    """The same summary for every training run: status, the model folder, its scores."""
+    """The same summary for every training run: status, the model folder, its scores (a token classifier's
+    per-type scores are left to its model card)."""
     status = "up to date (the run folder already holds this finished run)" if model.up_to_date else "trained"
     click.echo(f"{what}: {status}")
     click.echo(f"  model:   {model.path}")
-    scores = {k: v for k, v in model.scores.items() if k not in ("version_id",)}
+    scores = {k: v for k, v in model.scores.items() if k not in ("version_id", "per_type")}
     if scores:
         click.echo("  scores:  " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in scores.items()))
+
+
+def report_scores(role: str, scores: dict[str, Any]) -> None:
+    """One line of test scores: entity F1, precision, recall and token accuracy for a token classifier (its scores
+    have ``token_accuracy``), else accuracy and macro-F1."""
+    if "token_accuracy" in scores:
+        click.echo(f"  {role:<8} entity F1 {scores['f1']:.4f}  precision {scores['precision']:.4f}  recall "
+                   f"{scores['recall']:.4f}  token accuracy {scores['token_accuracy']:.4f}  ({scores['rows']} "
+                   f"sentences)")
+    else:
+        click.echo(f"  {role:<8} accuracy {scores['accuracy']:.4f}  macro-F1 {scores['macro_f1']:.4f}  "
+                   f"({scores['rows']} rows)")

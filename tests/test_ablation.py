@@ -8,12 +8,13 @@ import pytest
 from transformers import AutoConfig
 
 from distillery.demo import REPO_ROOT, SAMPLE_DIR
-from distillery.recipes.ablation import MLM_VARIANT, VARIANTS, load_experiment, run_experiment
+from distillery.recipes.ablation import MENTION_VARIANT, MLM_VARIANT, VARIANTS, load_experiment, run_experiment
 from pipelines.errors import DistilleryError
 from pipelines.runner import run_step
 from preprocess import plan_preprocess
 
 QUICK = REPO_ROOT / "configs" / "ablation_quick.toml"
+QUICK_NER = REPO_ROOT / "configs" / "ablation_ner_quick.toml"
 
 
 def test_quick_ablation_runs_every_student_and_writes_the_report(store, tmp_path):
@@ -134,3 +135,80 @@ def test_a_card_of_one_student_says_there_is_nothing_to_compare():
     line, = comparison_lines([{"a": "task", "b": "task-aug", "b_minus_a": 0.012, "spread": 0.01,
                                "larger_than_spread": True}])
     assert line == "- task-aug vs task: +1.2 points, seed spread (sum of std) 1.0: larger than the spread"
+
+
+def test_quick_ner_ablation_scores_every_student_by_entity_f1(store, tmp_path, tiny_bert_factory, one_torch_thread):
+    """The token-classification recipe on the bundled NER sample (configs/ablation_ner_quick.toml, its first 200
+    sentences), with a tiny random BERT as the teacher's base to keep it fast: token classifiers throughout,
+    tag-preserving augmentation with and without mention replacement, entity F1 on the card with the gap line."""
+    import dataclasses
+
+    cfgs = load_experiment(QUICK_NER, {"student_layers": 1, "student_hidden": 32, "student_heads": 2,
+                                       "student_intermediate": 48})
+    tiny = str(tiny_bert_factory(layers=2, hidden=32, heads=2, intermediate=64, with_mlm_head=False, seed=5))
+    cfgs = dataclasses.replace(cfgs, teacher=dataclasses.replace(cfgs.teacher, model=tiny))
+    out = tmp_path / "ner"
+    results = run_experiment(store, cfgs, out)
+
+    assert results["task"] == "token-classification" and results["metric"] == "f1"
+    assert {r["rows"] for r in results["data"].values()} == {200} and "unlabelled" not in results["data"]
+    assert results["data"]["train"]["entities"].keys() <= {"LOC", "MISC", "ORG", "PER"}
+    table = results["schedules"]["equal-steps"]["table"]
+    assert list(table) == ["teacher", "direct", "task", "task-aug", MENTION_VARIANT]
+    for row in table.values():
+        assert 0.0 <= row["f1"]["mean"] <= 1.0 and 0.0 <= row["token_accuracy"]["mean"] <= 1.0
+        assert {"precision", "recall", "dev_f1"} <= row.keys() and "accuracy" not in row
+        config = AutoConfig.from_pretrained(out / row["runs"][0])
+        assert config.architectures[0].endswith("ForTokenClassification") and config.num_labels == 9
+    plain, mention = (results["augmentation"][v]["counts"] for v in ("task-aug", MENTION_VARIANT))
+    assert plain["mentions_replaced"] == 0 < mention["mentions_replaced"] and plain["replacements"] > 0
+    gap = results["schedules"]["equal-steps"]["gap"]
+    assert gap["gap"] == round(table["teacher"]["f1"]["mean"] - table["direct"]["f1"]["mean"], 4)
+    target = results["schedules"]["equal-steps"]["target"]["students"]
+    assert set(target) == {"direct", "task", "task-aug", MENTION_VARIANT}
+    assert all(row["non_embedding_vs_teacher"] < 1 for row in target.values())
+    card = (out / "README.md").read_text()
+    assert "| test entity F1 (%) |" in card and "Teacher-direct gap: teacher entity F1" in card
+    assert "Target: student entity F1 >= 95% of the teacher's at <= 1/3" in card
+    assert all(f"| {name} | " in card for name in table) and (out / "dev_f1-equal-steps.png").stat().st_size > 0
+
+
+def test_the_demo_runs_the_tagging_sample_its_config_names(store, tmp_path, tiny_bert_factory, one_torch_thread):
+    """`distillery demo --config` with a [demo] section: another sample (CoNLL files: token classification), word
+    vectors only (no masked LM), a token-classifier teacher and student scored by entity F1."""
+    from distillery.demo import run_demo
+
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    for split, count in (("train", 40), ("dev", 12), ("test", 12)):
+        sentences = (REPO_ROOT / "data" / "wordnet_ner" / f"{split}.conll").read_text().split("\n\n")[1:count + 1]
+        (sample / f"{split}.conll").write_text("\n\n".join(sentences) + "\n")
+    tiny = tiny_bert_factory(layers=2, hidden=32, heads=2, intermediate=64, with_mlm_head=False, seed=7)
+    config = tmp_path / "demo.toml"
+    config.write_text(f'[demo]\ndata = "{sample}"\nname = "mini-ner"\nmasked_lm = false\n\n[augment]\nnum_aug = 1\n\n'
+                      f'[finetune]\nmodel = "{tiny}"\nmax_steps = 3\nbatch_size = 8\nmax_seq_length = 32\n\n'
+                      '[task]\nstudent_layers = 1\nstudent_init = "teacher"\nstage1_epochs = 0.2\n'
+                      'stage2_epochs = 0.2\nbatch_size = 8\nmax_seq_length = 32\n')
+    result = run_demo(store, tmp_path / "runs", config)
+
+    assert set(result["versions"]) == {"mini-ner-train", "mini-ner-dev", "mini-ner-test", "mini-ner-train-aug"}
+    assert result["mlm"] is None and store.manifest("mini-ner-train-aug")["extra"]["models"]["mlm"] == "none"
+    for scores in result["scores"].values():
+        assert {"f1", "precision", "recall", "token_accuracy", "per_type"} <= scores.keys() and scores["rows"] == 12
+
+
+def test_the_task_option_must_fit_the_data(store, tmp_path):
+    """task = token-classification on sentence data (no tags column) is refused in one line, and so is a variant
+    that cannot run on it."""
+    from distillery.recipes.ablation import Clock, Experiment, prepare_data
+
+    paths, toml = other_dataset(tmp_path)
+    overrides = {**{k: str(v) for k, v in paths.items()}, "name_prefix": "mine", "mlm": "none"}
+    x = Experiment(store, load_experiment(toml, {**overrides, "task": "token-classification"}), tmp_path / "out",
+                   Clock(tmp_path / "clock.json"))
+    with pytest.raises(DistilleryError, match=r"task = token-classification, but the training split .* no 'tags'"):
+        prepare_data(x)
+    with pytest.raises(DistilleryError, match="'variants': task-aug-ment: choose from direct, task"):
+        load_experiment(toml, {"variants": ["task-aug-ment"]})
+    with pytest.raises(DistilleryError, match="'unlabelled': empty, but the domain masked LM"):
+        load_experiment(toml, {"unlabelled": ""})

@@ -9,7 +9,17 @@ Students (same shape for every row, several seeds each, one initial student per 
 5. ``task-aug-mlm``: as 3 on the split augmented TinyBERT's way: masked-LM candidates for one-piece words (from
    the domain masked LM the recipe trains on the unlabelled text and the training split, never dev or test, or
    ``mlm`` given as a model), word-vector candidates for the rest; its options are ``[augment]``'s with the keys
-   of ``[augment_mlm]`` replaced.
+   of ``[augment_mlm]`` replaced;
+6. ``task-aug-mention`` (token classification only): as 3 with mention replacement on top (an entity mention
+   swapped for another of its type, tags rebuilt); its options are ``[augment]``'s with the keys of
+   ``[augment_mention]`` replaced (``mention_replace_prob`` > 0 there).
+
+The data's task is ``[experiment] task``: ``auto`` (the default) makes it token classification when the
+preprocessed training split has a ``tags`` column (a CoNLL file, or ``tokens_column`` / ``tags_column`` in
+``[preprocess.input]``), else sentence classification. Token classification changes the task of the teacher and
+of every student, the augmentation (only words tagged ``O`` replaced, tags carried) and the scores: entity-level F1
+(seqeval, as conlleval) is the main metric, with precision, recall and token accuracy beside it; the card adds the
+teacher-direct gap and the size / F1 target. Sentence classification is scored by accuracy, as before.
 
 Each runs under the compute schedules asked for: ``equal-steps`` (every student the same optimizer steps) and
 ``equal-epochs`` (TinyBERT's setting: every student as many epochs per stage as ``task`` has on the original
@@ -32,20 +42,29 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
 from augment import AugmentConfig, plan_augment
 from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
 from distill.api import evaluate, finetune, general_distill, task_distill
 from distill.card import model_seq_length
+from distill.data import TAGS
 from distill.logits import plan_teacher_logits
 from distill.metrics import SCORING_RULES
-from distill.models import layer_mapping, load_student, load_teacher, num_layers, resolve_model
+from distill.models import (
+    classifier_class,
+    layer_mapping,
+    load_student,
+    load_teacher,
+    num_layers,
+    resolve_model,
+)
 from distill.models import load_config as load_model_config
+from distill.tagging import token_classifier
 from distill.runs import TrainedModel, read_scores
 from distillery.compose import train_augmentation_mlm
 from distillery.demo import SAMPLE_DIR
-from distillery.recipes.ablation_report import write_report
+from distillery.recipes.ablation_report import METRIC_NAMES, write_report
 from pipelines.atomic import write_json_atomic
 from pipelines.config import ConfigError, Options, identity_dict, load_config, option, read_toml, to_dict
 from pipelines.confine import read_own_json
@@ -56,7 +75,11 @@ from preprocess import PreprocessConfig, input_formats, plan_preprocess
 
 VARIANTS = ("direct", "task", "task-aug", "general+task-aug")
 MLM_VARIANT = "task-aug-mlm"
-SECTIONS = ("preprocess", "augment", "augment_mlm", "mlm", "teacher", "direct", "general", "task", "evaluate")
+MENTION_VARIANT = "task-aug-mention"
+SECTIONS = ("preprocess", "augment", "augment_mlm", "augment_mention", "mlm", "teacher", "direct", "general", "task",
+            "evaluate")
+TOKEN_TASK = "token-classification"
+TASKS = ("auto", "classification", TOKEN_TASK)
 SPLITS = ("train", "dev", "test", "unlabelled")
 SCHEDULES = ("equal-steps", "equal-epochs")
 T = TypeVar("T")
@@ -79,12 +102,16 @@ class ExperimentConfig(Options):
     dev: str = option(str(SAMPLE_DIR / "dev.jsonl"), help="Labelled dev data (evaluation during training).")
     test: str = option(str(SAMPLE_DIR / "test.jsonl"), help="Labelled test data (the reported scores).")
     unlabelled: str = option(str(SAMPLE_DIR / "unlabelled.txt"), help="Unlabelled text (general distillation and "
-                                                                       "the domain masked LM).")
+                                                                       "the domain masked LM); empty: none (no "
+                                                                       "general+task-aug student).")
+    task: str = option("auto", choices=TASKS, help="The data's task: auto = token classification when the "
+                                                   "training split has a tags column, else classification.")
     mlm: str = option("domain", help="Variant 5's masked LM: domain (trained here, [mlm] section), a model folder / "
                                      "hub id, or none (no variant 5).")
     compute: tuple[str, ...] = option(("equal-steps",), help="Schedules: equal-steps and / or equal-epochs.")
     variants: tuple[str, ...] = option((), help="Only these students (direct, task, task-aug, general+task-aug, "
-                                                "task-aug-mlm); empty = all.")
+                                                "task-aug-mlm, task-aug-mention); empty = all that the data and "
+                                                "options allow.")
     name_prefix: str = option("ablation", help="Dataset names: <prefix>-train, <prefix>-train-aug, ...")
     latency_sentences: int = option(256, ge=1, help="Test sentences timed at batch 1 and batch 32.")
     eval_every: int = option(0, ge=0, help="Dev evaluation every N steps (0 = at the end of each run).")
@@ -98,6 +125,13 @@ class ExperimentConfig(Options):
             raise ConfigError("compute", f"{unknown or 'nothing'}: choose from {', '.join(SCHEDULES)}")
         if "equal-epochs" in self.compute and not (self.stage1_steps and self.stage2_steps):
             raise ConfigError("compute", "equal-epochs derives its epochs from stage1_steps and stage2_steps")
+        known = (*VARIANTS, MLM_VARIANT, MENTION_VARIANT)
+        unknown = [v for v in self.variants if v not in known]
+        if unknown:
+            raise ConfigError("variants", f"{unknown[0]}: choose from {', '.join(known)}")
+        if not self.unlabelled and (self.mlm == "domain" or "general+task-aug" in self.variants):
+            raise ConfigError("unlabelled", "empty, but the domain masked LM (mlm = domain) or the general+task-aug "
+                                            "student needs unlabelled text")
 
 
 @dataclass
@@ -108,6 +142,7 @@ class StepConfigs:
     preprocess: PreprocessConfig
     augment: AugmentConfig
     augment_mlm: AugmentConfig          # variant 5's: [augment] with the keys of [augment_mlm] replaced
+    augment_mention: AugmentConfig      # variant 6's: [augment] with the keys of [augment_mention] replaced
     mlm: MLMConfig
     teacher: FinetuneConfig
     direct: FinetuneConfig
@@ -125,12 +160,13 @@ def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Step
                               f"{', '.join(f'[{name}]' for name in ('experiment', *SECTIONS))}")
     exp = load_config(ExperimentConfig, path, overrides, section="experiment")
     local = {split: str(Path(path).parent / getattr(exp, split)) for split in SPLITS
-             if (Path(path).parent / getattr(exp, split)).exists()}
+             if getattr(exp, split) and (Path(path).parent / getattr(exp, split)).exists()}
     return StepConfigs(
         experiment=dataclasses.replace(exp, **local),
         preprocess=load_config(PreprocessConfig, path, section="preprocess"),
         augment=load_config(AugmentConfig, path, section="augment"),
         augment_mlm=load_config(AugmentConfig, path, section=("augment", "augment_mlm")),
+        augment_mention=load_config(AugmentConfig, path, section=("augment", "augment_mention")),
         mlm=load_config(MLMConfig, path, section="mlm"),
         teacher=load_config(FinetuneConfig, path, section="teacher"),
         direct=load_config(FinetuneConfig, path, section="direct"),
@@ -188,16 +224,24 @@ class Experiment:
     runs: dict[str, dict[str, dict[int, Path]]] = field(default_factory=dict)  # schedule -> variant -> seed -> model
     general_student: Path | None = None
     tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)   # schedule -> row -> scores
+    tagging: bool = False                                          # token classification (set with the data)
 
     @property
     def exp(self) -> ExperimentConfig:
         return self.cfgs.experiment
 
+    @property
+    def metric(self) -> str:
+        """The main score: entity F1 (token classification) or accuracy."""
+        return "f1" if self.tagging else "accuracy"
+
     def rows(self, ref: str) -> int:
         return self.store.manifest(ref)["num_rows"]
 
     def wanted(self, variant: str) -> bool:
-        """Whether the experiment trains ``variant`` (``variants`` empty: every one)."""
+        """Whether the experiment trains ``variant`` (``variants`` empty: every one the data and options allow)."""
+        if variant == "general+task-aug" and not self.exp.unlabelled:
+            return False
         return not self.exp.variants or variant in self.exp.variants
 
     def dev(self) -> dict[str, Any]:
@@ -233,6 +277,8 @@ def initial_student(teacher: Path, pretrained: str, exp: ExperimentConfig, seed:
     teacher_config = load_model_config(teacher)
     labels = {"num_labels": teacher_config.num_labels, "id2label": teacher_config.id2label,
               "label2id": teacher_config.label2id}
+    if token_classifier(teacher_config):            # a token head like the teacher's
+        labels["architectures"] = list(teacher_config.architectures)
     shape = {"num_hidden_layers": exp.student_layers, "hidden_size": exp.student_hidden,
              "num_attention_heads": exp.student_heads, "intermediate_size": exp.student_intermediate}
     init_from = None
@@ -244,9 +290,10 @@ def initial_student(teacher: Path, pretrained: str, exp: ExperimentConfig, seed:
 
 # ---- the stages ------------------------------------------------------------------------------------------
 def prepare_data(x: Experiment) -> None:
-    """The four splits as versions (files preprocessed, refs used as they are)."""
+    """The splits as versions (files preprocessed, refs used as they are; no unlabelled text when it is empty),
+    then the data's task (``choose_task``)."""
     cfgs, exp = x.cfgs, x.exp
-    for split in SPLITS:
+    for split in filter(lambda split: getattr(exp, split), SPLITS):
         source = getattr(exp, split)
         if not Path(source).exists():
             x.names[split] = x.store.resolve(source)
@@ -254,6 +301,23 @@ def prepare_data(x: Experiment) -> None:
         name = x.names[split] = f"{exp.name_prefix}-{split}"
         cfg = cfgs.preprocess if split != "unlabelled" else _text_only(cfgs.preprocess, [Path(source)])
         x.clock.run(f"preprocess/{name}", _preprocess, x.store, [Path(source)], cfg, name)
+    choose_task(x)
+
+
+def choose_task(x: Experiment) -> None:
+    """Token classification when ``task`` says so or (``auto``) the training split has a tags column; its teacher
+    and students are then trained as token classifiers (the step configs' ``task``)."""
+    has_tags = TAGS in {f["name"] for f in x.store.manifest(x.names["train"])["schema"]}
+    if x.exp.task == TOKEN_TASK and not has_tags:
+        raise DistilleryError(f"task = {TOKEN_TASK}, but the training split {x.exp.train} has no '{TAGS}' column "
+                              f"(read a CoNLL file, or name tokens_column / tags_column in [preprocess.input])")
+    if x.exp.task == "classification" and has_tags:
+        raise DistilleryError(f"task = classification, but the training split {x.exp.train} is token-classification "
+                              f"data (a '{TAGS}' column): set task = {TOKEN_TASK} or auto")
+    x.tagging = x.exp.task == TOKEN_TASK or (x.exp.task == "auto" and has_tags)
+    if x.tagging:
+        x.cfgs = dataclasses.replace(x.cfgs, **{section: dataclasses.replace(getattr(x.cfgs, section), task=TOKEN_TASK)
+                                                for section in ("teacher", "direct", "task")})
 
 
 def train_mlm(x: Experiment) -> None:
@@ -273,18 +337,34 @@ def train_mlm(x: Experiment) -> None:
 
 
 def augment_data(x: Experiment) -> None:
-    """The training split augmented with word-vector candidates only, and (variant 5) with the masked LM's."""
+    """The training split augmented with word-vector candidates only, (variant 5) with the masked LM's and
+    (variant 6, token classification) with word vectors and mention replacement."""
     prefix = x.exp.name_prefix
     x.data = {"task": x.names["train"], "task-aug": f"{prefix}-train-aug"}
-    augmentations = [("augment", "task-aug", dataclasses.replace(x.cfgs.augment, mlm="none"))]
+    augmentations = [("augment", "task-aug", dataclasses.replace(x.cfgs.augment, mlm="none",
+                                                                 mention_replace_prob=0.0))]
     if x.exp.mlm != "none":
         x.data[MLM_VARIANT] = f"{prefix}-train-aug-mlm"
         mlm = str(x.mlm.path) if x.mlm else x.exp.mlm
         augmentations.append(("augment-mlm", MLM_VARIANT, dataclasses.replace(x.cfgs.augment_mlm, mlm=mlm)))
+    if _mention_variant(x):
+        x.data[MENTION_VARIANT] = f"{prefix}-train-aug-mention"
+        augmentations.append(("augment-mention", MENTION_VARIANT,
+                              dataclasses.replace(x.cfgs.augment_mention, mlm="none")))
     for stage, variant, cfg in augmentations:
         result = x.clock.run(f"{stage}/{x.data[variant]}", _augment, x.store, x.names["train"], cfg,
                              x.data[variant])
         x.augmented[variant] = result.manifest
+
+
+def _mention_variant(x: Experiment) -> bool:
+    """Whether variant 6 runs: token classification with ``mention_replace_prob`` set in ``[augment_mention]``
+    (asked for by name without them: an error)."""
+    runs = x.tagging and x.cfgs.augment_mention.mention_replace_prob > 0 and x.wanted(MENTION_VARIANT)
+    if MENTION_VARIANT in x.exp.variants and not runs:
+        raise DistilleryError(f"variant {MENTION_VARIANT} needs token-classification data and "
+                              "mention_replace_prob > 0 in [augment_mention]")
+    return runs
 
 
 def train_teacher(x: Experiment) -> None:
@@ -366,9 +446,14 @@ def score_key(model_dir: Path, version_id: str, config: EvaluateConfig) -> str:
             f"{json.dumps(evaluation, sort_keys=True)}|rules {SCORING_RULES}")
 
 
+SCORES = {"accuracy": ("accuracy", "macro_f1"), "f1": ("f1", "precision", "recall", "token_accuracy")}
+
+
 def score_models(x: Experiment) -> None:
     """Dev and test scores, parameters and latency of the teacher and of every student (all seeds), per schedule;
-    the best student of each schedule is picked by dev accuracy (``best_student``) and reported on test."""
+    the best student of each schedule is picked by the main metric on dev (``best_student``) and reported on test.
+    Each row holds the test scores of ``SCORES[x.metric]`` (mean, std, ... over seeds), ``dev_<metric>`` and
+    ``<metric>_vs_teacher``."""
     test_texts = [row["text"] for row in x.store.read_table(x.names["test"], columns=["text"]).to_pylist()]
     timing_texts = test_texts[:x.exp.latency_sentences]
     cache_path = x.out / "scores.json"       # a model scored before (same weights, version, config, rules) is not again
@@ -388,9 +473,8 @@ def score_models(x: Experiment) -> None:
     def describe(model_dirs: list[Path]) -> dict[str, Any]:
         scores, dev = [score(d, "test") for d in model_dirs], [score(d, "dev") for d in model_dirs]
         first = scores[0]
-        return {"accuracy": summarise([s["accuracy"] for s in scores]),
-                "macro_f1": summarise([s["macro_f1"] for s in scores]),
-                "dev_accuracy": summarise([s["accuracy"] for s in dev]), "max_seq_length": first["max_seq_length"],
+        return {**{name: summarise([s[name] for s in scores]) for name in SCORES[x.metric]},
+                f"dev_{x.metric}": summarise([s[x.metric] for s in dev]), "max_seq_length": first["max_seq_length"],
                 "parameters": first["parameters"], "non_embedding_parameters": first["non_embedding_parameters"],
                 "latency_ms_batch1": first["latency_ms_batch1"], "latency_ms_batch32": first["latency_ms_batch32"],
                 "runs": [os.path.relpath(d, x.out) for d in model_dirs]}     # relative: results travel
@@ -399,22 +483,51 @@ def score_models(x: Experiment) -> None:
     for schedule, runs in x.runs.items():
         table = {"teacher": teacher, **{v: describe([seeds[s] for s in x.exp.seeds]) for v, seeds in runs.items()}}
         for row in table.values():
-            row["accuracy_vs_teacher"] = round(row["accuracy"]["mean"] / teacher["accuracy"]["mean"], 4)
+            row[f"{x.metric}_vs_teacher"] = round(row[x.metric]["mean"] / teacher[x.metric]["mean"], 4) \
+                if teacher[x.metric]["mean"] else None
             row["non_embedding_vs_teacher"] = round(row["non_embedding_parameters"] /
                                                     teacher["non_embedding_parameters"], 4)
         x.tables[schedule] = table
 
 
-def best_student(table: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The student with the highest mean dev accuracy (the first in table order on a tie), with its test
+def best_student(table: dict[str, dict[str, Any]], metric: str = "accuracy") -> dict[str, Any] | None:
+    """The student with the highest mean dev ``metric`` (the first in table order on a tie), with its test
     scores: picked on dev, reported on test, so that the pick does not flatter its own test score."""
     students = {name: row for name, row in table.items() if name != "teacher"}
     if not students:
         return None
-    name = max(students, key=lambda n: students[n]["dev_accuracy"]["mean"])
+    name = max(students, key=lambda n: students[n][f"dev_{metric}"]["mean"])
     row = students[name]
-    return {"student": name, "picked_by": "mean dev accuracy", "dev_accuracy": row["dev_accuracy"]["mean"],
-            "test_accuracy": row["accuracy"]["mean"], "test_accuracy_vs_teacher": row["accuracy_vs_teacher"]}
+    return {"student": name, "picked_by": f"mean dev {METRIC_NAMES[metric]}", f"dev_{metric}":
+            row[f"dev_{metric}"]["mean"], f"test_{metric}": row[metric]["mean"],
+            f"test_{metric}_vs_teacher": row[f"{metric}_vs_teacher"]}
+
+
+def teacher_gap(table: dict[str, dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The teacher's mean test ``metric`` minus the direct student's, and the share of that gap each distilled
+    student closes (None without a direct student)."""
+    if "direct" not in table:
+        return None
+    teacher, direct = table["teacher"][metric]["mean"], table["direct"][metric]["mean"]
+    gap = teacher - direct
+    closed = {name: round((row[metric]["mean"] - direct) / gap, 4) if gap else None
+              for name, row in table.items() if name not in ("teacher", "direct")}
+    return {"teacher": teacher, "direct": direct, "gap": round(gap, 4), "closed": closed}
+
+
+TARGET = {"score_vs_teacher": 0.95, "non_embedding_vs_teacher": 1 / 3}
+
+
+def size_target(table: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Which students reach ``TARGET``: mean test ``metric`` >= 95% of the teacher's at <= 1/3 of its
+    non-embedding parameters."""
+    students = {name: {"score_vs_teacher": row[f"{metric}_vs_teacher"],
+                       "non_embedding_vs_teacher": row["non_embedding_vs_teacher"]}
+                for name, row in table.items() if name != "teacher"}
+    for row in students.values():
+        row["met"] = (row["score_vs_teacher"] is not None and row["score_vs_teacher"] >= TARGET["score_vs_teacher"]
+                      and row["non_embedding_vs_teacher"] <= TARGET["non_embedding_vs_teacher"])
+    return {**TARGET, "students": students}
 
 
 STAGES: tuple[tuple[str, Callable[[Experiment], None]], ...] = (
@@ -429,16 +542,15 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
     for _, stage in STAGES:
         stage(x)
     results = {
-        "config": {"experiment": to_dict(x.exp), **{s: to_dict(getattr(cfgs, s)) for s in SECTIONS}},
-        "data": {n: {"version_id": store.resolve(v), "rows": x.rows(v),
-                     "labels": store.manifest(v)["stats"].get("label_counts")} for n, v in x.names.items()},
+        "task": TOKEN_TASK if x.tagging else "classification", "metric": x.metric,
+        "config": {"experiment": to_dict(x.exp), **{s: to_dict(getattr(x.cfgs, s)) for s in SECTIONS
+                                                    if x.tagging or s != "augment_mention"}},
+        "data": {n: _data_record(x, v) for n, v in x.names.items()},
         "mlm": _mlm_record(x),
         "augmentation": {variant: {"version_id": m["version_id"], "rows": m["num_rows"],
                                    "counts": m["extra"].get("counts", {}), "agreement": m.get("agreement")}
                          for variant, m in x.augmented.items()},
-        "schedules": {schedule: {"table": table, "best": best_student(table),
-                                 "comparisons": _comparisons({k: v for k, v in table.items() if k != "teacher"})}
-                      for schedule, table in x.tables.items()},
+        "schedules": {schedule: _schedule_record(table, x.metric, x.tagging) for schedule, table in x.tables.items()},
         "scoring": {"rules": SCORING_RULES, "evaluate": to_dict(cfgs.evaluate),
                     "max_seq_length": cfgs.evaluate.max_seq_length or "each model's training length (its card.json)"},
         "wall_clock_seconds": x.clock.report(),
@@ -446,6 +558,25 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
     write_json_atomic(out / "results.json", results)
     write_report(results, out)
     return results
+
+
+def _data_record(x: Experiment, ref: str) -> dict[str, Any]:
+    """A split's version, rows and labels (token classification: tag and entity counts too)."""
+    stats = x.store.manifest(ref)["stats"]
+    record = {"version_id": x.store.resolve(ref), "rows": x.rows(ref), "labels": stats.get("label_counts")}
+    if x.tagging:
+        record.update(tags=stats.get("tag_counts"), entities=stats.get("entity_counts"))
+    return record
+
+
+def _schedule_record(table: dict[str, dict[str, Any]], metric: str, tagging: bool) -> dict[str, Any]:
+    """One schedule's table, best student and comparisons; token classification adds the teacher-direct gap and
+    the size / F1 target."""
+    record = {"table": table, "best": best_student(table, metric),
+              "comparisons": _comparisons({k: v for k, v in table.items() if k != "teacher"}, metric)}
+    if tagging:
+        record.update(gap=teacher_gap(table, metric), target=size_target(table, metric))
+    return record
 
 
 def _mlm_record(x: Experiment) -> dict[str, Any] | None:
@@ -459,8 +590,8 @@ def _mlm_record(x: Experiment) -> dict[str, Any] | None:
 
 # ---- measurements -----------------------------------------------------------------------------------------
 def parameter_counts(model_dir: Path) -> dict[str, int]:
-    """Total and non-embedding parameters of a saved model."""
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    """Total and non-embedding parameters of a saved model (sequence or token classifier)."""
+    model = _load_classifier(model_dir)
     total = sum(p.numel() for p in model.parameters())
     embedding = sum(p.numel() for n, p in model.named_parameters() if ".embeddings." in f".{n}")
     return {"parameters": total, "non_embedding_parameters": total - embedding}
@@ -469,7 +600,7 @@ def parameter_counts(model_dir: Path) -> dict[str, int]:
 def latency_ms(model_dir: Path, texts: list[str], batch_size: int, max_seq_length: int = 128) -> float:
     """Mean CPU milliseconds per sentence (tokenisation included) at a batch size."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    model = _load_classifier(model_dir).eval()
     batches = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
     with torch.inference_mode():
         model(**tokenizer(batches[0], return_tensors="pt", padding=True, truncation=True,
@@ -480,19 +611,24 @@ def latency_ms(model_dir: Path, texts: list[str], batch_size: int, max_seq_lengt
     return round(1000 * (time.perf_counter() - start) / len(texts), 3)
 
 
+def _load_classifier(model_dir: Path) -> Any:
+    """A saved classifier with the head its config names (sequence or token classification)."""
+    return classifier_class(load_model_config(model_dir)).from_pretrained(model_dir)
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     """Mean, sample standard deviation and range of per-seed scores."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "n": len(values)}
 
 
-def _comparisons(table: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each pair of students: is the accuracy difference larger than the two seed spreads added?"""
+def _comparisons(table: dict[str, dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Each pair of students: is the difference of the main metric larger than the two seed spreads added?"""
     out = []
     names = list(table)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            sa, sb = table[a]["accuracy"], table[b]["accuracy"]
+            sa, sb = table[a][metric], table[b][metric]
             diff = sb["mean"] - sa["mean"]
             spread = sa["std"] + sb["std"]
             out.append({"a": a, "b": b, "b_minus_a": round(diff, 4), "spread": round(spread, 4),
