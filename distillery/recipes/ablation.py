@@ -60,8 +60,8 @@ from distill.models import (
     resolve_model,
 )
 from distill.models import load_config as load_model_config
-from distill.tagging import token_classifier
 from distill.runs import TrainedModel, read_scores
+from distill.tagging import token_classifier
 from distillery.compose import train_augmentation_mlm
 from distillery.demo import SAMPLE_DIR
 from distillery.recipes.ablation_report import METRIC_NAMES, write_report
