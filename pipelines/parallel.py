@@ -38,6 +38,7 @@ from typing import Any
 from pipelines.errors import DistilleryError
 
 _STATE: Any = None          # this process's worker state: what its pool's ``init`` returned
+WAKE_S = 0.2                # the caller's longest wait for an answer before it looks at pending signals (Ctrl-C)
 
 
 def worker_state() -> Any:
@@ -170,7 +171,10 @@ class WorkerPool:
         from multiprocess.connection import wait
 
         handles = {w.conn: w for w in self._workers} | {w.process.sentinel: w for w in self._workers}
-        for ready in wait(list(handles)):
+        ready_now: list[Any] = []
+        while not ready_now:    # short waits: a Ctrl-C that another thread received is handled within WAKE_S
+            ready_now = wait(list(handles), timeout=WAKE_S)
+        for ready in ready_now:
             worker = handles[ready]
             if ready is worker.conn:
                 try:

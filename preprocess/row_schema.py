@@ -196,7 +196,7 @@ def derive_schema(inputs: Iterable[InputColumns], text_column: str, text_pair_co
         for column in mapped:
             if info.columns and column not in info.columns:
                 raise DistilleryError(f"{info.where}: no column '{column}' in its first rows "
-                                      f"(columns: {', '.join(info.columns)}); map columns with "
+                                      f"(columns: {', '.join(json.dumps(c) for c in info.columns)}); map columns with "
                                       f"{_MAPPING_FLAGS[bool(tag_columns)]}")
         if info.label_kind:
             if label_kind and info.label_kind != label_kind and {label_kind, info.label_kind} != {"int", "float"}:

@@ -200,3 +200,12 @@ def test_a_special_file_inside_a_folder_input_or_a_model_folder_is_refused(tmp_p
         model_reference(str(model))
     with pytest.raises(DistilleryError, match="is a device"):
         model_reference("/dev/zero")
+
+
+def test_a_column_name_with_a_line_break_stays_on_the_errors_one_line(store, tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps({"\n": "x", "a\rb": 1}) + "\n")
+    with pytest.raises(DistilleryError) as caught:
+        run_step(store, plan_preprocess([path], PreprocessConfig()), "odd")
+    message = str(caught.value)
+    assert "odd.jsonl" in message and "\n" not in message and "\r" not in message and '"\\n"' in message
