@@ -172,12 +172,17 @@ def test_an_idle_worker_killed_from_outside_fails_the_next_call_and_close_return
 
 
 def test_ctrl_c_in_the_caller_ends_the_workers():
-    pool = WorkerPool(2)
-    pids = pool.submit(sleep_then_pid, [(0.0,), (0.0,)])()
-    interrupt = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    interrupt.start()
-    with pytest.raises(KeyboardInterrupt), pool:
-        pool.submit(sleep_then_pid, [(30.0,), (30.0,)])()        # workers ignore Ctrl-C; the caller ends them
+    # Python's own Ctrl-C handler, whatever the test runner installed (a pytest-xdist worker may ignore SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        pool = WorkerPool(2)
+        pids = pool.submit(sleep_then_pid, [(0.0,), (0.0,)])()
+        interrupt = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        interrupt.start()
+        with pytest.raises(KeyboardInterrupt), pool:
+            pool.submit(sleep_then_pid, [(30.0,), (30.0,)])()    # workers ignore Ctrl-C; the caller ends them
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert gone(pids, within=2.0)
 
 
