@@ -212,3 +212,13 @@ def test_the_task_option_must_fit_the_data(store, tmp_path):
         load_experiment(toml, {"variants": ["task-aug-ment"]})
     with pytest.raises(DistilleryError, match="'unlabelled': empty, but the domain masked LM"):
         load_experiment(toml, {"unlabelled": ""})
+
+
+def test_one_seed_is_never_called_larger_than_the_spread():
+    from distillery.recipes.ablation import _comparisons
+    from distillery.recipes.ablation_report import comparison_lines
+
+    one = {"direct": {"f1": {"mean": 0.68, "std": 0.0, "n": 1}}, "task-aug": {"f1": {"mean": 0.72, "std": 0.0, "n": 1}}}
+    pair, = _comparisons(one, "f1")
+    assert pair["larger_than_spread"] is None
+    assert comparison_lines([pair]) == ["- task-aug vs direct: +4.0 points, one seed: no seed spread to compare with"]

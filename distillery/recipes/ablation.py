@@ -623,7 +623,8 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 
 def _comparisons(table: dict[str, dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """Each pair of students: is the difference of the main metric larger than the two seed spreads added?"""
+    """Each pair of students: is the difference of the main metric larger than the two seed spreads added? (None:
+    a student has one seed, so there is no spread to compare with.)"""
     out = []
     names = list(table)
     for i, a in enumerate(names):
@@ -631,6 +632,7 @@ def _comparisons(table: dict[str, dict[str, Any]], metric: str) -> list[dict[str
             sa, sb = table[a][metric], table[b][metric]
             diff = sb["mean"] - sa["mean"]
             spread = sa["std"] + sb["std"]
+            measured = min(sa.get("n", 2), sb.get("n", 2)) > 1      # one seed has no spread to compare with
             out.append({"a": a, "b": b, "b_minus_a": round(diff, 4), "spread": round(spread, 4),
-                        "larger_than_spread": abs(diff) > spread})
+                        "larger_than_spread": abs(diff) > spread if measured else None})
     return out

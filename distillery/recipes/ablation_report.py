@@ -137,8 +137,10 @@ def target_lines(target: dict[str, Any], metric: str) -> list[str]:
 
 def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     """One line per pair of students: the difference and whether it exceeds the seed spread."""
-    return [f"- {c['b']} vs {c['a']}: {100 * c['b_minus_a']:+.1f} points, seed spread (sum of std) "
-            f"{100 * c['spread']:.1f}: {'larger' if c['larger_than_spread'] else 'not larger'} than the spread"
+    return [f"- {c['b']} vs {c['a']}: {100 * c['b_minus_a']:+.1f} points, " + (
+            "one seed: no seed spread to compare with" if c["larger_than_spread"] is None else
+            f"seed spread (sum of std) {100 * c['spread']:.1f}: "
+            f"{'larger' if c['larger_than_spread'] else 'not larger'} than the spread")
             for c in comparisons] or ["- one student in this run (`--variants`): nothing to compare it with"]
 
 
