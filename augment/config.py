@@ -69,6 +69,9 @@ class AugmentConfig(Options):
                                                                "host:port; default: start a local Ray instance).")
     ray_actors: int | None = option(None, ge=1, le=1024, runtime=True, help="Ray actors, each loading the models once "
                                                                    "(default: one per GPU, else one per 2 CPUs).")
+    ray_remote: str | None = option(None, runtime=True, help="With --engine ray: a remote (s3://..., gs://...) that "
+                                    "holds the input version (`versions push` it); the actors read their chunks "
+                                    "there through their node's shard cache, so no shared filesystem is needed.")
 
     def check(self) -> None:
         if self.task is not None and self.task.lower() not in TASK_ROUNDS:

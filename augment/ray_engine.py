@@ -24,6 +24,8 @@ from augment.chunk import Executor, Setup, augment_chunk, load_models, loaded_id
 from pipelines.chunks import ChunkOutput, write_chunks
 from pipelines.errors import DistilleryError
 from pipelines.progress import progress_bar
+from pipelines.remote import Remote
+from pipelines.remote_store import CachedShards, RemoteStore
 from pipelines.store import Store, VersionWriter
 
 if TYPE_CHECKING:
@@ -85,14 +87,15 @@ def _stderr_closed() -> Iterator[None]:
 
 
 # ---- actors ----------------------------------------------------------------------------------------------
-def read_rows(shards: list[tuple[str, int]], start: int, count: int) -> pa.Table:
-    """Rows ``start`` .. ``start + count`` of the Parquet ``shards`` ((path, rows) in row order), reading only
-    the row groups that hold them."""
+def read_rows(shards: list[tuple[str, int]], start: int, count: int, source: CachedShards | None = None) -> pa.Table:
+    """Rows ``start`` .. ``start + count`` of the Parquet ``shards`` ((path, rows) in row order; with ``source``,
+    shard ``i`` is ``source.local(i)``: a remote's shard through this node's cache), reading only the row groups
+    that hold them."""
     parts, first = [], 0
-    for path, rows in shards:
+    for i, (path, rows) in enumerate(shards):
         lo, hi = max(start, first), min(start + count, first + rows)
         if lo < hi:
-            file = pq.ParquetFile(path, memory_map=True)
+            file = pq.ParquetFile(source.local(i) if source is not None else path, memory_map=True)
             groups, group_first, skip = [], 0, None
             for g in range(file.num_row_groups):
                 group_rows = file.metadata.row_group(g).num_rows
@@ -109,10 +112,11 @@ class ChunkAugmenter:
     """A Ray actor: loads the models once, then turns chunk indices into their ``ChunkOutput``s (rows not yet
     numbered; ``stats``: what the models did for the chunk), sent back pickled with what the actor loaded."""
 
-    def __init__(self, setup: Setup, shards: list[tuple[str, int]], total_rows: int):
+    def __init__(self, setup: Setup, shards: list[tuple[str, int]], total_rows: int,
+                 source: CachedShards | None = None):
         if setup.device.startswith("cuda"):          # Ray shows the actor only its own GPU
             setup = dataclasses.replace(setup, device="cuda")
-        self.setup, self.shards, self.total_rows = setup, shards, total_rows
+        self.setup, self.shards, self.total_rows, self.source = setup, shards, total_rows, source
         self.models = load_models(setup)
         self.executor = Executor(0, self.models.tokenizer, self.models.spec, setup.mentions)
 
@@ -121,7 +125,7 @@ class ChunkAugmenter:
         indices, outputs = batch.column("index").to_pylist(), []
         for index in indices:
             start = index * config.chunk_rows
-            table = read_rows(self.shards, start, _input_rows(index, config.chunk_rows, self.total_rows))
+            table = read_rows(self.shards, start, _input_rows(index, config.chunk_rows, self.total_rows), self.source)
             before = self._stats()
             output = augment_chunk(index, table, row_ids(table, start), self.setup.fields, self.models, config,
                                    self.executor, self.setup.tagging)
@@ -202,11 +206,27 @@ def _augmented(ray: Any, store: Store, vid: str, total_rows: int, setup: Setup, 
     actors = config.ray_actors or (max(1, int(resources.get("GPU", 0))) if gpu
                                    else max(1, int(resources.get("CPU", 1)) // 2))
     run["actors"] = actors
-    shards = [(str(p), s["rows"]) for p, s in zip(store.shard_paths(vid), store.manifest(vid)["shards"])]
+    source = _remote_source(config.ray_remote, store, vid) if config.ray_remote else None
+    entries = store.manifest(vid)["shards"]
+    paths = source.names() if source is not None else [str(p) for p in store.shard_paths(vid)]
+    shards = [(path, entry["rows"]) for path, entry in zip(paths, entries)]
+    run["input_remote"] = config.ray_remote
     dataset = ray.data.from_items([{"index": i} for i in todo], override_num_blocks=len(todo)).map_batches(
-        ChunkAugmenter, fn_constructor_args=(setup, shards, total_rows), batch_size=1, batch_format="pyarrow",
+        ChunkAugmenter, fn_constructor_args=(setup, shards, total_rows, source), batch_size=1, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))), num_cpus=1, num_gpus=1 if gpu else 0)
     return iter(dataset.iter_rows())
+
+
+def _remote_source(url: str, store: Store, vid: str) -> CachedShards:
+    """The input version's shards on the remote ``url``, which must hold exactly the local version's shards."""
+    remote = RemoteStore(Remote(url))
+    if not remote.is_complete(vid):
+        raise DistilleryError(f"augment: --ray-remote {url} does not hold the input version {vid[:12]}; push it "
+                              f"first: `distillery versions push {vid[:12]} {url}`")
+    theirs = [e["sha256"] for e in remote.manifest(vid)["shards"]]
+    if theirs != [e["sha256"] for e in store.manifest(vid)["shards"]]:
+        raise DistilleryError(f"augment: version {vid[:12]} on {url} holds other shards than the local one")
+    return remote.cached_shards(vid)
 
 
 def _input_rows(index: int, chunk_rows: int, total_rows: int) -> int:

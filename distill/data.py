@@ -58,6 +58,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distill.tagging import piece_labels
 from pipelines.errors import DistilleryError
+from pipelines.remote import Remote
+from pipelines.remote_store import CachedShards, RemoteStore
 
 if TYPE_CHECKING:
     from pipelines.store import Store
@@ -204,31 +206,40 @@ class ShardStream(IterableDataset):
                  max_seq_length: int = 128, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
                  group_batches: int = 50, label2id: dict[str, int] | None = None, regression: bool = False,
                  rank: int = 0, world_size: int = 1, num_rows: int | None = None, collator: Collator | None = None,
-                 version: str | None = None, tagging: bool = False, label_all_pieces: bool = False):
+                 version: str | None = None, tagging: bool = False, label_all_pieces: bool = False,
+                 source: CachedShards | None = None):
         super().__init__()
         if batch_size < 1:
             raise DistilleryError(f"batch_size must be >= 1 (got {batch_size})")
         if not 0 <= rank < world_size:
             raise DistilleryError(f"rank {rank} outside world size {world_size}")
         self.shards = [str(s) for s in shards]
+        self.source = source                 # shards on a remote: fetched through the node's cache as reached
+        if source is not None and len(source) != len(self.shards):
+            raise DistilleryError(f"{len(self.shards)} shard names for {len(source)} remote shards")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.shuffle_buffer = max(1, shuffle_buffer)
         self.group_batches = max(1, group_batches)
         self.rank, self.world_size = rank, world_size
         self.collate = collator or Collator(tokenizer, max_seq_length, label2id, regression, tagging, label_all_pieces)
-        self.num_rows = num_rows if num_rows is not None else sum(pq.ParquetFile(s).metadata.num_rows
-                                                                  for s in self.shards)
+        self.num_rows = num_rows if num_rows is not None else sum(pq.ParquetFile(self._local(i)).metadata.num_rows
+                                                                  for i in range(len(self.shards)))
         self.version = version or _shards_fingerprint(self.shards)
         self.state = StreamState(seed=seed)
         self._stride: int | None = None      # set in a worker's copy once it has yielded: its worker count
         self._columns = self._read_columns()
 
     @classmethod
-    def from_store(cls, store: Store, ref: str, tokenizer: str | Path, **options: Any) -> ShardStream:
+    def from_store(cls, store: Store | RemoteStore | str, ref: str, tokenizer: str | Path,
+                   **options: Any) -> ShardStream:
         """The stream of ``store``'s version ``ref`` (its shards, row count and id); ``options`` as for the
-        constructor. A token-classification version (a ``tags`` column) is streamed with ``tagging`` unless told
-        otherwise, labelled with its tag vocabulary (the sorted tags of its manifest) unless ``label2id`` is given."""
+        constructor. ``store`` may be a remote (a ``RemoteStore``, or its URL: ``"s3://bucket/prefix"``), whose
+        shards come through the node's shard cache as the stream reaches them (the next one prefetched). A
+        token-classification version (a ``tags`` column) is streamed with ``tagging`` unless told otherwise,
+        labelled with its tag vocabulary (the sorted tags of its manifest) unless ``label2id`` is given."""
+        if isinstance(store, str):
+            store = RemoteStore(Remote(store))
         vid = store.resolve(ref)
         manifest = store.manifest(vid)
         if options.get("tagging", TAGS in {f["name"] for f in manifest["schema"]}):
@@ -237,13 +248,20 @@ class ShardStream(IterableDataset):
                 raise DistilleryError(f"version {ref} records no tags (stats.tag_counts): give label2id")
             options = {**options, "tagging": True,
                        "label2id": options.get("label2id") or {tag: i for i, tag in enumerate(tags)}}
-        return cls(store.shard_paths(vid), tokenizer, num_rows=manifest["num_rows"], version=vid,
-                   **options)
+        if isinstance(store, RemoteStore):
+            source = store.cached_shards(vid)
+            return cls(source.names(), tokenizer, num_rows=manifest["num_rows"], version=vid, source=source,
+                       **options)
+        return cls(store.shard_paths(vid), tokenizer, num_rows=manifest["num_rows"], version=vid, **options)
+
+    def _local(self, index: int) -> str:
+        """Shard ``index`` as a local file (a remote one through the cache)."""
+        return str(self.source.local(index)) if self.source is not None else self.shards[index]
 
     def _read_columns(self) -> list[str]:
         if not self.shards:
             raise DistilleryError("the version has no shards (no rows to train on)")
-        names = pq.ParquetFile(self.shards[0]).schema_arrow.names
+        names = pq.ParquetFile(self._local(0)).schema_arrow.names
         if TEXT not in names:
             raise DistilleryError(f"{self.shards[0]}: no '{TEXT}' column (columns: {', '.join(names)})")
         wanted = (TEXT, PAIR, LABEL, ROW_ID, LOGITS) + ((TOKENS, TAGS) if self.collate.tagging else ())
@@ -292,8 +310,10 @@ class ShardStream(IterableDataset):
         order = list(range(len(self.shards)))
         if self.shuffle:
             rng.shuffle(order)
-        for index in order:
-            parquet = pq.ParquetFile(self.shards[index], memory_map=True)
+        for position, index in enumerate(order):
+            if self.source is not None and position + 1 < len(order):
+                self.source.prefetch(order[position + 1])
+            parquet = pq.ParquetFile(self._local(index), memory_map=True)
             for batch in parquet.iter_batches(batch_size=4096, columns=self._columns):
                 rows = batch.to_pylist()
                 self.collate.encode(rows)

@@ -38,11 +38,11 @@ MANIFEST = "manifest.json"
 CARD = "README.md"
 ROW_GROUP_ROWS = 10_000
 ROW_GROUP_BYTES = 32 << 20        # a row group holds fewer rows when they reach this size in memory
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")            # names, tags (always fullmatch)
-_ID_RE = re.compile(r"[0-9a-f]{64}")                             # version ids, sha256s
-_SHARD_RE = re.compile(r"data/shard-[0-9]{5,}\.parquet")         # the only file names a version holds
-_REJECTS_RE = re.compile(r"rejects/rejects-[0-9]{5,}\.parquet")
-_ANY_FILE_RE = re.compile(f"{_SHARD_RE.pattern}|{_REJECTS_RE.pattern}")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")            # names, tags (always fullmatch)
+ID_RE = re.compile(r"[0-9a-f]{64}")                             # version ids, sha256s
+SHARD_RE = re.compile(r"data/shard-[0-9]{5,}\.parquet")         # the only file names a version holds
+REJECTS_RE = re.compile(r"rejects/rejects-[0-9]{5,}\.parquet")
+ANY_FILE_RE = re.compile(f"{SHARD_RE.pattern}|{REJECTS_RE.pattern}")
 _RECORD_RE = re.compile(r"[0-9]{5,}\.json")
 
 
@@ -200,7 +200,7 @@ def _check_entry(entry: Any, pattern: re.Pattern[str]) -> None:
     for key in ("rows", "bytes"):
         if not _is_count(entry.get(key)):
             raise ValueError(f"{entry['path']}: {key} {entry.get(key)!r} is not a count")
-    if not isinstance(entry.get("sha256"), str) or not _ID_RE.fullmatch(entry["sha256"]):
+    if not isinstance(entry.get("sha256"), str) or not ID_RE.fullmatch(entry["sha256"]):
         raise ValueError(f"{entry['path']}: sha256 {entry.get('sha256')!r} is not a sha256")
 
 
@@ -221,17 +221,17 @@ def check_manifest(data: Any, vid: str) -> dict[str, Any]:
                           ("rejects", list), ("accounting", dict), ("stats", dict), ("extra", dict)):
             if not isinstance(data.get(key), kind):
                 raise ValueError(f"'{key}' is not a {kind.__name__}")
-        if data.get("name") is not None and not (isinstance(data["name"], str) and _NAME_RE.fullmatch(data["name"])):
+        if data.get("name") is not None and not (isinstance(data["name"], str) and NAME_RE.fullmatch(data["name"])):
             raise ValueError(f"name {data['name']!r} is not a valid name")
         for parent in data["parents"]:
             if not isinstance(parent, dict) or not (
-                    (isinstance(parent.get("version_id"), str) and _ID_RE.fullmatch(parent["version_id"]))
+                    (isinstance(parent.get("version_id"), str) and ID_RE.fullmatch(parent["version_id"]))
                     or (isinstance(parent.get("sha256"), str) and "version_id" not in parent)):
                 raise ValueError(f"parent {parent!r} has neither a version id nor a sha256")
         for entry in data["shards"]:
-            _check_entry(entry, _SHARD_RE)
+            _check_entry(entry, SHARD_RE)
         for entry in data["rejects"]:
-            _check_entry(entry, _REJECTS_RE)
+            _check_entry(entry, REJECTS_RE)
         if not _is_count(data.get("num_rows")) or data["num_rows"] != sum(e["rows"] for e in data["shards"]):
             raise ValueError(f"num_rows {data.get('num_rows')!r} is not the sum of its shards' rows")
     except ValueError as exc:
@@ -289,9 +289,9 @@ class VersionWriter:
             raise _Untrusted("its record is not a chunk record of this index")
         if not isinstance(record.get("accounting"), dict) or not isinstance(record.get("schema"), list):
             raise _Untrusted("its record lacks accounting or schema")
-        files = [("shard", _SHARD_RE, f"data/shard-{index:05d}.parquet")]
+        files = [("shard", SHARD_RE, f"data/shard-{index:05d}.parquet")]
         if "rejects" in record:
-            files.append(("rejects", _REJECTS_RE, f"rejects/rejects-{index:05d}.parquet"))
+            files.append(("rejects", REJECTS_RE, f"rejects/rejects-{index:05d}.parquet"))
         for key, pattern, expected in files:
             try:
                 _check_entry(record.get(key), pattern)
@@ -472,7 +472,7 @@ class Store:
 
     def version_path(self, version_id: str) -> Path:
         """Folder of a version (complete or not); ``version_id`` must be a version id (64 hex digits)."""
-        if not isinstance(version_id, str) or not _ID_RE.fullmatch(version_id):
+        if not isinstance(version_id, str) or not ID_RE.fullmatch(version_id):
             raise DistilleryError(f"'{str(version_id)[:80]}' is not a version id (64 hex digits)")
         return self.versions_dir / version_id
 
@@ -486,7 +486,7 @@ class Store:
 
     def is_complete(self, version_id: str) -> bool:
         """True when the version's manifest exists (as a regular file in a real version folder)."""
-        if not isinstance(version_id, str) or not _ID_RE.fullmatch(version_id):
+        if not isinstance(version_id, str) or not ID_RE.fullmatch(version_id):
             return False
         path = self.version_path(version_id)
         return _is_real_dir(self.versions_dir) and _is_real_dir(path) and is_regular(path / MANIFEST)
@@ -496,7 +496,7 @@ class Store:
         if not _is_real_dir(self.versions_dir):
             return []
         return sorted(e.name for e in os.scandir(self.versions_dir)
-                      if _ID_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+                      if ID_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
                       and (include_partial or self.is_complete(e.name)))
 
     def check_exists(self) -> None:
@@ -505,7 +505,7 @@ class Store:
             raise DistilleryError(f"no dataset store at {self.root} (no such folder; pass --store or set "
                                   f"DISTILLERY_STORE)")
 
-    def _read_ref(self, name: str, tag: str) -> str | None:
+    def read_ref(self, name: str, tag: str) -> str | None:
         """The version id ``refs/<name>/<tag>`` holds (None when there is no such ref)."""
         folder = self.refs_dir / name
         if not (_is_real_dir(self.refs_dir) and os.path.lexists(folder)):
@@ -517,7 +517,7 @@ class Store:
         with os.fdopen(open_regular(path, follow=False), "rb") as fh:
             content = fh.read(200)
         vid = content.decode("utf-8", "replace").strip()
-        if not _ID_RE.fullmatch(vid):
+        if not ID_RE.fullmatch(vid):
             raise DistilleryError(f"ref {name}@{tag} is malformed (it holds {content[:40]!r}, not a version id); "
                                   f"point it again with `distillery versions tag {name}@{tag} VERSION`")
         return vid
@@ -526,8 +526,8 @@ class Store:
         """Resolve ``name@tag``, ``name`` (= ``name@latest``), a full id or a unique id prefix (4+ hex digits)."""
         self.check_exists()
         name, _, tag = ref.partition("@")
-        if _NAME_RE.fullmatch(name) and (not tag or _NAME_RE.fullmatch(tag)):
-            vid = self._read_ref(name, tag or "latest")
+        if NAME_RE.fullmatch(name) and (not tag or NAME_RE.fullmatch(tag)):
+            vid = self.read_ref(name, tag or "latest")
             if vid is not None:
                 return vid
         if not tag and re.fullmatch(r"[0-9a-f]{4,64}", ref):
@@ -575,14 +575,14 @@ class Store:
         """Absolute paths of the data shards, in row order, each checked against the manifest's size and sha256
         (once per process while the file is unchanged): every read of a version goes through here, so a damaged
         shard stops the read before any of its rows reaches the user. The reader holds the version (``hold``)."""
-        vid, files = self._files(ref, "shards", _SHARD_RE)
+        vid, files = self._files(ref, "shards", SHARD_RE)
         for path, entry in files:
             _check_shard(vid, path, entry)
         return [path for path, _ in files]
 
     def reject_paths(self, ref: str) -> list[Path]:
         """Absolute paths of the rejects shards, each checked like the data shards."""
-        vid, files = self._files(ref, "rejects", _REJECTS_RE)
+        vid, files = self._files(ref, "rejects", REJECTS_RE)
         for path, entry in files:
             _check_shard(vid, path, entry)
         return [path for path, _ in files]
@@ -635,7 +635,7 @@ class Store:
     def tag(self, name: str, tag: str, ref: str) -> str:
         """Point ``name@tag`` at a complete version; returns its id."""
         for part in (name, tag):
-            if not isinstance(part, str) or not _NAME_RE.fullmatch(part):
+            if not isinstance(part, str) or not NAME_RE.fullmatch(part):
                 raise DistilleryError(f"invalid name or tag {part!r}: use letters, digits, '.', '_' and '-'")
         vid = self.resolve(ref)
         if not self.is_complete(vid):
@@ -649,10 +649,10 @@ class Store:
         if not _is_real_dir(self.refs_dir):
             return
         for folder in sorted(os.scandir(self.refs_dir), key=lambda e: e.name):
-            if not (_NAME_RE.fullmatch(folder.name) and folder.is_dir(follow_symlinks=False)):
+            if not (NAME_RE.fullmatch(folder.name) and folder.is_dir(follow_symlinks=False)):
                 continue
             for entry in sorted(os.scandir(folder.path), key=lambda e: e.name):
-                if _NAME_RE.fullmatch(entry.name) and not entry.name.endswith(".tmp"):
+                if NAME_RE.fullmatch(entry.name) and not entry.name.endswith(".tmp"):
                     yield f"{folder.name}@{entry.name}", Path(entry.path)
 
     def refs(self) -> dict[str, str]:
@@ -661,7 +661,7 @@ class Store:
         for ref, _ in self._ref_files():
             name, _, tag = ref.partition("@")
             with contextlib.suppress(DistilleryError, OSError):
-                vid = self._read_ref(name, tag)
+                vid = self.read_ref(name, tag)
                 if vid is not None:
                     out[ref] = vid
         return out
@@ -672,7 +672,7 @@ class Store:
         for ref, _ in self._ref_files():
             name, _, tag = ref.partition("@")
             try:
-                self._read_ref(name, tag)
+                self.read_ref(name, tag)
             except (DistilleryError, OSError) as exc:
                 out[ref] = str(exc)
         return out
@@ -686,7 +686,7 @@ class Store:
         problems = []
         for entry in manifest["shards"] + manifest["rejects"]:
             try:
-                path = regular_member(self.version_path(vid), entry["path"], _ANY_FILE_RE, "")
+                path = regular_member(self.version_path(vid), entry["path"], ANY_FILE_RE, "")
             except DistilleryError as exc:
                 problems.append(f"{entry['path']}: {str(exc).lstrip(': ')}")
                 continue
@@ -774,7 +774,7 @@ class Store:
 
 def check_name(name: str | None) -> None:
     """Refuse a version name that is not letters, digits, '.', '_' and '-'."""
-    if name is not None and not (isinstance(name, str) and _NAME_RE.fullmatch(name)):
+    if name is not None and not (isinstance(name, str) and NAME_RE.fullmatch(name)):
         raise DistilleryError(f"invalid version name '{name}': use letters, digits, '.', '_' and '-'")
 
 

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_version
+from conftest import damage_shard, write_version
 from test_augment_engine import config, sample_rows, shard_hashes
 
 from augment import plan_augment
 from augment.ray_engine import FAULT_FILE_ENV
 from distillery.cli.main import cli
 from pipelines.errors import DistilleryError
+from pipelines.remote import Remote
 from pipelines.runner import run_step
 from pipelines.store import Store, VersionWriter
+from pipelines.transfer import push
 
 ray = pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parent.parent
@@ -110,6 +112,25 @@ def test_a_stopped_run_resumes_from_the_cli(ray_instance, tmp_path, local_result
     resumed = CliRunner().invoke(cli, [*args, "--resume"], catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
     assert_same(store.manifest("aug"), local_result)
+
+
+def test_actors_read_their_chunks_from_a_remote(ray_instance, tmp_path, local_result, tiny_mlm_dir, glove_txt,
+                                                monkeypatch):
+    """No shared filesystem: the input version is pushed to a remote, the local shards are damaged (any read of
+    them would be refused), and the actors, reading from the remote through their cache, write the same bytes."""
+    store = source_store(tmp_path)
+    url = f"file://{tmp_path}/remote"
+    push(store, "src", Remote(url))
+    damage_shard(store, "src", 0)
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    result = run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=8, engine="ray",
+                                                               ray_actors=1, ray_remote=url))).manifest
+    assert_same(result, local_result)
+    assert result["extra"]["run"]["input_remote"] == url
+    assert len(list((tmp_path / "cache").glob("*.parquet"))) == len(store.manifest("src")["shards"])
+    with pytest.raises(DistilleryError, match="does not hold the input version"):
+        run_step(store, plan_augment(store, "src", config(tiny_mlm_dir, glove_txt, chunk_rows=9, engine="ray",
+                                                   ray_actors=1, ray_remote=f"file://{tmp_path}/empty")))
 
 
 def test_without_ray_the_error_says_what_to_install(tmp_path, tiny_mlm_dir, glove_txt, monkeypatch):

@@ -13,7 +13,7 @@ import click
 
 from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
 from distillery.cli.options import build_config, config_options
-from distillery.cli.shared import current_store, name_option, resume_option
+from distillery.cli.shared import current_store, data_store, name_option, remote_options, resume_option
 from distillery.present import echo_json, report_agreement, report_step, report_trained
 from pipelines.errors import DistilleryError
 from pipelines.runner import StepResult, run_step
@@ -34,12 +34,15 @@ def _training_command(name: str, cls: type, train: str, doc: str) -> click.Comma
     @click.argument("train_ref")
     @output_option
     @resume_option
+    @remote_options
     @config_options(cls)
-    def command(train_ref: str, output: str, resume: bool, config_path: str | None, **flags: Any) -> None:
+    def command(train_ref: str, output: str, resume: bool, remote: str | None, cache_dir: str | None,
+                cache_limit_gb: float | None, config_path: str | None, **flags: Any) -> None:
         module, function = train.split(":")
         cfg = build_config(cls, name, config_path, flags)
+        store = data_store(remote, cache_dir, cache_limit_gb)
         run = getattr(importlib.import_module(module), function)
-        report_trained(run(current_store(), train_ref, cfg, output, resume=resume), name)
+        report_trained(run(store, train_ref, cfg, output, resume=resume), name)
 
     return distill_group.command(name, help=doc)(command)
 
@@ -59,13 +62,15 @@ _training_command("mlm", MLMConfig, "distillery.compose:train_augmentation_mlm",
 @distill_group.command("evaluate")
 @click.argument("ref")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@remote_options
 @config_options(EvaluateConfig)
-def evaluate_command(ref: str, model_dir: str, config_path: str | None, **flags: Any) -> None:
+def evaluate_command(ref: str, model_dir: str, remote: str | None, cache_dir: str | None,
+                     cache_limit_gb: float | None, config_path: str | None, **flags: Any) -> None:
     """Score the saved classifier MODEL_DIR on version REF (labels mapped by name); prints JSON."""
     from distill.api import evaluate
 
     cfg = build_config(EvaluateConfig, "evaluate", config_path, flags)
-    echo_json(evaluate(current_store(), ref, model_dir, cfg))
+    echo_json(evaluate(data_store(remote, cache_dir, cache_limit_gb), ref, model_dir, cfg))
 
 
 def teacher_logits_command(name: str, check: Callable[[Store, str], None] | None = None

@@ -14,6 +14,8 @@ from distillery.present import describe_diff, describe_version, echo_json
 from pipelines.errors import DistilleryError
 from pipelines.export import export_version
 from pipelines.progress import quiet_libraries, say
+from pipelines.remote import Remote, is_remote_url
+from pipelines.remote_store import RemoteStore
 from pipelines.store import Store, diff_manifests
 
 # subcommand name -> "module:attribute"; loaded on first use so `--help` stays fast.
@@ -52,7 +54,7 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, store_root: str, debug: bool) -> None:
     """distillery: versioned, sharded, augmented text datasets and BERT distillation from them."""
     ctx.ensure_object(dict)
-    ctx.obj["store"] = Store(store_root)
+    ctx.obj["store"] = RemoteStore(Remote(store_root)) if is_remote_url(store_root) else Store(store_root)
     ctx.obj["debug"] = debug
 
 
@@ -64,8 +66,9 @@ def versions() -> None:
 @versions.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def versions_list(as_json: bool) -> None:
-    """List the versions, oldest first (interrupted writes last), with the names that point at them."""
-    store = current_store()
+    """List the versions, oldest first (interrupted writes last), with the names that point at them (--store may be a
+    remote URL)."""
+    store = current_store(read_only=True)
     store.check_exists()
     names: dict[str, list[str]] = {}
     for ref, vid in store.refs().items():
@@ -88,7 +91,8 @@ def versions_list(as_json: bool) -> None:
             rows.append({"version_id": vid, "step": "(interrupted)", "rows": None, "created_at": None, "names": []})
     def written(vid: str) -> int:                     # orders versions created within the same second
         with contextlib.suppress(OSError):
-            return os.lstat(store.version_path(vid) / "manifest.json").st_mtime_ns
+            if isinstance(store, Store):
+                return os.lstat(store.version_path(vid) / "manifest.json").st_mtime_ns
         return 0
 
     rows.sort(key=lambda r: (r["created_at"] is None, r["created_at"] or "", written(r["version_id"]),
@@ -110,8 +114,8 @@ def versions_list(as_json: bool) -> None:
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
 def versions_show(ref: str, as_json: bool) -> None:
-    """Show a version and its lineage back to the raw input."""
-    store = current_store()
+    """Show a version and its lineage back to the raw input (--store may be a remote URL)."""
+    store = current_store(read_only=True)
     manifest = store.manifest(ref)
     if as_json:
         echo_json(manifest)
@@ -133,7 +137,7 @@ def versions_show(ref: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 def versions_diff(ref_a: str, ref_b: str, as_json: bool) -> None:
     """Compare two versions (step, config, schema, rows, accounting, data); exit 1 when they differ, like diff."""
-    store = current_store()
+    store = current_store(read_only=True)
     diff = diff_manifests(store.manifest(ref_a), store.manifest(ref_b))
     if as_json:
         echo_json(diff)
@@ -147,8 +151,9 @@ def versions_diff(ref_a: str, ref_b: str, as_json: bool) -> None:
 @versions.command("verify")
 @click.argument("refs", nargs=-1)
 def versions_verify(refs: tuple[str, ...]) -> None:
-    """Re-hash every shard of the given versions (all when none given); exit 1 on corruption."""
-    store = current_store()
+    """Re-hash every shard of the given versions (all when none given; --store may be a remote URL, hashed where
+    the files lie); exit 1 on corruption."""
+    store = current_store(read_only=True)
     if not refs:
         store.check_exists()
     bad = 0
@@ -193,6 +198,36 @@ def versions_gc(unreferenced: bool, dry_run: bool) -> None:
     for vid, why in report.skipped.items():
         click.echo(f"kept    {vid[:12]} ({why})")
     click.echo(f"{len(report.deleted)} version folder(s) {'to delete' if dry_run else 'deleted'}")
+
+
+def _transfer_command(name: str, doc: str) -> click.Command:
+    """``versions push REF REMOTE`` / ``versions pull REF REMOTE``."""
+    @click.argument("ref")
+    @click.argument("remote_url", metavar="REMOTE")
+    @click.option("--with-parents", is_flag=True, help="Also copy the version's ancestors (its lineage).")
+    @click.option("--force", is_flag=True, help="Move a name that points at another version on the other side.")
+    def command(ref: str, remote_url: str, with_parents: bool, force: bool) -> None:
+        from pipelines import transfer
+
+        store, remote = current_store(), Remote(remote_url)
+        if name == "push":
+            report = transfer.push(store, ref, remote, with_parents, force, progress=say)
+        else:
+            report = transfer.pull(remote, ref, store, with_parents, force, progress=say)
+        for vid in report.copied:
+            click.echo(f"{name}ed   {vid[:12]}")
+        for vid in report.present:
+            click.echo(f"present  {vid[:12]} (already complete there)")
+        click.echo(f"{report.files_copied} file(s) copied ({report.bytes_copied / 1e6:.1f} MB), {report.files_kept} "
+                   f"already there; names: {' '.join(report.refs) or '-'}")
+
+    return versions.command(name, help=doc)(command)
+
+
+_transfer_command("push", "Copy version REF (and its names) to the remote REMOTE (s3://bucket/prefix, gs://..., "
+                          "file:///...): only files it lacks, each checked on arrival, the manifest last.")
+_transfer_command("pull", "Copy version REF (and its names) from the remote REMOTE into --store: only files it "
+                          "lacks, each checked against the manifest's sha256, the manifest last.")
 
 
 @cli.command("export")
