@@ -277,9 +277,13 @@ def test_the_cli_pushes_pulls_lists_and_refuses_to_write_to_a_remote(local, s3_e
     pulled = runner.invoke(cli, ["--store", str(tmp_path / "other"), "versions", "pull", "train", url])
     assert pulled.exit_code == 0 and Store(tmp_path / "other").resolve("train") == local.resolve("train")
     text = tmp_path / "in.txt"
-    text.write_text("one line\n")
+    text.write_text("one line\nanother line\n")
     refused = runner.invoke(cli, ["--store", url, "preprocess", str(text)])
     assert refused.exit_code != 0 and "versions push" in str(refused.exception or refused.output)
+    written = runner.invoke(cli, ["--store", str(local.root), "preprocess", str(text), "--name", "lines", "--push",
+                                  url], catch_exceptions=False)
+    assert written.exit_code == 0 and f"pushed {local.resolve('lines')[:12]} to {url}" in written.output
+    assert Remote(url).resolve("lines") == local.resolve("lines")
 
 
 def test_a_remote_url_without_a_back_end_or_protocol_is_one_line(tmp_path):
@@ -287,3 +291,21 @@ def test_a_remote_url_without_a_back_end_or_protocol_is_one_line(tmp_path):
         Remote(str(tmp_path))
     with pytest.raises(DistilleryError, match="remote nosuchproto://x"):
         Remote("nosuchproto://x/y")
+
+
+def test_a_remote_ref_or_cache_folder_that_is_not_ours_is_refused(local, tmp_path):
+    url = f"file://{tmp_path}/remote"
+    remote = Remote(url)
+    transfer.push(local, "train", remote)
+    (tmp_path / "remote" / "refs" / "train" / "latest").write_text("../../etc/passwd\n")
+    with pytest.raises(DistilleryError, match="ref train@latest is malformed"):
+        remote.resolve("train")
+    assert remote.refs() == {}                                       # left out of the listing, not trusted
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "locks").symlink_to(elsewhere)
+    shards = RemoteStore(remote, ShardCache(tmp_path / "cache")).cached_shards(local.resolve("train"))
+    with pytest.raises(DistilleryError, match="is a symlink|not a folder"):
+        shards.local(0)
+    assert list(elsewhere.iterdir()) == []

@@ -13,7 +13,15 @@ import click
 
 from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
 from distillery.cli.options import build_config, config_options
-from distillery.cli.shared import current_store, data_store, name_option, remote_options, resume_option
+from distillery.cli.shared import (
+    current_store,
+    data_store,
+    name_option,
+    push_option,
+    push_version,
+    remote_options,
+    resume_option,
+)
 from distillery.present import echo_json, report_agreement, report_step, report_trained
 from pipelines.errors import DistilleryError
 from pipelines.runner import StepResult, run_step
@@ -83,9 +91,10 @@ def teacher_logits_command(name: str, check: Callable[[Store, str], None] | None
         @click.argument("teacher_dir", type=click.Path(exists=True, file_okay=False))
         @name_option
         @resume_option
+        @push_option
         @config_options(CacheLogitsConfig)
-        def command(ref: str, teacher_dir: str, name: str | None, resume: bool, config_path: str | None,
-                    **flags: Any) -> None:
+        def command(ref: str, teacher_dir: str, name: str | None, resume: bool, push_url: str | None,
+                    config_path: str | None, **flags: Any) -> None:
             from distill.logits import plan_teacher_logits
 
             cfg = build_config(CacheLogitsConfig, "cache_logits", config_path, flags)
@@ -95,6 +104,7 @@ def teacher_logits_command(name: str, check: Callable[[Store, str], None] | None
             result = run_step(store, plan_teacher_logits(store, ref, teacher_dir, cfg), name, resume)
             report_step(result, store)
             after(result)
+            push_version(store, result.manifest["version_id"], push_url)
         return command
     return decorate
 

@@ -13,6 +13,20 @@ from pipelines.store import Store
 
 name_option = click.option("--name", help="Name for the version (moves NAME@latest to it).  [default: none]")
 resume_option = click.option("--resume", is_flag=True, help="Continue an interrupted write or run.")
+push_option = click.option("--push", "push_url", default=None, metavar="URL",
+                           help="Then push the version and its names to this remote (s3://..., gs://..., file:///...; "
+                                "see `versions push`).  [default: none]")
+
+
+def push_version(store: Store, vid: str, url: str | None) -> None:
+    """``--push URL``: copy the version just written (or found up to date) to the remote, saying what moved."""
+    if url is None:
+        return
+    from pipelines.transfer import push
+
+    report = push(store, vid, Remote(url))
+    click.echo(f"pushed {vid[:12]} to {url}: {report.files_copied} file(s) copied, {report.files_kept} already "
+               f"there; names: {' '.join(report.refs) or '-'}")
 
 
 def current_store(read_only: bool = False) -> Store:
