@@ -25,6 +25,7 @@ LAZY_COMMANDS = {
     "distill": "distillery.cli.distill:distill_group",
     "demo": "distillery.demo:demo_command",
     "export-model": "distillery.cli.export_model:export_model_command",
+    "run": "distillery.cli.run:run_command",
 }
 
 

@@ -1,0 +1,409 @@
+"""`distillery run PIPELINE.toml`: a user's pipeline declared once, run (and rerun) through the one step runner.
+
+A pipeline file names its inputs and its stages::
+
+    [inputs]                          # names for files (relative to the pipeline file) or existing versions
+    train = "data/train.tsv"
+    dev = "data/dev.tsv"
+    base = "version:wordnet-train@v1"
+
+    [stages.train]                    # a stage: its step, what it reads, a version name, then the step's options
+    step = "preprocess"               # (the same keys as the step's TOML section and flags)
+    inputs = ["@train"]
+    name = "my-train"
+    input = { label_column = "label" }
+
+    [stages.teacher]
+    step = "finetune"
+    data = "@train"                   # "@x": input x, or stage x's output (a version id, or a model folder)
+    model = "path/to/encoder"
+    eval_ref = "@dev"
+
+Steps: preprocess, augment, cache-logits (versions; up to date when the version is complete, resumed when a
+write was interrupted), mlm, finetune, general, task (training runs, each in ``<runs>/<stage>/<key>``, where the
+key hashes the step, its options and its inputs' keys: changed settings train anew beside the old run, a finished
+run is reused, an interrupted one resumes) and evaluate (scores kept in the same kind of folder, reused while the
+model, version and options are unchanged). The graph is resolved first: a cycle, a dangling ``@name``, an unknown
+step or an unknown option key is one line naming the stage. ``PIPELINE.lock.json`` beside the file records every
+stage's key, output and options after a run; ``--dry-run`` compares against it to say *why* a stage will run, and
+``--check`` refuses a run whose version ids differ from the lock (weights hashes are compared only on the machine
+that wrote them).
+"""
+from __future__ import annotations
+
+import graphlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from augment import AugmentConfig, plan_augment
+from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
+from distill.logits import plan_teacher_logits
+from distill.runs import FINISHED, recorded_model
+from pipelines.atomic import write_json_atomic
+from pipelines.config import ConfigError, build, read_toml
+from pipelines.errors import DistilleryError
+from pipelines.fingerprint import canonical_json, file_sha256
+from pipelines.runner import StepPlan, run_step
+from pipelines.store import Store, check_name
+from preprocess import PreprocessConfig, plan_preprocess
+
+VERSION_STEPS = {"preprocess": PreprocessConfig, "augment": AugmentConfig, "cache-logits": CacheLogitsConfig}
+TRAINING_STEPS = {"finetune": FinetuneConfig, "general": DistillConfig, "task": TaskDistillConfig,
+                  "mlm": MLMConfig}
+STEPS = {**VERSION_STEPS, **TRAINING_STEPS, "evaluate": EvaluateConfig}
+RESERVED = ("step", "inputs", "data", "name")          # a stage's own keys; the rest are the step's options
+MODEL_SLOT = {"cache-logits": "teacher", "evaluate": "model"}   # the model such a step reads (not an option)
+VERSION_PREFIX = "version:"
+
+
+@dataclass
+class Stage:
+    """One stage of a pipeline: its step, what it reads (``refs``: the ``@names`` in its inputs, data and
+    options) and the step's options as written."""
+
+    name: str
+    step: str
+    inputs: list[str]
+    data: str | None
+    version_name: str | None
+    options: dict[str, Any]
+    model: str | None = None
+    refs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageStatus:
+    """What a run would do with a stage: up to date, will run, will resume, or waits on another stage; and why."""
+
+    stage: str
+    status: str
+    why: str
+    key: str | None = None
+
+
+@dataclass
+class Pipeline:
+    """A parsed pipeline file: its inputs, its stages in a runnable order, where its runs and lock file live."""
+
+    path: Path
+    inputs: dict[str, str]
+    stages: dict[str, Stage]
+    order: list[str]
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(f"{self.path.stem}.lock.json")
+
+    def read_lock(self) -> dict[str, Any]:
+        if not self.lock_path.exists():
+            return {}
+        try:
+            data = json.loads(self.lock_path.read_text())
+        except ValueError:
+            raise DistilleryError(f"{self.lock_path} is damaged (not JSON); remove it") from None
+        return data.get("stages", {}) if isinstance(data, dict) else {}
+
+
+def _refs_in(value: Any) -> list[str]:
+    if isinstance(value, str) and value.startswith("@"):
+        return [value[1:]]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in _refs_in(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _refs_in(v)]
+    return []
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and check a pipeline file: known steps and option keys, no dangling ``@name``, no cycle."""
+    path = Path(path)
+    data = read_toml(path)
+    unknown = sorted(set(data) - {"inputs", "stages"})
+    if unknown:
+        raise DistilleryError(f"{path}: unknown table [{unknown[0]}] (a pipeline has [inputs] and [stages.NAME])")
+    inputs = data.get("inputs", {})
+    if not all(isinstance(v, str) for v in inputs.values()):
+        raise DistilleryError(f"{path}: [inputs] maps names to file paths or \"version:REF\" strings")
+    stages = {}
+    for name, table in data.get("stages", {}).items():
+        if not isinstance(table, dict):
+            raise DistilleryError(f"{path}: stages.{name} is not a table")
+        step = table.get("step")
+        if step not in STEPS:
+            raise DistilleryError(f"{path}: stage '{name}': step {step!r} is not one of {', '.join(STEPS)}")
+        if name in inputs:
+            raise DistilleryError(f"{path}: stage '{name}' has the name of an input")
+        slot = MODEL_SLOT.get(step)
+        options = {k: v for k, v in table.items() if k not in RESERVED and k != slot}
+        raw_inputs = table.get("inputs", [])
+        stage = Stage(name, step, [raw_inputs] if isinstance(raw_inputs, str) else list(raw_inputs),
+                      table.get("data"), table.get("name"), options, table.get(slot) if slot else None)
+        if slot and not isinstance(stage.model, str):
+            raise DistilleryError(f"{path}: stage '{name}' ({step}) needs `{slot} = \"@stage\"` (or a model folder)")
+        if step == "preprocess" and (not stage.inputs or stage.data is not None):
+            raise DistilleryError(f"{path}: stage '{name}' (preprocess) reads files: give `inputs = [...]`, not data")
+        if step != "preprocess" and (stage.data is None or stage.inputs):
+            raise DistilleryError(f"{path}: stage '{name}' ({step}) reads a version: give `data = \"@stage\"`")
+        if stage.version_name is not None and step not in VERSION_STEPS:
+            raise DistilleryError(f"{path}: stage '{name}' ({step}) writes no version: `name` does not apply")
+        check_name(stage.version_name)
+        try:
+            build(STEPS[step], _placeholders(options))       # unknown keys and bad values refused now
+        except ConfigError as exc:
+            raise DistilleryError(f"{path}: stage '{name}' ({step}): {exc}") from None
+        stage.refs = _refs_in([stage.inputs, stage.data, stage.model, options])
+        for ref in stage.refs:
+            if ref not in inputs and ref not in data.get("stages", {}):
+                raise DistilleryError(f"{path}: stage '{name}' reads '@{ref}', which is neither an input nor a stage")
+        stages[name] = stage
+    sorter = graphlib.TopologicalSorter({n: [r for r in s.refs if r in stages] for n, s in stages.items()})
+    try:
+        order = list(sorter.static_order())
+    except graphlib.CycleError as exc:
+        raise DistilleryError(f"{path}: the stages form a cycle: {' -> '.join(exc.args[1])}") from None
+    return Pipeline(path, dict(inputs), stages, order)
+
+
+def _placeholders(options: dict[str, Any]) -> dict[str, Any]:
+    """Options with every ``@name`` replaced by a stand-in string, so the config's own checks can run early."""
+    return {k: ("ref" if isinstance(v, str) and v.startswith("@") else
+                _placeholders(v) if isinstance(v, dict) else v) for k, v in options.items()}
+
+
+class PipelineRun:
+    """Runs (or, for ``--dry-run``, judges) a pipeline's stages in order."""
+
+    def __init__(self, pipeline: Pipeline, store: Store, runs: Path, resume: bool = True,
+                 echo: Callable[[str], None] = print):
+        self.pipeline, self.store, self.runs, self.resume, self.echo = pipeline, store, runs, resume, echo
+        self.outputs: dict[str, str] = {}          # stage or input -> what "@name" stands for
+        self.keys: dict[str, str] = {}             # stage or input -> its identity (version id, run key, sha256)
+        self.lock: dict[str, Any] = {}
+
+    # ---- inputs --------------------------------------------------------------------------------------
+    def _resolve_inputs(self) -> None:
+        for name, value in self.pipeline.inputs.items():
+            if value.startswith(VERSION_PREFIX):
+                vid = self.store.resolve(value[len(VERSION_PREFIX):])
+                self.outputs[name], self.keys[name] = vid, vid
+            else:
+                path = (self.pipeline.path.parent / value).resolve()
+                if not path.exists():
+                    raise DistilleryError(f"{self.pipeline.path}: input '{name}': {path} does not exist")
+                self.outputs[name] = str(path)
+                self.keys[name] = file_sha256(path) if path.is_file() else f"folder:{path}"
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("@"):
+            return self.outputs[value[1:]]
+        if isinstance(value, dict):
+            return {k: self._value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._value(v) for v in value]
+        return value
+
+    def _config(self, stage: Stage) -> Any:
+        return build(STEPS[stage.step], self._value(stage.options))
+
+    def _run_key(self, stage: Stage) -> str:
+        payload = {"step": stage.step, "options": stage.options, "model": stage.model,
+                   "inputs": {r: self.keys[r] for r in stage.refs}}
+        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
+
+    def _plan(self, stage: Stage) -> StepPlan:
+        cfg = self._config(stage)
+        if stage.step == "preprocess":
+            return plan_preprocess([self._value(f) for f in stage.inputs], cfg)
+        data = self._value(stage.data)
+        if stage.step == "augment":
+            return plan_augment(self.store, data, cfg)
+        return plan_teacher_logits(self.store, data, self._value(stage.model), cfg)
+
+    # ---- judging ---------------------------------------------------------------------------------------
+    def _why(self, stage: Stage, key: str) -> str:
+        old = self.lock.get(stage.name)
+        if not old:
+            return "not in the lock file (never run)"
+        if old.get("key") == key:
+            return "same inputs and options as the lock file"
+        changed = [f"option {k}" for k in sorted(set(old.get("options", {})) | set(stage.options))
+                   if old.get("options", {}).get(k) != stage.options.get(k)]
+        changed += [f"input @{r}" for r in stage.refs if old.get("inputs", {}).get(r) != self.keys.get(r)]
+        return "changed: " + (", ".join(changed) or "the step's code")
+
+    def status(self, stage: Stage) -> StageStatus:
+        """What running ``stage`` would do now (its upstream stages must have been judged or run)."""
+        waiting = [r for r in stage.refs if r not in self.keys]
+        if waiting:
+            return StageStatus(stage.name, "will run", f"after @{waiting[0]} (not produced yet)")
+        if stage.step in VERSION_STEPS:
+            key = self._plan(stage).version_id()
+            if self.store.is_complete(key):
+                return StageStatus(stage.name, "up to date", f"version {key[:12]} is complete", key)
+            partial = self.store.version_path(key) / "chunks"
+            state = "will resume" if partial.is_dir() and any(partial.iterdir()) else "will run"
+            return StageStatus(stage.name, state, self._why(stage, key), key)
+        key = self._run_key(stage)
+        folder = self.runs / stage.name / key
+        if stage.step == "evaluate":
+            done = (folder / "scores.json").exists()
+        else:
+            done = (folder / FINISHED).exists()
+        if done:
+            return StageStatus(stage.name, "up to date", f"{folder} holds its result", key)
+        started = any(p.is_file() for p in folder.glob("**/checkpoints/*"))
+        return StageStatus(stage.name, "will resume" if started else "will run", self._why(stage, key), key)
+
+    def dry_run(self, stages: list[str]) -> list[StageStatus]:
+        """The status of each stage, as if those before it had run (their outputs are known only when a
+        version's id can be computed without running, or the run is already finished)."""
+        self.lock = self.pipeline.read_lock()
+        self._resolve_inputs()
+        found = []
+        for name in stages:
+            stage = self.pipeline.stages[name]
+            state = self.status(stage)
+            found.append(state)
+            if state.status == "up to date" and state.key is not None:
+                self._record_output(stage, state.key)
+        return found
+
+    def _record_output(self, stage: Stage, key: str) -> None:
+        self.keys[stage.name] = key
+        if stage.step in VERSION_STEPS:
+            self.outputs[stage.name] = key
+        elif stage.step == "evaluate":
+            self.outputs[stage.name] = str(self.runs / stage.name / key / "scores.json")
+        else:
+            folder = self.runs / stage.name / key
+            finished = json.loads((folder / FINISHED).read_text())
+            self.outputs[stage.name] = str(recorded_model(folder, finished.get("model")))
+
+    # ---- running ---------------------------------------------------------------------------------------
+    def run(self, stages: list[str], write_lock: bool = True) -> list[dict[str, Any]]:
+        """Run ``stages`` in order (earlier stages they need must be among them or up to date); returns one
+        summary row per stage and (if asked) writes the lock file."""
+        self.lock = self.pipeline.read_lock()
+        self._resolve_inputs()
+        rows = []
+        for name in stages:
+            stage = self.pipeline.stages[name]
+            missing = [r for r in stage.refs if r not in self.outputs]
+            for ref in missing:
+                before = self.status(self.pipeline.stages[ref])
+                if before.status != "up to date":
+                    raise DistilleryError(f"stage '{name}' needs '@{ref}', which is not up to date; run it too "
+                                          f"(without --only)")
+                self._record_output(self.pipeline.stages[ref], before.key)
+            state = self.status(stage)
+            if state.status == "will resume" and not self.resume:
+                raise DistilleryError(f"stage '{name}' was interrupted; rerun without --no-resume to continue it")
+            self.echo(f"stage {name} ({stage.step}): {state.status}" + (f" ({state.why})" if state.why else ""))
+            start = time.perf_counter()
+            output = self._execute(stage, state)
+            rows.append({"stage": name, "step": stage.step, "status": state.status, "output": output,
+                         "seconds": round(time.perf_counter() - start, 1)})
+            self.lock[name] = {"step": stage.step, "key": self.keys[name], "output": output,
+                               "options": stage.options, "inputs": {r: self.keys[r] for r in stage.refs},
+                               **self._weights(stage)}
+        if write_lock:
+            write_json_atomic(self.pipeline.lock_path, {"format": "distillery.pipeline-lock/1", "stages": self.lock})
+        return rows
+
+    def _weights(self, stage: Stage) -> dict[str, Any]:
+        if stage.step not in TRAINING_STEPS:
+            return {}
+        model = Path(self.outputs[stage.name])
+        weights = sorted(p for p in model.glob("*.safetensors"))
+        return {"weights_sha256": {p.name: file_sha256(p) for p in weights}, "host": socket.gethostname()}
+
+    def _execute(self, stage: Stage, state: StageStatus) -> str:
+        if stage.step in VERSION_STEPS:
+            result = run_step(self.store, self._plan(stage), stage.version_name, resume=self.resume)
+            self._record_output(stage, result.manifest["version_id"])
+            return result.manifest["version_id"]
+        key = self._run_key(stage)
+        folder = self.runs / stage.name / key
+        cfg = self._config(stage)
+        data = self._value(stage.data)
+        if stage.step == "evaluate":
+            from distill.api import evaluate
+
+            scores_path = folder / "scores.json"
+            if not scores_path.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(scores_path, evaluate(self.store, data, self._value(stage.model), cfg))
+            self.keys[stage.name] = key
+            self.outputs[stage.name] = str(scores_path)
+            return str(scores_path)
+        from distill import api
+        from distillery.compose import train_augmentation_mlm
+
+        train = {"finetune": api.finetune, "general": api.general_distill, "task": api.task_distill,
+                 "mlm": train_augmentation_mlm}[stage.step]
+        trained = train(self.store, data, cfg, folder, resume=self.resume)
+        self.keys[stage.name] = key
+        self.outputs[stage.name] = str(trained.path)
+        return str(trained.path)
+
+
+def check_lock(pipeline: Pipeline, rows: list[dict[str, Any]], previous: dict[str, Any]) -> list[str]:
+    """Where this run's outputs differ from the lock file as it was before the run: every version id anywhere,
+    weights hashes only on the machine that recorded them."""
+    problems = []
+    for row in rows:
+        old = previous.get(row["stage"])
+        if not old:
+            problems.append(f"{row['stage']}: not in the lock file")
+        elif row["step"] in VERSION_STEPS and old.get("output") != row["output"]:
+            problems.append(f"{row['stage']}: version {str(row['output'])[:12]} != {str(old.get('output'))[:12]} "
+                            f"in the lock file")
+    return problems
+
+
+def mermaid(pipeline: Pipeline, statuses: dict[str, str] | None = None) -> str:
+    """The graph as Mermaid text, stages classed by status (up to date / will run / will resume)."""
+    lines = ["graph LR"]
+    for name in pipeline.inputs:
+        lines.append(f"  {name}[/{name}/]")
+    for name in pipeline.order:
+        stage = pipeline.stages[name]
+        lines.append(f"  {name}[\"{name}: {stage.step}\"]")
+        lines += [f"  {ref} --> {name}" for ref in dict.fromkeys(stage.refs)]
+    colours = {"up to date": "fill:#c8e6c9", "will run": "fill:#ffe0b2", "will resume": "fill:#bbdefb"}
+    for name, status in (statuses or {}).items():
+        lines.append(f"  style {name} {colours.get(status, '')}")
+    return "\n".join(lines)
+
+
+def stages_to_run(pipeline: Pipeline, until: str | None, only: str | None) -> list[str]:
+    """The stages a run covers: all, those ``until`` needs (and it), or ``only`` that one."""
+    for name in (until, only):
+        if name is not None and name not in pipeline.stages:
+            raise DistilleryError(f"{pipeline.path}: no stage '{name}' (stages: {', '.join(pipeline.order)})")
+    if only is not None:
+        return [only]
+    if until is None:
+        return list(pipeline.order)
+    needed, todo = set(), [until]
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        todo += [r for r in pipeline.stages[name].refs if r in pipeline.stages]
+    return [n for n in pipeline.order if n in needed]
+
+
+def default_runs(pipeline_path: Path) -> Path:
+    """``runs/<pipeline name>`` beside the pipeline file."""
+    return Path(os.path.dirname(os.path.abspath(pipeline_path))) / "runs" / Path(pipeline_path).stem
+
+
