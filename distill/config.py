@@ -63,6 +63,9 @@ class TrainConfig(Options):
     prune_checkpoints: bool = option(True, runtime=True, help="Delete checkpoints/ (optimizer state and all) once "
                                                               "the run has finished and its model is saved.")
     log_every: int = option(10, ge=1, le=MAX_STEPS, runtime=True, help="Steps between metrics lines.")
+    report_to: str = option("none", choices=("none", "tensorboard"), runtime=True,
+                            help="Also log the metrics lines (losses and their parts, learning rate, evaluations) "
+                                 "as TensorBoard events in <output>/tensorboard (pip install tensorboard).")
     eval_ref: str = option("", runtime=True, help="Version evaluated at the end (and every --eval-every steps).")
     eval_every: int = option(0, ge=0, le=MAX_STEPS, runtime=True, help="Optimizer steps between evaluations (0 = "
                                                                        "at the end).")

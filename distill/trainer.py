@@ -72,6 +72,7 @@ RUN_LAYOUT: dict[str, Callable[[Path], bool]] = {
     "checkpoints": lambda p: _folder_of(p, lambda name: bool(checkpoint.STEP_FILE.fullmatch(name))),
     "words": lambda p: _folder_of(p, TOKENIZER_FILES.__contains__),
     "model": lambda p: _folder_of(p, lambda name: True) and (not any(p.iterdir()) or is_regular(p / "card.json")),
+    "tensorboard": lambda p: _folder_of(p, lambda name: name.startswith("events.out.tfevents.")),
 }
 
 
@@ -240,6 +241,7 @@ class Trainer:
         self.last_eval: dict[str, Any] = {}
         self.checkpointed_step = -1    # the step of the last checkpoint saved or loaded (the same on every rank)
         self._last_batch: dict[str, torch.Tensor] | None = None
+        self._board: Any = None        # the TensorBoard writer, made at the first record (--report-to tensorboard)
 
     # ---- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -327,6 +329,30 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.runtime.is_main:
             append_line(self.metrics_path, json.dumps(record, sort_keys=True))
+            if self.cfg.report_to == "tensorboard":
+                self._tensorboard(record)
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        """The record's numbers as scalars at its step (nested keys joined by '/'); a resumed run's events start
+        where its checkpoint stood (later events of the interrupted run are purged, as its metrics lines are)."""
+        if self._board is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise DistilleryError("--report-to tensorboard needs TensorBoard: pip install tensorboard") from None
+            self._board = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self.step or None)
+
+        def scalars(data: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+            found = []
+            for key, value in data.items():
+                if isinstance(value, dict):
+                    found += scalars(value, f"{prefix}{key}/")
+                elif isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
+                    found.append((f"{prefix}{key}", float(value)))
+            return found
+        for tag, value in scalars(record):
+            self._board.add_scalar(tag, value, record.get("step", self.step))
+        self._board.flush()
 
     # ---- the loop --------------------------------------------------------------------------------
     def _wrapped(self) -> nn.Module:
@@ -438,6 +464,8 @@ class Trainer:
             self._run_eval()
         if self.checkpointed_step != self.step:     # decided alike on every rank (never from the files rank 0 writes)
             self.save_checkpoint()
+        if self._board is not None:
+            self._board.close()
         return self.last_eval
 
     def _after_optimizer_step(self, result: tuple[float, dict[str, float]] | None, bar) -> None:

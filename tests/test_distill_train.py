@@ -505,3 +505,22 @@ def test_one_process_trains_into_a_run_folder(data, teacher, tmp_path):
         distill.general_distill(data, "train", general_cfg(teacher, max_steps=1), tmp_path / "run")
     other.release()
     assert distill.general_distill(data, "train", general_cfg(teacher, max_steps=1), tmp_path / "run").path.exists()
+
+
+def test_tensorboard_events_hold_the_metrics_lines(data, teacher, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = general_cfg(teacher, report_to="tensorboard", epochs=1)
+    distill.general_distill(data, "train", cfg, tmp_path / "run")
+    board = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    board.Reload()
+    logged = losses_of(tmp_path / "run")
+    assert [(e.step, round(e.value, 5)) for e in board.Scalars("loss")] == [(s, round(loss, 5))
+                                                                           for s, loss, *_ in logged]
+    assert {"lr", "parts/emb", "parts/hid1", "nonfinite"} <= set(board.Tags()["scalars"])
+    distill.finetune(data, "train", FinetuneConfig(model=teacher, epochs=1, batch_size=4, lr=1e-3, num_workers=0,
+                                                   eval_ref="dev", eval_every=2, report_to="tensorboard"),
+                     tmp_path / "ft")
+    board = EventAccumulator(str(tmp_path / "ft" / "tensorboard"))
+    board.Reload()
+    assert "eval/accuracy" in board.Tags()["scalars"] and len(board.Scalars("eval/accuracy")) >= 2

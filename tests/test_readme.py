@@ -100,6 +100,10 @@ def test_every_readme_example_runs_as_written(scratch, monkeypatch):
             except Exception as exc:  # noqa: BLE001 - report which example failed
                 raise AssertionError(f"{code}\n{type(exc).__name__}: {exc}") from exc
             ran += 1
+        elif language == "toml" and code.startswith("# file: "):
+            tomllib.loads(code)                         # a file the next commands use (a pipeline file)
+            (scratch / code.split("\n", 1)[0].removeprefix("# file: ").strip()).write_text(code)
+            ran += 1
         elif language == "toml":
             data = tomllib.loads(code)
             path = scratch / "example.toml"
