@@ -404,7 +404,13 @@ class StreamLoader:
         self.loader = loader
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in self.loader:
+        """The batches; the DataLoader's iterator (and its workers, each with a copy of the stream) is made now,
+        so a later ``set_state`` of the stream (``EpochLoaders.prefetch``) cannot change what this one yields."""
+        return self._tensors(iter(self.loader))
+
+    @staticmethod
+    def _tensors(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in batches:
             yield {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in batch.items()}
 
 

@@ -115,7 +115,16 @@ def test_batched_candidates_equal_one_at_a_time_and_full_logits(splitter, mlm, m
     assert len(requests) > 60 and len({len(r.ids) for r in requests}) > 5
     batched = mlm.top_k(requests, 15, 64)
     one_by_one = [mlm.top_k([r], 15, 1)[0] for r in requests]
-    assert batched == one_by_one
+    # Equal up to float rounding: a packed batch's matrix products may round differently from one sequence's on
+    # some CPUs (seen on an AMD EPYC: 1 position of 172 with two candidates 1e-6 apart in the other order), so a
+    # list may differ only where its candidates' scores (one sequence at a time) tie within 1e-4, and rarely.
+    differing = [(r, a, b) for r, a, b in zip(requests, batched, one_by_one) if a != b]
+    assert len(differing) <= len(requests) // 50
+    with torch.inference_mode():
+        for r, a, b in differing:
+            scores = mlm._batch_logits([r]).float()
+            for position, (x, y) in enumerate(zip(a, b)):
+                assert torch.allclose(scores[position, x], scores[position, y], atol=1e-4), (x, y)
     with torch.inference_mode():    # the reference: full-vocabulary logits at every position, batch size 1
         for r, top in zip(requests[:20], batched):
             logits = mlm.model(torch.tensor([r.ids]), token_type_ids=torch.tensor([r.type_ids])).logits

@@ -98,6 +98,10 @@ def test_epoch_loaders_prefetch_the_next_epoch_without_changing_it(shards, worke
     got0 += [b["row_id"].tolist() for b in first]
     assert [got0, row_ids(loaders.open(1))] == expected
     assert row_ids(loaders.open(1, position=5)) == expected[1][5:]
+    resumed = EpochLoaders(stream(shards), workers)
+    rest = resumed.open(0, position=20)        # a resume near the end of epoch 0: the trainer opens it, then
+    resumed.prefetch(1)                        # prefetches epoch 1 before it reads a batch (a bug until the
+    assert row_ids(rest) == expected[0][20:]   # loader's workers were started when it was opened)
 
 
 def taken(loader, n):

@@ -3,6 +3,7 @@ talked to with s3fs) and file:// remotes, with the faults a remote brings (a dro
 a manifest leading out of its version, two pushes at once)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from distill.api import general_distill
 from distill.config import DistillConfig
 from distill.data import ShardStream
+from distill.trainer import Trainer
 from distillery.cli.main import cli
 from pipelines import transfer
 from pipelines.errors import DistilleryError, VersionNotFoundError
@@ -236,6 +238,17 @@ def test_training_streamed_from_a_remote_gives_the_same_losses_step_for_step(loc
     assert losses("remote") == losses("local") and len(losses("local")) > 10
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.parquet")) == \
         sorted(f"{e['sha256']}.parquet" for e in local.manifest("train")["shards"])
+
+    def crash_after_8(self):                 # a run streamed from the remote, stopped after step 8, then resumed
+        if self.step == 8:
+            raise KeyboardInterrupt
+    resumable = dataclasses.replace(cfg, checkpoint_every=3)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "after_step", crash_after_8)
+        with pytest.raises(KeyboardInterrupt):
+            general_distill(remote_store, "train", resumable, tmp_path / "cut")
+    general_distill(remote_store, "train", resumable, tmp_path / "cut", resume=True)
+    assert losses("cut") == losses("local")
 
 
 def test_the_shard_cache_downloads_once_per_node_and_keeps_to_its_limit(local, tmp_path, monkeypatch):
