@@ -377,10 +377,47 @@ def mermaid(pipeline: Pipeline, statuses: dict[str, str] | None = None) -> str:
         stage = pipeline.stages[name]
         lines.append(f"  {name}[\"{name}: {stage.step}\"]")
         lines += [f"  {ref} --> {name}" for ref in dict.fromkeys(stage.refs)]
-    colours = {"up to date": "fill:#c8e6c9", "will run": "fill:#ffe0b2", "will resume": "fill:#bbdefb"}
     for name, status in (statuses or {}).items():
-        lines.append(f"  style {name} {colours.get(status, '')}")
+        if status in COLOURS:
+            lines.append(f"  style {name} fill:{COLOURS[status]}")
     return "\n".join(lines)
+
+
+COLOURS = {"up to date": "#c8e6c9", "will run": "#ffe0b2", "will resume": "#bbdefb"}
+
+
+def draw_graph(pipeline: Pipeline, path: Path, statuses: dict[str, str] | None = None) -> None:
+    """The graph as a PNG (matplotlib, no graphviz): inputs on the left, each stage one column right of the
+    furthest stage it reads, boxes coloured by status, arrows from what a stage reads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    column = {name: 0 for name in pipeline.inputs}
+    for name in pipeline.order:
+        column[name] = 1 + max((column[r] for r in pipeline.stages[name].refs), default=0)
+    rows: dict[int, int] = {}
+    place = {}
+    for name in [*pipeline.inputs, *pipeline.order]:
+        place[name] = (column[name], rows.get(column[name], 0))
+        rows[column[name]] = rows.get(column[name], 0) + 1
+    fig, ax = plt.subplots(figsize=(3 + 2.6 * max(column.values()), 1 + 0.9 * max(rows.values())))
+    for name in pipeline.order:
+        for ref in dict.fromkeys(pipeline.stages[name].refs):
+            (x0, y0), (x1, y1) = place[ref], place[name]
+            ax.annotate("", xy=(x1 * 2.6 - 0.9, -y1), xytext=(x0 * 2.6 + 0.9, -y0),
+                        arrowprops={"arrowstyle": "->", "color": "#555555"})
+    for name, (x, y) in place.items():
+        label = name if name in pipeline.inputs else f"{name}\n{pipeline.stages[name].step}"
+        colour = "#eeeeee" if name in pipeline.inputs else COLOURS.get((statuses or {}).get(name, ""), "#ffffff")
+        ax.text(x * 2.6, -y, label, ha="center", va="center", fontsize=9,
+                bbox={"boxstyle": "round", "facecolor": colour, "edgecolor": "#333333"})
+    ax.set_xlim(-1.3, 2.6 * max(column.values()) + 1.3)
+    ax.set_ylim(-max(rows.values()) + 0.4, 0.6)
+    ax.axis("off")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def stages_to_run(pipeline: Pipeline, until: str | None, only: str | None) -> list[str]:

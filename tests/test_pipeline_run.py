@@ -93,12 +93,14 @@ def test_run_rerun_change_and_check(project, one_torch_thread):
     assert again.output.count(": up to date") == 4 and "every stage matches fruit.lock.json" in again.output
 
     (folder / "fruit.toml").write_text(pipeline_text(base, lr="2e-3"))
-    dry = statuses(run(project, "--dry-run", "--mermaid", str(folder / "graph.mmd")).output)
+    dry = statuses(run(project, "--dry-run", "--mermaid", str(folder / "graph.mmd"), "--graph",
+                       str(folder / "graph.png")).output)
     assert dry["train"].startswith("up to date") and dry["dev"].startswith("up to date")
     assert dry["teacher"].startswith("will run") and "changed: option lr" in dry["teacher"]
     assert dry["score"].startswith("will run") and "after @teacher" in dry["score"]
     graph = (folder / "graph.mmd").read_text()
     assert "train --> teacher" in graph and "teacher --> score" in graph and "style teacher fill:#ffe0b2" in graph
+    assert (folder / "graph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     changed = run(project)
     assert "stage train (preprocess): up to date" in changed.output
     assert "stage teacher (finetune): will run" in changed.output

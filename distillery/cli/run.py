@@ -6,7 +6,15 @@ from pathlib import Path
 import click
 
 from distillery.cli.shared import current_store
-from distillery.pipeline import PipelineRun, check_lock, default_runs, load_pipeline, mermaid, stages_to_run
+from distillery.pipeline import (
+    PipelineRun,
+    check_lock,
+    default_runs,
+    draw_graph,
+    load_pipeline,
+    mermaid,
+    stages_to_run,
+)
 from pipelines.errors import DistilleryError
 
 
@@ -22,8 +30,10 @@ from pipelines.errors import DistilleryError
               help="Folder of the training runs.  [default: runs/<pipeline name> beside the file]")
 @click.option("--mermaid", "mermaid_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the graph as Mermaid text, stages coloured by status.")
+@click.option("--graph", "graph_path", default=None, type=click.Path(dir_okay=False),
+              help="Also draw the graph as a PNG (matplotlib), stages coloured by status.")
 def run_command(pipeline_file: str, dry_run: bool, until: str | None, only: str | None, no_resume: bool,
-                check: bool, runs: str | None, mermaid_path: str | None) -> None:
+                check: bool, runs: str | None, mermaid_path: str | None, graph_path: str | None) -> None:
     """Run the stages of PIPELINE_FILE in order: what is up to date is reused, what was interrupted resumes, what
     changed runs; writes PIPELINE.lock.json beside it."""
     pipeline = load_pipeline(pipeline_file)
@@ -34,16 +44,22 @@ def run_command(pipeline_file: str, dry_run: bool, until: str | None, only: str 
         statuses = runner.dry_run(names)
         for state in statuses:
             click.echo(f"{state.stage:<16} {state.status:<12} {state.why}")
+        found = {s.stage: s.status for s in statuses}
         if mermaid_path:
-            Path(mermaid_path).write_text(mermaid(pipeline, {s.stage: s.status for s in statuses}) + "\n")
+            Path(mermaid_path).write_text(mermaid(pipeline, found) + "\n")
+        if graph_path:
+            draw_graph(pipeline, Path(graph_path), found)
         return
     previous = pipeline.read_lock()
     rows = runner.run(names, write_lock=not check)
     click.echo(f"\n{'stage':<16} {'step':<13} {'status':<12} {'seconds':>8}  output")
     for row in rows:
         click.echo(f"{row['stage']:<16} {row['step']:<13} {row['status']:<12} {row['seconds']:>8}  {row['output']}")
+    done = {r["stage"]: "up to date" for r in rows}
     if mermaid_path:
-        Path(mermaid_path).write_text(mermaid(pipeline, {r["stage"]: "up to date" for r in rows}) + "\n")
+        Path(mermaid_path).write_text(mermaid(pipeline, done) + "\n")
+    if graph_path:
+        draw_graph(pipeline, Path(graph_path), done)
     if check:
         problems = check_lock(pipeline, rows, previous)
         if problems:
