@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import fsspec
 
 from pipelines.errors import DistilleryError, VersionNotFoundError
-from pipelines.store import ANY_FILE_RE, CARD, ID_RE, MANIFEST, NAME_RE, check_manifest
+from pipelines.store import ANY_FILE_RE, CARD, ID_RE, MANIFEST, NAME_RE, check_manifest, resolve_ref
 
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 BLOCK = 4 << 20                       # bytes per read of a remote file
@@ -165,19 +165,8 @@ class Remote:
         """``name@tag``, ``name`` (= ``name@latest``), a full id or a unique id prefix, on the remote."""
         if ID_RE.fullmatch(ref) and self.is_complete(ref):
             return ref
-        name, _, tag = ref.partition("@")
-        if NAME_RE.fullmatch(name) and (not tag or NAME_RE.fullmatch(tag)):
-            vid = self.read_ref(name, tag or "latest")
-            if vid is not None:
-                return vid
-        if not tag and re.fullmatch(r"[0-9a-f]{4,64}", ref):
-            matches = [v for v in self.version_ids() if v.startswith(ref)]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise VersionNotFoundError(f"version prefix '{ref}' is ambiguous on remote {self.url}")
-        raise VersionNotFoundError(f"no complete version '{ref}' on remote {self.url} (see `distillery --store "
-                                   f"{self.url} versions list`)")
+        return resolve_ref(ref, self.read_ref, self.version_ids, f"on remote {self.url}",
+                           f"distillery --store {self.url} versions list")
 
     def manifest_bytes(self, vid: str) -> tuple[bytes, dict[str, Any]]:
         """The manifest file of version ``vid`` as stored, and its checked content."""

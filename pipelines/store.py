@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -525,19 +525,7 @@ class Store:
     def resolve(self, ref: str) -> str:
         """Resolve ``name@tag``, ``name`` (= ``name@latest``), a full id or a unique id prefix (4+ hex digits)."""
         self.check_exists()
-        name, _, tag = ref.partition("@")
-        if NAME_RE.fullmatch(name) and (not tag or NAME_RE.fullmatch(tag)):
-            vid = self.read_ref(name, tag or "latest")
-            if vid is not None:
-                return vid
-        if not tag and re.fullmatch(r"[0-9a-f]{4,64}", ref):
-            matches = [v for v in self.version_ids() if v.startswith(ref)]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise VersionNotFoundError(f"version prefix '{ref}' is ambiguous ({len(matches)} versions match)")
-        raise VersionNotFoundError(f"no complete version '{ref}' in store {self.root} "
-                                   f"(see `distillery versions list`)")
+        return resolve_ref(ref, self.read_ref, self.version_ids, f"in store {self.root}", "distillery versions list")
 
     def manifest(self, ref: str) -> dict[str, Any]:
         """The manifest of a complete version, checked for form (a malformed one is a one-line error)."""
@@ -770,6 +758,25 @@ class Store:
                 shutil.rmtree(self.version_path(vid))
             report.deleted.append(vid)
         return report
+
+
+def resolve_ref(ref: str, read_ref: Callable[[str, str], str | None], version_ids: Callable[[], list[str]],
+                where: str, listing: str) -> str:
+    """The version id ``ref`` names where ``read_ref(name, tag)`` reads refs and ``version_ids()`` lists the complete
+    versions: ``name@tag``, ``name`` (= ``name@latest``), a full id or a unique id prefix (4+ hex digits); ``where``
+    and ``listing`` (the command that lists them) go into the error."""
+    name, _, tag = ref.partition("@")
+    if NAME_RE.fullmatch(name) and (not tag or NAME_RE.fullmatch(tag)):
+        vid = read_ref(name, tag or "latest")
+        if vid is not None:
+            return vid
+    if not tag and re.fullmatch(r"[0-9a-f]{4,64}", ref):
+        matches = [v for v in version_ids() if v.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise VersionNotFoundError(f"version prefix '{ref}' is ambiguous ({len(matches)} versions match)")
+    raise VersionNotFoundError(f"no complete version '{ref}' {where} (see `{listing}`)")
 
 
 def check_name(name: str | None) -> None:
