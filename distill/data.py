@@ -311,9 +311,9 @@ class ShardStream(IterableDataset):
         if self.shuffle:
             rng.shuffle(order)
         for position, index in enumerate(order):
-            if self.source is not None and position + 1 < len(order):
-                self.source.prefetch(order[position + 1])
             parquet = pq.ParquetFile(self._local(index), memory_map=True)
+            if self.source is not None and position + 1 < len(order):
+                self.source.prefetch(order[position + 1])    # after the open: it may evict older shards
             for batch in parquet.iter_batches(batch_size=4096, columns=self._columns):
                 rows = batch.to_pylist()
                 self.collate.encode(rows)

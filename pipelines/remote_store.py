@@ -61,8 +61,9 @@ class ShardCache:
         real_dir(self.root, "shard cache folder", create=True, parents=True)
         return real_dir(self.root / "locks", "shard cache folder", create=True)
 
-    def local(self, remote: Remote, vid: str, entry: dict[str, Any]) -> Path:
-        """The local path of a file of version ``vid`` (a manifest entry), downloaded and checked if needed."""
+    def local(self, remote: Remote, vid: str, entry: dict[str, Any], keep: frozenset[str] = frozenset()) -> Path:
+        """The local path of a file of version ``vid`` (a manifest entry), downloaded and checked if needed; making
+        room for it never evicts the cached files named in ``keep`` (those the caller is reading)."""
         path = self.root / f"{entry['sha256']}.parquet"
         if self._usable(path, entry):
             return path
@@ -70,7 +71,7 @@ class ShardCache:
         with WriterLock(locks / f"{entry['sha256']}.lock", f"cached shard {entry['sha256'][:12]}", wait=True):
             if self._usable(path, entry):
                 return path
-            self._make_room(entry["bytes"])
+            self._make_room(entry["bytes"], keep | {path.name})
             with temporary_sibling(path) as tmp:
                 remote.download(vid, entry, tmp)
                 os.replace(tmp, path)
@@ -85,16 +86,18 @@ class ShardCache:
             return True
         return False
 
-    def _make_room(self, incoming: int) -> None:
+    def _make_room(self, incoming: int, keep: frozenset[str]) -> None:
         if self.limit_bytes is None:
             return
         files = []
         for item in os.scandir(self.root):
             if item.name.endswith(".parquet") and item.is_file(follow_symlinks=False):
                 info = item.stat(follow_symlinks=False)
-                files.append((info.st_mtime_ns, info.st_size, item.path))
-        total = sum(size for _, size, _ in files)
-        for _, size, path in sorted(files):
+                files.append((info.st_mtime_ns, info.st_size, item.path, item.name in keep))
+        total = sum(size for _, size, _, _ in files)
+        for _, size, path, kept in sorted(files):
+            if kept:
+                continue
             if total + incoming <= self.limit_bytes:
                 break
             try:
@@ -114,6 +117,7 @@ class CachedShards:
         self._pool_pid = 0
         self._pending: dict[int, Future[Path]] = {}
         self._lock = threading.Lock()
+        self._reading: frozenset[str] = frozenset()      # the cached file this process read last: never evicted
 
     def __getstate__(self) -> dict[str, Any]:
         return {"remote": self.remote, "cache": self.cache, "vid": self.vid, "entries": self.entries}
@@ -132,12 +136,18 @@ class CachedShards:
         """Shard ``index`` as a local file (waiting for its prefetch, if one runs)."""
         with self._lock:
             pending = self._pending.pop(index, None)
+        path = None
         if pending is not None:
             try:
-                return pending.result()
+                path = pending.result()
             except DistilleryError:
                 pass                                         # fetched again below: the error is raised there
-        return self.cache.local(self.remote, self.vid, self.entries[index])
+        path = path or self.cache.local(self.remote, self.vid, self.entries[index], self._reading)
+        self._reading = frozenset({path.name})
+        return path
+
+    def _fetch(self, index: int) -> Path:
+        return self.cache.local(self.remote, self.vid, self.entries[index], self._reading)
 
     def prefetch(self, index: int) -> None:
         """Start fetching shard ``index`` in the background (a no-op when it is already asked for)."""
@@ -147,8 +157,7 @@ class CachedShards:
             if os.getpid() != self._pool_pid:                 # a forked worker: its own thread
                 self._pool, self._pool_pid, self._pending = ThreadPoolExecutor(1), os.getpid(), {}
             if index not in self._pending:
-                self._pending[index] = self._pool.submit(self.cache.local, self.remote, self.vid,
-                                                         self.entries[index])
+                self._pending[index] = self._pool.submit(self._fetch, index)
 
 
 class RemoteStore:
@@ -216,8 +225,8 @@ class RemoteStore:
                                   f"cache, whose limit is {self.cache.limit_bytes} bytes: raise --cache-limit-gb")
         paths = []
         for index in range(len(shards)):
-            shards.prefetch(index + 1)
             paths.append(shards.local(index))
+            shards.prefetch(index + 1)
         return paths
 
     def shard_paths(self, ref: str) -> list[Path]:
@@ -233,8 +242,9 @@ class RemoteStore:
 
         def paths() -> Iterator[Path]:
             for index in range(len(shards)):
-                shards.prefetch(index + 1)
-                yield shards.local(index)
+                path = shards.local(index)
+                shards.prefetch(index + 1)                   # after: it must not evict the shard now read
+                yield path
         return iter_parquet_batches(paths(), columns, batch_size)
 
     def read_table(self, ref: str, columns: list[str] | None = None) -> pa.Table:
