@@ -25,7 +25,7 @@ from augment import (
     plan_augment,
 )
 from distill import CacheLogitsConfig, plan_teacher_logits
-from distillery.demo import SAMPLE_DIR  # noqa: E402
+from distillery.bundled import SAMPLE_DIR  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402

@@ -31,7 +31,7 @@ from augment import (
 from augment.mlm import build_requests, load_mlm  # noqa: E402
 from augment.vectors import load_vectors  # noqa: E402
 from augment.words import WordSplitter, is_eligible  # noqa: E402
-from distillery.demo import SAMPLE_DIR  # noqa: E402
+from distillery.bundled import SAMPLE_DIR  # noqa: E402
 from pipelines.fingerprint import version_id  # noqa: E402
 from pipelines.resources import minilm_path  # noqa: E402
 from pipelines.runner import run_step

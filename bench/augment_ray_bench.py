@@ -38,7 +38,7 @@ from augment import (
 from augment.mlm import load_mlm  # noqa: E402
 from augment.ray_engine import ray_session  # noqa: E402
 from augment.vectors import load_vectors  # noqa: E402
-from distillery.demo import SAMPLE_DIR  # noqa: E402
+from distillery.bundled import SAMPLE_DIR  # noqa: E402
 from pipelines.fingerprint import version_id  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.resources import minilm_path  # noqa: E402

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import build_tiny_bert  # noqa: E402
 
-from distillery.demo import SAMPLE_DIR  # noqa: E402
+from distillery.bundled import SAMPLE_DIR  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.store import Store  # noqa: E402
 

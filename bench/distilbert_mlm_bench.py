@@ -30,7 +30,7 @@ from augment.mlm import MaskedLM, build_requests, load_mlm  # noqa: E402
 from augment.quality import candidate_recall  # noqa: E402
 from augment.words import WordSplitter  # noqa: E402
 from distill import DistillConfig, general_distill  # noqa: E402
-from distillery.demo import SAMPLE_DIR  # noqa: E402
+from distillery.bundled import SAMPLE_DIR  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402

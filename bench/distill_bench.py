@@ -41,7 +41,7 @@ from distill.matches import MatchSet, default_matches  # noqa: E402
 from distill.models import layer_mapping, load_student, load_teacher  # noqa: E402
 from distill.objective import Objective  # noqa: E402
 from distill.trainer import PREFETCH_BATCHES, to_device  # noqa: E402
-from distillery.demo import SAMPLE_DIR  # noqa: E402
+from distillery.bundled import SAMPLE_DIR  # noqa: E402
 from pipelines.fingerprint import version_id  # noqa: E402
 from pipelines.resources import minilm_path  # noqa: E402
 from pipelines.store import Store  # noqa: E402

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from distill.config import MLMConfig  # noqa: E402
+from distillery.bundled import SAMPLE_DIR  # noqa: E402
 from distillery.compose import train_augmentation_mlm  # noqa: E402
-from distillery.demo import SAMPLE_DIR  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402

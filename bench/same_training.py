@@ -39,8 +39,8 @@ from distill.api import finetune, general_distill, task_distill  # noqa: E402
 from distill.config import CacheLogitsConfig, DistillConfig, FinetuneConfig, MLMConfig, TaskDistillConfig  # noqa: E402
 from distill.logits import plan_teacher_logits  # noqa: E402
 from distill.trainer import Trainer  # noqa: E402
+from distillery.bundled import SAMPLE_DIR  # noqa: E402
 from distillery.compose import train_augmentation_mlm  # noqa: E402
-from distillery.demo import SAMPLE_DIR  # noqa: E402
 from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.resources import minilm_path  # noqa: E402
 from pipelines.runner import run_step  # noqa: E402

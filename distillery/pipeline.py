@@ -31,11 +31,16 @@ that wrote them).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import graphlib
 import hashlib
+import itertools
 import json
 import os
+import re
 import socket
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,8 +49,10 @@ from typing import Any
 
 from augment import AugmentConfig, plan_augment
 from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
+from distill.config import ExportConfig
 from distill.logits import plan_teacher_logits
 from distill.runs import FINISHED, recorded_model
+from distillery.present import report_step, report_trained
 from pipelines.atomic import write_json_atomic
 from pipelines.config import ConfigError, build, read_toml
 from pipelines.errors import DistilleryError
@@ -57,16 +64,20 @@ from preprocess import PreprocessConfig, plan_preprocess
 VERSION_STEPS = {"preprocess": PreprocessConfig, "augment": AugmentConfig, "cache-logits": CacheLogitsConfig}
 TRAINING_STEPS = {"finetune": FinetuneConfig, "general": DistillConfig, "task": TaskDistillConfig,
                   "mlm": MLMConfig}
-STEPS = {**VERSION_STEPS, **TRAINING_STEPS, "evaluate": EvaluateConfig}
-RESERVED = ("step", "inputs", "data", "name")          # a stage's own keys; the rest are the step's options
-MODEL_SLOT = {"cache-logits": "teacher", "evaluate": "model"}   # the model such a step reads (not an option)
+STEPS = {**VERSION_STEPS, **TRAINING_STEPS, "evaluate": EvaluateConfig, "export-model": ExportConfig}
+RESERVED = ("step", "inputs", "data", "name", "config", "section", "matrix", "variants")   # not the step's options
+MODEL_SLOT = {"cache-logits": "teacher", "evaluate": "model", "export-model": "model"}   # the model a step reads
+NO_DATA = ("preprocess", "export-model")            # steps that read no version through `data`
 VERSION_PREFIX = "version:"
+RESULT_FILE = {"evaluate": "scores.json", "export-model": "exports.json"}   # kept in the stage's folder: up to date
+INSTANCE = re.compile(r"^([^\[\]]+)(\[[^\[\]]*\])?$")   # "stage" or "stage[axis=value,...]"
 
 
 @dataclass
 class Stage:
-    """One stage of a pipeline: its step, what it reads (``refs``: the ``@names`` in its inputs, data and
-    options) and the step's options as written."""
+    """One stage of a pipeline (one instance of a matrix stage): its step, what it reads (``refs``: the ``@names``
+    in its inputs, data and options), the step's options as configured, and the stage it was expanded from with its
+    point in the matrix (``base``, ``point``; the stage itself and ``{}`` without a matrix)."""
 
     name: str
     step: str
@@ -76,6 +87,8 @@ class Stage:
     options: dict[str, Any]
     model: str | None = None
     refs: list[str] = field(default_factory=list)
+    base: str = ""
+    point: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,16 +103,18 @@ class StageStatus:
 
 @dataclass
 class Pipeline:
-    """A parsed pipeline file: its inputs, its stages in a runnable order, where its runs and lock file live."""
+    """A parsed pipeline file: its inputs, its stages (matrix stages expanded) in a runnable order, where its lock
+    file lives (beside the file unless given)."""
 
     path: Path
     inputs: dict[str, str]
     stages: dict[str, Stage]
     order: list[str]
+    lock_file: Path | None = None
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_name(f"{self.path.stem}.lock.json")
+        return self.lock_file or self.path.with_name(f"{self.path.stem}.lock.json")
 
     def read_lock(self) -> dict[str, Any]:
         if not self.lock_path.exists():
@@ -121,54 +136,189 @@ def _refs_in(value: Any) -> list[str]:
     return []
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
-    """Read and check a pipeline file: known steps and option keys, no dangling ``@name``, no cycle."""
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top``'s keys on top, tables merged key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _set_dotted(table: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    *parents, leaf = key.split(".")
+    return _merge(table, functools.reduce(lambda inner, part: {part: inner}, reversed(parents), {leaf: value}))
+
+
+def _config_table(path: Path, name: str, table: dict[str, Any]) -> dict[str, Any]:
+    """The stage's table on top of the settings it takes from a step config file (``config = "FILE"``, relative to
+    the pipeline file: its ``[section]`` table, by default the step's own section, or the whole file when it has no
+    tables)."""
+    if "config" not in table:
+        if "section" in table:
+            raise DistilleryError(f"{path}: stage '{name}': `section` needs `config = \"FILE\"`")
+        return table
+    config = table["config"]
+    if not isinstance(config, str):
+        raise DistilleryError(f"{path}: stage '{name}': `config` is a file name (relative to the pipeline file)")
+    loaded = read_toml(path.parent / config)
+    section = table.get("section", str(table.get("step", "")).replace("-", "_"))
+    if isinstance(loaded.get(section), dict):
+        settings = loaded[section]
+    elif "section" in table or any(isinstance(v, dict) for v in loaded.values()):
+        raise DistilleryError(f"{path}: stage '{name}': {config} has no [{section}] table")
+    else:
+        settings = loaded
+    return _merge(settings, {k: v for k, v in table.items() if k not in ("config", "section")})
+
+
+def _axes(path: Path, name: str, table: dict[str, Any]) -> dict[str, list[Any]]:
+    """A stage's own matrix axes: ``matrix = {KEY = [values]}`` (an option, dotted into a table, or data / teacher /
+    model) and ``[stages.NAME.variants.V]`` tables (the axis named after the stage)."""
+    axes: dict[str, list[Any]] = {}
+    variants = table.get("variants", {})
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise DistilleryError(f"{path}: stage '{name}': `variants` holds one table per variant")
+    if variants:
+        axes[name] = list(variants)
+    matrix = table.get("matrix", {})
+    if not isinstance(matrix, dict):
+        raise DistilleryError(f"{path}: stage '{name}': `matrix` is a table of KEY = [values]")
+    for key, values in matrix.items():
+        if key in ("step", "inputs", "name", "config", "section", "matrix", "variants", name):
+            raise DistilleryError(f"{path}: stage '{name}': matrix key {key!r} cannot vary")
+        if not isinstance(values, list) or not values or len({json.dumps(v) for v in values}) != len(values) \
+                or any(isinstance(v, (dict, list)) for v in values):
+            raise DistilleryError(f"{path}: stage '{name}': matrix.{key} is a list of distinct values")
+        axes[key] = values
+    return axes
+
+
+def instance_name(base: str, point: dict[str, Any]) -> str:
+    """``base[axis=value,...]`` (a variant of this stage: its name alone); ``base`` without a matrix."""
+    if not point:
+        return base
+    return base + "[" + ",".join(str(v) if a == base else f"{a}={v}" for a, v in point.items()) + "]"
+
+
+def load_pipeline(path: str | Path, lock_path: Path | None = None) -> Pipeline:
+    """Read and check a pipeline file: known steps and option keys, no dangling ``@name``, no cycle; matrix stages
+    and the stages that read them expanded into one stage per point."""
     path = Path(path)
     data = read_toml(path)
     unknown = sorted(set(data) - {"inputs", "stages"})
     if unknown:
         raise DistilleryError(f"{path}: unknown table [{unknown[0]}] (a pipeline has [inputs] and [stages.NAME])")
     inputs = data.get("inputs", {})
-    if not all(isinstance(v, str) for v in inputs.values()):
+    if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
         raise DistilleryError(f"{path}: [inputs] maps names to file paths or \"version:REF\" strings")
-    stages = {}
+    tables, own_axes, base_refs = {}, {}, {}
     for name, table in data.get("stages", {}).items():
         if not isinstance(table, dict):
             raise DistilleryError(f"{path}: stages.{name} is not a table")
-        step = table.get("step")
-        if step not in STEPS:
-            raise DistilleryError(f"{path}: stage '{name}': step {step!r} is not one of {', '.join(STEPS)}")
+        if not INSTANCE.match(name) or INSTANCE.match(name).group(2):
+            raise DistilleryError(f"{path}: stage name {name!r} may not hold [ or ]")
         if name in inputs:
             raise DistilleryError(f"{path}: stage '{name}' has the name of an input")
-        slot = MODEL_SLOT.get(step)
-        options = {k: v for k, v in table.items() if k not in RESERVED and k != slot}
-        raw_inputs = table.get("inputs", [])
-        stage = Stage(name, step, [raw_inputs] if isinstance(raw_inputs, str) else list(raw_inputs),
-                      table.get("data"), table.get("name"), options, table.get(slot) if slot else None)
-        if slot and not isinstance(stage.model, str):
-            raise DistilleryError(f"{path}: stage '{name}' ({step}) needs `{slot} = \"@stage\"` (or a model folder)")
-        if step == "preprocess" and (not stage.inputs or stage.data is not None):
-            raise DistilleryError(f"{path}: stage '{name}' (preprocess) reads files: give `inputs = [...]`, not data")
-        if step != "preprocess" and (stage.data is None or stage.inputs):
-            raise DistilleryError(f"{path}: stage '{name}' ({step}) reads a version: give `data = \"@stage\"`")
-        if stage.version_name is not None and step not in VERSION_STEPS:
-            raise DistilleryError(f"{path}: stage '{name}' ({step}) writes no version: `name` does not apply")
-        check_name(stage.version_name)
-        try:
-            build(STEPS[step], _placeholders(options))       # unknown keys and bad values refused now
-        except ConfigError as exc:
-            raise DistilleryError(f"{path}: stage '{name}' ({step}): {exc}") from None
-        stage.refs = _refs_in([stage.inputs, stage.data, stage.model, options])
-        for ref in stage.refs:
-            if ref not in inputs and ref not in data.get("stages", {}):
+        tables[name] = _config_table(path, name, table)
+        own_axes[name] = _axes(path, name, tables[name])
+        refs = _refs_in({k: v for k, v in tables[name].items()})
+        for ref in refs:
+            match = INSTANCE.match(ref)
+            if not match or (match.group(1) not in inputs and match.group(1) not in tables and
+                             match.group(1) not in data["stages"]):
                 raise DistilleryError(f"{path}: stage '{name}' reads '@{ref}', which is neither an input nor a stage")
-        stages[name] = stage
+        base_refs[name] = refs
+    sorter = graphlib.TopologicalSorter({n: [INSTANCE.match(r).group(1) for r in refs if
+                                             INSTANCE.match(r).group(1) in tables] for n, refs in base_refs.items()})
+    try:
+        base_order = list(sorter.static_order())
+    except graphlib.CycleError as exc:
+        raise DistilleryError(f"{path}: the stages form a cycle: {' -> '.join(exc.args[1])}") from None
+    axes: dict[str, dict[str, list[Any]]] = {}
+    stages: dict[str, Stage] = {}
+    for name in base_order:
+        inherited: dict[str, list[Any]] = {}
+        for ref in base_refs[name]:
+            if ref in axes:                             # "@stage" of a matrix stage: one instance per point
+                for axis, values in axes[ref].items():
+                    inherited.setdefault(axis, values)
+        axes[name] = {**inherited, **own_axes[name]}
+        for combo in itertools.product(*axes[name].values()):
+            point = dict(zip(axes[name], combo))
+            stage = _instance(path, name, tables[name], point, axes, inputs)
+            stages[stage.name] = stage
+    for stage in stages.values():
+        for ref in stage.refs:
+            if ref not in inputs and ref not in stages:
+                raise DistilleryError(f"{path}: stage '{stage.name}' reads '@{ref}', which is not one of the stages "
+                                      f"(matrix stages: {', '.join(n for n in stages if '[' in n) or 'none'})")
     sorter = graphlib.TopologicalSorter({n: [r for r in s.refs if r in stages] for n, s in stages.items()})
     try:
         order = list(sorter.static_order())
     except graphlib.CycleError as exc:
         raise DistilleryError(f"{path}: the stages form a cycle: {' -> '.join(exc.args[1])}") from None
-    return Pipeline(path, dict(inputs), stages, order)
+    return Pipeline(path, dict(inputs), stages, order, lock_path)
+
+
+def _instance(path: Path, base: str, table: dict[str, Any], point: dict[str, Any],
+              axes: dict[str, dict[str, list[Any]]], inputs: dict[str, str]) -> Stage:
+    """One stage of ``base`` at ``point``: its variant's table on top, its matrix values set, ``@stage`` of a matrix
+    stage replaced by that stage's instance at the same point; then checked as a stage."""
+    own = {k: v for k, v in table.items() if k not in ("matrix", "variants")}
+    if base in point and table.get("variants"):
+        own = _merge(own, table["variants"][point[base]])
+    for key, value in point.items():
+        if key in table.get("matrix", {}):
+            own = _set_dotted(own, key, value)
+
+    def pinned(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("@") and value[1:] in axes and axes[value[1:]]:
+            return "@" + instance_name(value[1:], {a: point[a] for a in axes[value[1:]]})
+        if isinstance(value, dict):
+            return {k: pinned(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [pinned(v) for v in value]
+        return value
+
+    own = pinned(own)
+    name = instance_name(base, point)
+    if own.get("name") is not None and point:
+        suffix = "-".join(re.sub(r"[^A-Za-z0-9._-]", "_", str(v) if a == base else f"{a}{v}")
+                          for a, v in point.items())
+        own["name"] = f"{own['name']}-{suffix}"
+    return _stage(path, name, own, base, point)
+
+
+def _stage(path: Path, name: str, table: dict[str, Any], base: str, point: dict[str, Any]) -> Stage:
+    """A stage from its table (settings of a config file and of its variant merged in): the step's reserved keys
+    checked, its options built once to refuse unknown keys and bad values now."""
+    step = table.get("step")
+    if step not in STEPS:
+        raise DistilleryError(f"{path}: stage '{name}': step {step!r} is not one of {', '.join(STEPS)}")
+    slot = MODEL_SLOT.get(step)
+    options = {k: v for k, v in table.items() if k not in RESERVED and k != slot}
+    raw_inputs = table.get("inputs", [])
+    stage = Stage(name, step, [raw_inputs] if isinstance(raw_inputs, str) else list(raw_inputs),
+                  table.get("data"), table.get("name"), options, table.get(slot) if slot else None, base=base,
+                  point=point)
+    if slot and not isinstance(stage.model, str):
+        raise DistilleryError(f"{path}: stage '{name}' ({step}) needs `{slot} = \"@stage\"` (or a model folder)")
+    if step == "preprocess" and (not stage.inputs or stage.data is not None):
+        raise DistilleryError(f"{path}: stage '{name}' (preprocess) reads files: give `inputs = [...]`, not data")
+    if step == "export-model" and (stage.data is not None or stage.inputs):
+        raise DistilleryError(f"{path}: stage '{name}' (export-model) reads a model: give `model = \"@stage\"` "
+                              f"(and check_ref for the version it is checked on)")
+    if step not in NO_DATA and (stage.data is None or stage.inputs):
+        raise DistilleryError(f"{path}: stage '{name}' ({step}) reads a version: give `data = \"@stage\"`")
+    if stage.version_name is not None and step not in VERSION_STEPS:
+        raise DistilleryError(f"{path}: stage '{name}' ({step}) writes no version: `name` does not apply")
+    check_name(stage.version_name)
+    try:
+        build(STEPS[step], _placeholders(options))       # unknown keys and bad values refused now
+    except ConfigError as exc:
+        raise DistilleryError(f"{path}: stage '{name}' ({step}): {exc}") from None
+    stage.refs = list(dict.fromkeys(_refs_in([stage.inputs, stage.data, stage.model, options])))
+    return stage
 
 
 def _placeholders(options: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +331,9 @@ class PipelineRun:
     """Runs (or, for ``--dry-run``, judges) a pipeline's stages in order."""
 
     def __init__(self, pipeline: Pipeline, store: Store, runs: Path, resume: bool = True,
-                 echo: Callable[[str], None] = print):
+                 echo: Callable[[str], None] = print, workers: int | None = None):
         self.pipeline, self.store, self.runs, self.resume, self.echo = pipeline, store, runs, resume, echo
+        self.workers = workers                      # worker processes of the steps that have them (runtime)
         self.outputs: dict[str, str] = {}          # stage or input -> what "@name" stands for
         self.keys: dict[str, str] = {}             # stage or input -> its identity (version id, run key, sha256)
         self.lock: dict[str, Any] = {}
@@ -210,7 +361,11 @@ class PipelineRun:
         return value
 
     def _config(self, stage: Stage) -> Any:
-        return build(STEPS[stage.step], self._value(stage.options))
+        cls = STEPS[stage.step]
+        options = self._value(stage.options)
+        if self.workers is not None and "workers" in {f.name for f in dataclasses.fields(cls)}:
+            options = {**options, "workers": self.workers}
+        return build(cls, options)
 
     def _run_key(self, stage: Stage) -> str:
         payload = {"step": stage.step, "options": stage.options, "model": stage.model,
@@ -251,9 +406,9 @@ class PipelineRun:
             state = "will resume" if partial.is_dir() and any(partial.iterdir()) else "will run"
             return StageStatus(stage.name, state, self._why(stage, key), key)
         key = self._run_key(stage)
-        folder = self.runs / stage.name / key
-        if stage.step == "evaluate":
-            done = (folder / "scores.json").exists()
+        folder = self.runs / stage.base / key
+        if stage.step in RESULT_FILE:
+            done = (folder / RESULT_FILE[stage.step]).exists()
         else:
             done = (folder / FINISHED).exists()
         if done:
@@ -280,9 +435,11 @@ class PipelineRun:
         if stage.step in VERSION_STEPS:
             self.outputs[stage.name] = key
         elif stage.step == "evaluate":
-            self.outputs[stage.name] = str(self.runs / stage.name / key / "scores.json")
+            self.outputs[stage.name] = str(self.runs / stage.base / key / RESULT_FILE["evaluate"])
+        elif stage.step == "export-model":
+            self.outputs[stage.name] = self._value(stage.model)
         else:
-            folder = self.runs / stage.name / key
+            folder = self.runs / stage.base / key
             finished = json.loads((folder / FINISHED).read_text())
             self.outputs[stage.name] = str(recorded_model(folder, finished.get("model")))
 
@@ -314,6 +471,7 @@ class PipelineRun:
                                "options": stage.options, "inputs": {r: self.keys[r] for r in stage.refs},
                                **self._weights(stage)}
         if write_lock:
+            self.pipeline.lock_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.pipeline.lock_path, {"format": "distillery.pipeline-lock/1", "stages": self.lock})
         return rows
 
@@ -327,31 +485,69 @@ class PipelineRun:
     def _execute(self, stage: Stage, state: StageStatus) -> str:
         if stage.step in VERSION_STEPS:
             result = run_step(self.store, self._plan(stage), stage.version_name, resume=self.resume)
+            report_step(result, self.store)
             self._record_output(stage, result.manifest["version_id"])
             return result.manifest["version_id"]
         key = self._run_key(stage)
-        folder = self.runs / stage.name / key
+        folder = self.runs / stage.base / key
         cfg = self._config(stage)
-        data = self._value(stage.data)
-        if stage.step == "evaluate":
-            from distill.api import evaluate
-
-            scores_path = folder / "scores.json"
-            if not scores_path.exists():
+        self.keys[stage.name] = key
+        if stage.step in RESULT_FILE:
+            result_path = folder / RESULT_FILE[stage.step]
+            if not result_path.exists():
                 folder.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(scores_path, evaluate(self.store, data, self._value(stage.model), cfg))
-            self.keys[stage.name] = key
-            self.outputs[stage.name] = str(scores_path)
-            return str(scores_path)
+                write_json_atomic(result_path, self._result(stage, cfg))
+            self._record_output(stage, key)
+            return self.outputs[stage.name]
         from distill import api
         from distillery.compose import train_augmentation_mlm
 
         train = {"finetune": api.finetune, "general": api.general_distill, "task": api.task_distill,
                  "mlm": train_augmentation_mlm}[stage.step]
-        trained = train(self.store, data, cfg, folder, resume=self.resume)
-        self.keys[stage.name] = key
+        trained = train(self.store, self._value(stage.data), cfg, folder, resume=self.resume)
+        report_trained(trained, f"{stage.name} ({stage.step})")
         self.outputs[stage.name] = str(trained.path)
         return str(trained.path)
+
+    def _result(self, stage: Stage, cfg: Any) -> dict[str, Any]:
+        """The scores of an ``evaluate`` stage, the copies' figures of an ``export-model`` stage."""
+        if stage.step == "evaluate":
+            from distill.api import evaluate
+
+            return evaluate(self.store, self._value(stage.data), self._value(stage.model), cfg)
+        from distill.export import export_model
+
+        return export_model(self.store, self._value(stage.model), cfg)
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The table a run ends with: stage, step, status, seconds, output."""
+    width = max([len(r["stage"]) for r in rows] + [16])
+    return [f"\n{'stage':<{width}} {'step':<13} {'status':<12} {'seconds':>8}  output",
+            *(f"{r['stage']:<{width}} {r['step']:<13} {r['status']:<12} {r['seconds']:>8}  {r['output']}"
+              for r in rows)]
+
+
+def matrix_scores(pipeline: Pipeline, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The main score of the ``evaluate`` stages of a matrix (entity F1 of a token classifier, else accuracy, else
+    Pearson), mean and sample std over the ``seed`` axis, per stage and point without the seed."""
+    groups: dict[str, list[float]] = {}
+    metric: dict[str, str] = {}
+    for row in rows:
+        stage = pipeline.stages[row["stage"]]
+        if row["step"] != "evaluate" or not stage.point:
+            continue
+        scores = json.loads(Path(row["output"]).read_text())
+        name = "f1" if "token_accuracy" in scores else next((m for m in ("accuracy", "pearson") if m in scores),
+                                                               None)
+        if name is None:
+            continue
+        group = instance_name(stage.base, {a: v for a, v in stage.point.items() if a != "seed"})
+        groups.setdefault(group, []).append(float(scores[name]))
+        metric[group] = name
+    return {group: {"metric": metric[group], "n": len(values), "mean": statistics.fmean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+            for group, values in groups.items()}
 
 
 def check_lock(pipeline: Pipeline, rows: list[dict[str, Any]], previous: dict[str, Any]) -> list[str]:

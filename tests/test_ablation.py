@@ -1,28 +1,64 @@
-"""Smoke test of the TinyBERT ablation recipe (`bench/quality_bench.py --quick`): every stage runs end to end,
-under both schedules, and the recipe reads a non-default dataset."""
+"""Smoke test of the TinyBERT ablation recipe (`distillery recipe tinybert --quick`, run from an installed wheel):
+every stage runs end to end, under both schedules, and the recipe reads a non-default dataset."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from transformers import AutoConfig
 
-from distillery.demo import REPO_ROOT, SAMPLE_DIR
+from distillery.bundled import CONFIGS_DIR, NER_SAMPLE_DIR, SAMPLE_DIR
 from distillery.recipes.ablation import MENTION_VARIANT, MLM_VARIANT, VARIANTS, load_experiment, run_experiment
 from pipelines.errors import DistilleryError
 from pipelines.runner import run_step
 from preprocess import plan_preprocess
 
-QUICK = REPO_ROOT / "configs" / "ablation_quick.toml"
-QUICK_NER = REPO_ROOT / "configs" / "ablation_ner_quick.toml"
+QUICK = CONFIGS_DIR / "ablation_quick.toml"
+QUICK_NER = CONFIGS_DIR / "ablation_ner_quick.toml"
+CHECKOUT = Path(__file__).resolve().parent.parent
+NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "runs", "distillery_store", "docs", "build", "dist",
+                                     "*.egg-info", "__pycache__", ".*_cache", "bench", "tests")
 
 
-def test_quick_ablation_runs_every_student_and_writes_the_report(store, tmp_path):
-    cfgs = load_experiment(QUICK)
-    out = tmp_path / "ablation"
-    results = run_experiment(store, cfgs, out)
+def installed_wheel(tmp_path: Path) -> Path:
+    """The package built as a wheel from a copy of the sources and installed into a folder of its own (its
+    dependencies are this environment's); the folder to put first on PYTHONPATH."""
+    source, wheels, site = tmp_path / "source", tmp_path / "wheels", tmp_path / "site"
+    shutil.copytree(CHECKOUT, source, ignore=NOT_SOURCES)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True,
+                   cwd=tmp_path)
+    wheel, = wheels.glob("distillery-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, cwd=tmp_path)
+    return site
 
-    assert list(results["schedules"]) == ["equal-steps", "equal-epochs"]
+
+def test_quick_ablation_runs_from_an_installed_wheel_and_writes_the_report(tmp_path):
+    """`distillery recipe tinybert --quick` from the wheel, in a folder outside the checkout: the recipe, its
+    configs and the bundled sample all come from the installed package."""
+    site = installed_wheel(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "DISTILLERY_STORE": str(work / "store")}
+    where = subprocess.run([sys.executable, "-c", "import distillery.bundled as b; print(b.CONFIGS_DIR)"], env=env,
+                           cwd=work, capture_output=True, text=True, check=True).stdout.strip()
+    assert where == str(site / "distillery" / "configs")
+
+    def recipe() -> dict:
+        done = subprocess.run([sys.executable, "-m", "distillery", "recipe", "tinybert", "--quick", "--output", "out"],
+                              env=env, cwd=work, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "| task-aug-mlm |" in done.stdout and "results in out/README.md" in done.stdout
+        return json.loads((work / "out" / "results.json").read_text())
+
+    results = recipe()
+    out = work / "out"
+    assert set(results["schedules"]) == {"equal-steps", "equal-epochs"}
     for part in results["schedules"].values():
         table = part["table"]
         assert set(table) == {"teacher", *VARIANTS, MLM_VARIANT}
@@ -54,7 +90,7 @@ def test_quick_ablation_runs_every_student_and_writes_the_report(store, tmp_path
     # Finished stages are reused: a second run trains nothing.
     models = sorted(out.glob("*/model/model.safetensors"))
     stamps = [m.stat().st_mtime_ns for m in models]
-    again = run_experiment(store, cfgs, out)
+    again = recipe()
     assert [m.stat().st_mtime_ns for m in sorted(out.glob("*/model/model.safetensors"))] == stamps
     assert again["wall_clock_seconds"] == results["wall_clock_seconds"]      # reused steps keep their times
     stages = results["wall_clock_seconds"]["stages"]
@@ -138,8 +174,8 @@ def test_a_card_of_one_student_says_there_is_nothing_to_compare():
 
 
 def test_quick_ner_ablation_scores_every_student_by_entity_f1(store, tmp_path, tiny_bert_factory, one_torch_thread):
-    """The token-classification recipe on the bundled NER sample (configs/ablation_ner_quick.toml, its first 200
-    sentences), with a tiny random BERT as the teacher's base to keep it fast: token classifiers throughout,
+    """The token-classification recipe on the bundled NER sample (the package's configs/ablation_ner_quick.toml, its
+    first 200 sentences), with a tiny random BERT as the teacher's base to keep it fast: token classifiers throughout,
     tag-preserving augmentation with and without mention replacement, entity F1 on the card with the gap line."""
     import dataclasses
 
@@ -173,26 +209,35 @@ def test_quick_ner_ablation_scores_every_student_by_entity_f1(store, tmp_path, t
     assert all(f"| {name} | " in card for name in table) and (out / "dev_f1-equal-steps.png").stat().st_size > 0
 
 
-def test_the_demo_runs_the_tagging_sample_its_config_names(store, tmp_path, tiny_bert_factory, one_torch_thread):
-    """`distillery demo --config` with a [demo] section: another sample (CoNLL files: token classification), word
-    vectors only (no masked LM), a token-classifier teacher and student scored by entity F1."""
-    from distillery.demo import run_demo
+def test_the_shipped_ner_demo_pipeline_runs_end_to_end(store, tmp_path, tiny_bert_factory, one_torch_thread):
+    """`distillery demo --sample ner`: the shipped pipeline file, as it is, on a few sentences of the sample (CoNLL
+    files: token classification) with a tiny model in its step config: word vectors only (no masked LM), a
+    token-classifier teacher and student scored by entity F1."""
+    import shutil
 
-    sample = tmp_path / "sample"
-    sample.mkdir()
+    from distillery.bundled import CONFIGS_DIR
+    from distillery.demo import SAMPLES, run_demo
+
+    sample = tmp_path / "samples" / "wordnet_ner"
+    sample.mkdir(parents=True)
     for split, count in (("train", 40), ("dev", 12), ("test", 12)):
-        sentences = (REPO_ROOT / "data" / "wordnet_ner" / f"{split}.conll").read_text().split("\n\n")[1:count + 1]
+        sentences = (NER_SAMPLE_DIR / f"{split}.conll").read_text().split("\n\n")[1:count + 1]
         (sample / f"{split}.conll").write_text("\n\n".join(sentences) + "\n")
     tiny = tiny_bert_factory(layers=2, hidden=32, heads=2, intermediate=64, with_mlm_head=False, seed=7)
-    config = tmp_path / "demo.toml"
-    config.write_text(f'[demo]\ndata = "{sample}"\nname = "mini-ner"\nmasked_lm = false\n\n[augment]\nnum_aug = 1\n\n'
-                      f'[finetune]\nmodel = "{tiny}"\nmax_steps = 3\nbatch_size = 8\nmax_seq_length = 32\n\n'
-                      '[task]\nstudent_layers = 1\nstudent_init = "teacher"\nstage1_epochs = 0.2\n'
-                      'stage2_epochs = 0.2\nbatch_size = 8\nmax_seq_length = 32\n')
-    result = run_demo(store, tmp_path / "runs", config)
+    (tmp_path / "configs").mkdir()
+    pipeline = shutil.copy(SAMPLES["ner"], tmp_path / "configs")
+    steps = (CONFIGS_DIR / "demo_ner.toml").read_text()
+    steps = steps[:steps.index("[augment]")]             # the shipped licence, tiny settings for the rest
+    (tmp_path / "configs" / "demo_ner.toml").write_text(
+        steps + f'[augment]\nnum_aug = 1\n\n[finetune]\nmodel = "{tiny}"\nmax_steps = 3\nbatch_size = 8\n'
+                'max_seq_length = 32\n\n[task]\nstudent_layers = 1\nstudent_init = "teacher"\n'
+                'stage1_epochs = 0.2\nstage2_epochs = 0.2\nbatch_size = 8\nmax_seq_length = 32\n')
+    result = run_demo(store, tmp_path / "runs", pipeline)
 
-    assert set(result["versions"]) == {"mini-ner-train", "mini-ner-dev", "mini-ner-test", "mini-ner-train-aug"}
-    assert result["mlm"] is None and store.manifest("mini-ner-train-aug")["extra"]["models"]["mlm"] == "none"
+    assert set(result["versions"]) == {"wordnet-ner-train", "wordnet-ner-dev", "wordnet-ner-test",
+                                       "wordnet-ner-train-aug"}
+    assert result["mlm"] is None and store.manifest("wordnet-ner-train-aug")["extra"]["models"]["mlm"] == "none"
+    assert set(result["scores"]) == {"teacher", "student"}
     for scores in result["scores"].values():
         assert {"f1", "precision", "recall", "token_accuracy", "per_type"} <= scores.keys() and scores["rows"] == 12
 

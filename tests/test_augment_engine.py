@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from conftest import damage_shard
 
 from augment import AugmentConfig, plan_augment
+from distillery.bundled import SAMPLE_DIR
 from distillery.cli.main import cli
-from distillery.demo import SAMPLE_DIR
 from pipelines.errors import DistilleryError
 from pipelines.runner import run_step
 from pipelines.store import Store

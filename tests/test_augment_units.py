@@ -13,7 +13,7 @@ from augment.mlm import build_requests, load_mlm, load_tokenizer
 from augment.sampling import CandidateFilter, augment_sentence, row_rng
 from augment.vectors import NeighbourIndex, WordVectors, load_vectors
 from augment.words import STOP_WORDS, WordSplitter, apply_case, is_eligible
-from distillery.demo import SAMPLE_DIR
+from distillery.bundled import SAMPLE_DIR
 from pipelines.errors import DistilleryError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -66,5 +66,5 @@ def test_defaults_shown_are_the_dataclass_defaults():
 
 def test_the_demo_and_the_group_show_their_defaults():
     demo = option_help(["demo"])
-    assert all("[default: " in demo[f"--{name}"] for name in ("config", "runs", "workers"))
+    assert all("[default: " in demo[f"--{name}"] for name in ("sample", "runs", "workers"))
     assert "[default: distillery_store]" in option_help([])["--store"]

@@ -517,7 +517,8 @@ def test_tensorboard_events_hold_the_metrics_lines(data, teacher, tmp_path):
     logged = losses_of(tmp_path / "run")
     assert [(e.step, round(e.value, 5)) for e in board.Scalars("loss")] == [(s, round(loss, 5))
                                                                            for s, loss, *_ in logged]
-    assert {"lr", "parts/emb", "parts/hid1", "nonfinite"} <= set(board.Tags()["scalars"])
+    assert {"lr", "parts/emb", "parts/hid1", "nonfinite", "throughput/steps_per_second",
+            "throughput/rows_per_second"} <= set(board.Tags()["scalars"])
     distill.finetune(data, "train", FinetuneConfig(model=teacher, epochs=1, batch_size=4, lr=1e-3, num_workers=0,
                                                    eval_ref="dev", eval_every=2, report_to="tensorboard"),
                      tmp_path / "ft")

@@ -33,7 +33,7 @@ from distill.logits import plan_teacher_logits
 from distill.metrics import classification_metrics
 from distill.students import build_student_model
 from distill.trainer import Runtime
-from distillery.demo import REPO_ROOT
+from distillery.bundled import CONFIGS_DIR
 from pipelines.errors import DistilleryError
 from pipelines.runner import run_step
 
@@ -242,7 +242,7 @@ def test_the_score_cache_scores_again_when_the_evaluation_changes(store, make_ve
     rows = [{"text": (LONG if i % 2 else "") + f" row {i}", "label": f"LABEL_{i % 2}"} for i in range(6)]
     make_version(store, rows, name="test", config={"test": 1})
     make_version(store, rows[:4], name="dev", config={"dev": 1})
-    cfgs = ablation.load_experiment(REPO_ROOT / "configs" / "ablation_quick.toml")
+    cfgs = ablation.load_experiment(CONFIGS_DIR / "ablation_quick.toml")
     cfgs = dataclasses.replace(cfgs, experiment=dataclasses.replace(cfgs.experiment, seeds=(1,),
                                                                     latency_sentences=2))
     x = ablation.Experiment(store, cfgs, tmp_path / "out", ablation.Clock(tmp_path / "clock.json"),

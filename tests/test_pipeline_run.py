@@ -4,6 +4,7 @@ file is one line, and --check catches a different output."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -90,7 +91,8 @@ def test_run_rerun_change_and_check(project, one_torch_thread):
     assert scores["rows"] == 3 and "accuracy" in scores
     assert all(s.startswith("up to date") for s in statuses(run(project, "--dry-run").output).values())
     again = run(project, "--check")
-    assert again.output.count(": up to date") == 4 and "every stage matches fruit.lock.json" in again.output
+    assert len(re.findall(r"^stage \S+ \(\S+\): up to date", again.output, re.M)) == 4
+    assert "every stage matches fruit.lock.json" in again.output
 
     (folder / "fruit.toml").write_text(pipeline_text(base, lr="2e-3"))
     dry = statuses(run(project, "--dry-run", "--mermaid", str(folder / "graph.mmd"), "--graph",
@@ -152,3 +154,110 @@ def test_until_and_only_pick_stages(project, one_torch_thread):
     refused = run(project, "--only", "teacher", ok=False)
     assert "needs '@train', which is not up to date" in str(refused.exception)
     assert "no stage 'nope'" in str(run(project, "--only", "nope", ok=False).exception)
+
+
+MATRIX = """
+[inputs]
+train_file = "data/train.tsv"
+dev_file = "data/dev.tsv"
+
+[stages.train]
+step = "preprocess"
+config = "steps.toml"
+inputs = ["@train_file"]
+
+[stages.dev]
+step = "preprocess"
+config = "steps.toml"
+inputs = ["@dev_file"]
+
+[stages.teacher]
+step = "finetune"
+config = "steps.toml"
+data = "@train"
+model = "{base}"
+matrix = {{ seed = [1, 2] }}
+
+[stages.teacher.variants.fast]
+lr = 1e-2
+
+[stages.teacher.variants.slow]
+lr = 1e-4
+
+[stages.score]
+step = "evaluate"
+data = "@dev"
+model = "@teacher"
+
+[stages.export]
+step = "export-model"
+model = "@teacher[fast,seed=1]"
+check_ref = "@dev"
+onnx = true
+"""
+STEPS = """
+[preprocess.input]
+label_column = "label"
+
+[finetune]
+epochs = {epochs}
+batch_size = 4
+num_workers = 0
+"""
+
+
+def test_a_matrix_of_variants_and_seeds_with_settings_from_a_config_file(project, one_torch_thread):
+    """`matrix` and `variants` expand a stage into one stage per point; a stage reading it follows (one score per
+    teacher, averaged over seeds at the end); `config = FILE` gives a stage its step's section; export-model is a
+    stage with its own up-to-date rule."""
+    folder, base = project
+    (folder / "fruit.toml").write_text(MATRIX.format(base=base))
+    (folder / "steps.toml").write_text(STEPS.format(epochs=1))
+    first = run(project)
+    teachers = [f"teacher[{v},seed={s}]" for v in ("fast", "slow") for s in (1, 2)]
+    lock = json.loads((folder / "fruit.lock.json").read_text())["stages"]
+    assert set(lock) == {"train", "dev", "export", *teachers, *(f"score[teacher={t[8:]}" for t in teachers)}
+    assert lock["teacher[slow,seed=2]"]["options"] == {"epochs": 1, "batch_size": 4, "num_workers": 0, "seed": 2,
+                                                       "lr": 1e-4, "model": base}
+    assert len({lock[t]["output"] for t in teachers}) == 4                  # four runs, each in its own folder
+    assert re.search(r"^score\[teacher=fast\]: accuracy \d+\.\d \+- \d+\.\d \(n = 2\)$", first.output, re.M)
+    exports = json.loads(open(folder / "runs" / "fruit" / "export" / lock["export"]["key"] / "exports.json").read())
+    assert exports["onnx"]["rows"] == 3 and lock["export"]["output"] == lock["teacher[fast,seed=1]"]["output"]
+
+    dry = run(project, "--dry-run").output
+    assert all(line.split(None, 1)[1].startswith("up to date") for line in dry.strip().splitlines())
+    (folder / "steps.toml").write_text(STEPS.format(epochs=2))              # the config file changed
+    dry = run(project, "--dry-run").output
+    assert "teacher[fast,seed=1] will run     changed: option epochs" in dry
+    assert re.search(r"^train +up to date", dry, re.M)
+
+    for bad, message in (
+            ('model = "@teacher[fast,seed=3]"', r"stage 'export' reads '@teacher\[fast,seed=3\]', which is not one"),
+            ('matrix = { seed = [1, 1] }', r"stage 'teacher': matrix.seed is a list of distinct values"),
+            ('matrix = { step = ["task"] }', r"stage 'teacher': matrix key 'step' cannot vary")):
+        text = MATRIX.format(base=base)
+        old = 'model = "@teacher[fast,seed=1]"' if bad.startswith("model") else "matrix = { seed = [1, 2] }"
+        (folder / "fruit.toml").write_text(text.replace(old, bad))
+        result = run(project, "--dry-run", ok=False)
+        assert result.exit_code != 0 and re.search(message, str(result.exception)), result.exception
+        assert "\n" not in str(result.exception)
+
+
+def test_the_demo_is_a_shipped_pipeline_with_the_versions_of_the_steps_run_by_hand(store, tmp_path):
+    """`distillery demo` runs the pipeline file in the package: its data stages write the versions the README's
+    step-by-step commands write (same config: the step's section of demo.toml)."""
+    from distillery.bundled import CONFIGS_DIR, SAMPLE_DIR
+    from distillery.demo import run_demo
+    from pipelines.config import load_config
+    from pipelines.runner import run_step
+    from preprocess import PreprocessConfig, plan_preprocess
+
+    versions = {**run_demo(store, tmp_path / "runs", until="train")["versions"],
+                **run_demo(store, tmp_path / "runs", until="test")["versions"]}
+    by_hand = load_config(PreprocessConfig, CONFIGS_DIR / "demo.toml", {"input.label_column": "label"},
+                          section="preprocess")
+    for split in ("train", "test"):
+        plan = plan_preprocess([SAMPLE_DIR / f"{split}.jsonl"], by_hand)
+        assert versions[f"wordnet-{split}"] == run_step(store, plan, None).manifest["version_id"]
+    assert (tmp_path / "runs" / "pipeline_demo.lock.json").is_file()
+    assert not (CONFIGS_DIR / "pipeline_demo.lock.json").exists()           # nothing written into the package

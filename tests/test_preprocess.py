@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from distillery.bundled import SAMPLE_DIR
 from distillery.cli.main import cli
-from distillery.demo import SAMPLE_DIR
 from pipelines.config import load_config
 from pipelines.errors import DistilleryError
 from pipelines.runner import run_step

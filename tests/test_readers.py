@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from distillery.demo import SAMPLE_DIR
+from distillery.bundled import SAMPLE_DIR
 from pipelines.errors import DistilleryError
 from pipelines.runner import run_step
 from preprocess import InputConfig, PreprocessConfig, plan_preprocess

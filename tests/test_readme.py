@@ -19,12 +19,12 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 
+from distillery.bundled import CONFIGS_DIR, SAMPLE_DIR
 from distillery.cli.main import cli
-from distillery.demo import REPO_ROOT, SAMPLE_DIR
 from pipelines.config import load_config
 from preprocess import PreprocessConfig
 
-README = REPO_ROOT / "README.md"
+README = Path(__file__).resolve().parent.parent / "README.md"
 TRAINING = re.compile(r"^distillery distill (finetune|general|task|mlm)\b")
 CONFIGS = re.compile(r"\b(FinetuneConfig|TaskDistillConfig|DistillConfig|MLMConfig)\(")
 
@@ -52,13 +52,13 @@ def shrink_python(code: str) -> str:
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("readme")
-    data = root / "data" / "wordnet_supersense"
+    data = root / "distillery" / "samples" / "wordnet_supersense"
     data.mkdir(parents=True)
     for name in ("train.jsonl", "dev.jsonl", "test.jsonl"):
         (data / name).write_text("".join((SAMPLE_DIR / name).read_text().splitlines(keepends=True)[:48]))
     (data / "unlabelled.txt").write_text("".join((SAMPLE_DIR / "unlabelled.txt").read_text()
                                                  .splitlines(keepends=True)[:96]))
-    shutil.copytree(REPO_ROOT / "configs", root / "configs")
+    shutil.copytree(CONFIGS_DIR, root / "distillery" / "configs")
     (root / "glue" / "SST-2").mkdir(parents=True)
     (root / "glue" / "SST-2" / "train.tsv").write_text(
         "sentence\tlabel\n" + "".join(f"a {w} film about {w} people\t{i % 2}\n" for i, w in enumerate(

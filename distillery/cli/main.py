@@ -26,6 +26,7 @@ LAZY_COMMANDS = {
     "demo": "distillery.demo:demo_command",
     "export-model": "distillery.cli.export_model:export_model_command",
     "run": "distillery.cli.run:run_command",
+    "recipe": "distillery.cli.recipe:recipe_group",
 }
 
 

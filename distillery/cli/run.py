@@ -12,8 +12,10 @@ from distillery.pipeline import (
     default_runs,
     draw_graph,
     load_pipeline,
+    matrix_scores,
     mermaid,
     stages_to_run,
+    summary_lines,
 )
 from pipelines.errors import DistilleryError
 
@@ -30,16 +32,19 @@ from pipelines.errors import DistilleryError
               help="Folder of the training runs.  [default: runs/<pipeline name> beside the file]")
 @click.option("--mermaid", "mermaid_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the graph as Mermaid text, stages coloured by status.")
+@click.option("--workers", default=None, type=click.IntRange(1, 256),
+              help="Worker processes of the steps that have them (preprocess, augment, ...; not part of any id).")
 @click.option("--graph", "graph_path", default=None, type=click.Path(dir_okay=False),
               help="Also draw the graph as a PNG (matplotlib), stages coloured by status.")
 def run_command(pipeline_file: str, dry_run: bool, until: str | None, only: str | None, no_resume: bool,
-                check: bool, runs: str | None, mermaid_path: str | None, graph_path: str | None) -> None:
+                check: bool, runs: str | None, mermaid_path: str | None, workers: int | None,
+                graph_path: str | None) -> None:
     """Run the stages of PIPELINE_FILE in order: what is up to date is reused, what was interrupted resumes, what
     changed runs; writes PIPELINE.lock.json beside it."""
     pipeline = load_pipeline(pipeline_file)
     names = stages_to_run(pipeline, until, only)
     runner = PipelineRun(pipeline, current_store(), Path(runs) if runs else default_runs(Path(pipeline_file)),
-                         resume=not no_resume, echo=click.echo)
+                         resume=not no_resume, echo=click.echo, workers=workers)
     if dry_run:
         statuses = runner.dry_run(names)
         for state in statuses:
@@ -52,9 +57,11 @@ def run_command(pipeline_file: str, dry_run: bool, until: str | None, only: str 
         return
     previous = pipeline.read_lock()
     rows = runner.run(names, write_lock=not check)
-    click.echo(f"\n{'stage':<16} {'step':<13} {'status':<12} {'seconds':>8}  output")
-    for row in rows:
-        click.echo(f"{row['stage']:<16} {row['step']:<13} {row['status']:<12} {row['seconds']:>8}  {row['output']}")
+    for line in summary_lines(rows):
+        click.echo(line)
+    for group, found in matrix_scores(pipeline, rows).items():
+        click.echo(f"{group}: {found['metric']} {100 * found['mean']:.1f} +- {100 * found['std']:.1f} "
+                   f"(n = {found['n']})")
     done = {r["stage"]: "up to date" for r in rows}
     if mermaid_path:
         Path(mermaid_path).write_text(mermaid(pipeline, done) + "\n")

@@ -62,8 +62,8 @@ from distill.models import (
 from distill.models import load_config as load_model_config
 from distill.runs import TrainedModel, read_scores
 from distill.tagging import token_classifier
+from distillery.bundled import SAMPLE_DIR
 from distillery.compose import train_augmentation_mlm
-from distillery.demo import SAMPLE_DIR
 from distillery.recipes.ablation_report import METRIC_NAMES, write_report
 from pipelines.atomic import write_json_atomic
 from pipelines.config import ConfigError, Options, identity_dict, load_config, option, read_toml, to_dict
