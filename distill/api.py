@@ -26,7 +26,7 @@ from distill.config import (
     check_batch_tokens,
     stage_config,
 )
-from distill.data import LOGITS, TAGS, TOKENS, WORD_IDS, Collator, ShardStream, make_loader, to_tensors
+from distill.data import LOGITS, TAGS, TOKENS, WORD_IDS, Collator, MixedStream, ShardStream, make_loader, to_tensors
 from distill.matches import Match, MatchSet, default_matches
 from distill.metrics import classification_metrics, regression_metrics
 from distill.mlm import distil_masked_lm
@@ -125,7 +125,8 @@ def check_logits_labels(store: Store, ref: str, teacher: str) -> None:
 
 # ---- streams and scores ------------------------------------------------------------------------------------
 def make_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig, labels: dict[str, Any],
-                runtime: Runtime | None = None, shuffle: bool = True, batch_size: int | None = None) -> ShardStream:
+                runtime: Runtime | None = None, shuffle: bool = True, batch_size: int | None = None,
+                copies_only: bool = False) -> ShardStream:
     """The streaming dataset of a version for a run's config and this process's rank."""
     runtime = runtime or Runtime(torch.device("cpu"))
     return ShardStream.from_store(store, ref, tokenizer, batch_size=batch_size or cfg.batch_size,
@@ -133,7 +134,23 @@ def make_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig,
                                   shuffle_buffer=cfg.shuffle_buffer, group_batches=cfg.group_batches,
                                   label2id=labels.get("label2id"), regression=_is_regression(labels),
                                   tagging=_is_tagging(labels), label_all_pieces=cfg.label_all_pieces,
-                                  rank=runtime.rank, world_size=runtime.world_size)
+                                  rank=runtime.rank, world_size=runtime.world_size, copies_only=copies_only)
+
+
+def training_stream(store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig, labels: dict[str, Any],
+                    runtime: Runtime) -> ShardStream:
+    """A run's training stream: the version ``ref``, or with ``cfg.mix`` a ``MixedStream`` of it (the share the
+    mix leaves) and the mix's sources."""
+    main = make_stream(store, ref, tokenizer, cfg, labels, runtime)
+    mix = getattr(cfg, "mix", ())
+    if not mix:
+        return main
+    sources = [make_stream(store, m.ref, tokenizer, cfg, labels, runtime, copies_only=m.copies_only) for m in mix]
+    if LOGITS in main._columns and not all(LOGITS in s._columns for s in sources):
+        missing = next(m.ref for m, s in zip(mix, sources) if LOGITS not in s._columns)
+        raise DistilleryError(f"the training data has the teacher's cached logits but mix source {missing} has not: "
+                              f"cache them for it too (`distill cache-logits`), or let the teacher run")
+    return MixedStream([main, *sources], [1 - sum(m.share for m in mix), *(m.share for m in mix)], seed=cfg.seed)
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -244,7 +261,7 @@ class ClassifierRows:
 
     def train_stream(self, store: Store, ref: str, tokenizer: str | Path, cfg: TrainConfig,
                      runtime: Runtime) -> ShardStream:
-        return make_stream(store, ref, tokenizer, cfg, self.labels, runtime)
+        return training_stream(store, ref, tokenizer, cfg, self.labels, runtime)
 
     def eval_fn(self, store: Store, cfg: TrainConfig, tokenizer: str | Path, runtime: Runtime) -> EvalFn | None:
         """The student's ``classifier_scores`` (``tagger_scores``) on ``cfg.eval_ref`` at the run's length, over the

@@ -97,6 +97,32 @@ class FinetuneConfig(TrainConfig):
 
 
 @dataclass
+class MixSource(Options):
+    """One more source of a mixed training stream: a version and its share of every batch."""
+
+    ref: str = option("", help="The version (name, name@tag or id).")
+    share: float = option(0.5, gt=0, lt=1, help="Its share of the rows of every batch.")
+    copies_only: bool = option(False, help="An augmented version's copies only (aug_copy > 0), not its originals.")
+
+    def check(self) -> None:
+        if not self.ref:
+            raise ConfigError("ref", "a mix source names its version")
+
+    @classmethod
+    def from_flag(cls, text: str) -> dict[str, Any]:
+        """``REF=SHARE`` or ``REF=SHARE:copies`` (the CLI form) as a table."""
+        ref, _, share = text.rpartition("=")
+        share, _, only = share.partition(":")
+        try:
+            value = float(share)
+        except ValueError:
+            raise ConfigError("mix", f"{text!r} is not REF=SHARE or REF=SHARE:copies") from None
+        if not ref or only not in ("", "copies"):
+            raise ConfigError("mix", f"{text!r} is not REF=SHARE or REF=SHARE:copies")
+        return {"ref": ref, "share": value, "copies_only": only == "copies"}
+
+
+@dataclass
 class DistillConfig(TrainConfig):
     """Distil a teacher into a student through a list of matches (TextBrewer style) or the default recipe."""
 
@@ -148,6 +174,19 @@ class DistillConfig(TrainConfig):
                                  "student's own MLM loss with --hard-weight, cosine on the last hidden states with "
                                  "--cosine-weight; DistilBERT used 5, 2, 1 and T=2).")
     mask_prob: float = option(0.15, gt=0, lt=1, help="distilbert: share of pieces masked (80/10/10).")
+    mix: list[MixSource] = option(default_factory=list, help="More sources: every batch takes each one's share of "
+                                                             "its rows (TRAIN_REF the rest), e.g. --mix "
+                                                             "wordnet-train-aug=0.5:copies (its copies only); TOML "
+                                                             "[[mix]] tables of ref, share, copies_only.")
+
+    def check(self) -> None:
+        super().check()
+        if self.mix and self.objective == "distilbert":
+            raise ConfigError("mix", "the distilbert objective streams one masked-LM version; mix applies to the "
+                                     "tinybert objective")
+        if self.mix and sum(m.share for m in self.mix) >= 1:
+            raise ConfigError("mix", f"the shares add up to {sum(m.share for m in self.mix):g}: they must leave "
+                                     f"TRAIN_REF a share (sum < 1)")
 
 
 @dataclass

@@ -43,6 +43,7 @@ size: resuming with another process count deals the remaining global batches to 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import random
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -68,6 +70,7 @@ IGNORE_LABEL = -100
 TEXT, PAIR, LABEL, ROW_ID, LOGITS = "text", "text_pair", "label", "row_id", "teacher_logits"
 TOKENS, TAGS = "tokens", "tags"         # the columns of a token-classification version
 WORD_IDS = "word_ids"                   # an encoded tagging row's word of each piece (None: a special token)
+AUG_COPY = "aug_copy"                   # an augmented version's copy number (0: the original row)
 
 
 @dataclass
@@ -207,7 +210,7 @@ class ShardStream(IterableDataset):
                  group_batches: int = 50, label2id: dict[str, int] | None = None, regression: bool = False,
                  rank: int = 0, world_size: int = 1, num_rows: int | None = None, collator: Collator | None = None,
                  version: str | None = None, tagging: bool = False, label_all_pieces: bool = False,
-                 source: CachedShards | None = None):
+                 source: CachedShards | None = None, copies_only: bool = False):
         super().__init__()
         if batch_size < 1:
             raise DistilleryError(f"batch_size must be >= 1 (got {batch_size})")
@@ -223,8 +226,19 @@ class ShardStream(IterableDataset):
         self.group_batches = max(1, group_batches)
         self.rank, self.world_size = rank, world_size
         self.collate = collator or Collator(tokenizer, max_seq_length, label2id, regression, tagging, label_all_pieces)
-        self.num_rows = num_rows if num_rows is not None else sum(pq.ParquetFile(self._local(i)).metadata.num_rows
-                                                                  for i in range(len(self.shards)))
+        self.copies_only = copies_only       # an augmented version's copies (aug_copy > 0) only
+        if copies_only and self.shards and AUG_COPY not in pq.ParquetFile(self._local(0)).schema_arrow.names:
+            raise DistilleryError(f"{version or self.shards[0]}: copies_only, but the version has no '{AUG_COPY}' "
+                                  f"column (it is not an augmented version)")
+        if copies_only:
+            self.num_rows = sum(pc.sum(pc.not_equal(pq.read_table(self._local(i), columns=[AUG_COPY])[AUG_COPY], 0))
+                                .as_py() or 0 for i in range(len(self.shards)))
+        else:
+            self.num_rows = num_rows if num_rows is not None else sum(
+                pq.ParquetFile(self._local(i)).metadata.num_rows for i in range(len(self.shards)))
+        if not self.num_rows:
+            raise DistilleryError(f"{version or 'the stream'}: no rows to train on"
+                                  + (" (no copies: aug_copy > 0)" if copies_only else ""))
         self.version = version or _shards_fingerprint(self.shards)
         self.state = StreamState(seed=seed)
         self._stride: int | None = None      # set in a worker's copy once it has yielded: its worker count
@@ -265,7 +279,7 @@ class ShardStream(IterableDataset):
         if TEXT not in names:
             raise DistilleryError(f"{self.shards[0]}: no '{TEXT}' column (columns: {', '.join(names)})")
         wanted = (TEXT, PAIR, LABEL, ROW_ID, LOGITS) + ((TOKENS, TAGS) if self.collate.tagging else ())
-        return [c for c in wanted if c in names]
+        return [c for c in wanted if c in names] + ([AUG_COPY] if self.copies_only else [])
 
     # ---- the global order and the checkpoint protocol ------------------------------------------------
     def set_state(self, epoch: int, position: int = 0) -> None:
@@ -316,6 +330,8 @@ class ShardStream(IterableDataset):
                 self.source.prefetch(order[position + 1])    # after the open: it may evict older shards
             for batch in parquet.iter_batches(batch_size=4096, columns=self._columns):
                 rows = batch.to_pylist()
+                if self.copies_only:
+                    rows = [r for r in rows if r.pop(AUG_COPY)]
                 self.collate.encode(rows)
                 yield from rows
 
@@ -385,6 +401,73 @@ class ShardStream(IterableDataset):
             # inside a worker, NumPy arrays travel to the main process far cheaper than tensors (which
             # go through one shared-memory file each); make_loader turns them into tensors there
             yield batch if info else to_tensors(batch)
+
+
+class MixedStream(ShardStream):
+    """Several streams as one: every global batch holds rows of each source at its share.
+
+    Row ``r`` of an epoch comes from the source whose share is most behind (smooth weighted round robin: after any
+    number of rows each source has its share of them to within one row, and a batch of ``batch_size`` rows holds
+    ``share x batch_size`` of each, rounded). Each source streams its own rows in its own seeded order (shards,
+    shuffle buffer; seeded by the mixture's seed, the source and the epoch) and starts a new pass, in a new order,
+    when it runs out within an epoch. An epoch is one pass over the source with the most rows (its rows / its share
+    rows in all). Length grouping does not apply (it would sort a batch's rows away from their shares). Ranks,
+    workers, ``state_dict`` and resume work as for one stream (positions count global batches). Rows are given the
+    columns of every source: a label a source lacks is missing (ignored by the losses), and cached teacher logits
+    are kept only when every source has them."""
+
+    def __init__(self, sources: Sequence[ShardStream], shares: Sequence[float], *, seed: int = 0):
+        IterableDataset.__init__(self)
+        if len(sources) != len(shares) or not sources or abs(sum(shares) - 1) > 1e-9 or min(shares) <= 0:
+            raise DistilleryError(f"a mixture needs one positive share per source, adding up to 1 (got {shares})")
+        if len({bool(s.collate.tagging) for s in sources}) > 1:
+            raise DistilleryError("a mixture cannot mix token-classification and sentence versions")
+        pairs = {PAIR in s._columns for s in sources}
+        if len(pairs) > 1:
+            raise DistilleryError("a mixture cannot mix sentence-pair versions (text_pair) and single sentences")
+        first = sources[0]
+        self.sources, self.shares = list(sources), [float(x) for x in shares]
+        self.shards, self.source, self.copies_only = [], None, False
+        self.batch_size, self.shuffle = first.batch_size, True
+        self.rank, self.world_size = first.rank, first.world_size
+        self.collate = first.collate
+        largest = max(range(len(sources)), key=lambda i: sources[i].num_rows)
+        self.num_rows = math.ceil(sources[largest].num_rows / self.shares[largest])
+        self.version = hashlib.sha256(repr([(s.version, s.copies_only, x) for s, x in zip(sources, self.shares)])
+                                      .encode()).hexdigest()[:16]
+        self.state = StreamState(seed=seed)
+        self._stride = None
+        columns = [set(s._columns) for s in sources]
+        keep_logits = all(LOGITS in c for c in columns)
+        self._fill = [c for c in (LABEL, TAGS, ROW_ID) if any(c in cols for cols in columns)]
+        self._drop = [] if keep_logits else [LOGITS]
+
+    def _source_rows(self, index: int, epoch: int) -> Iterator[dict[str, Any]]:
+        """Source ``index``'s rows for ``epoch``, pass after pass, each pass in its own seeded order."""
+        source = self.sources[index]
+        for turn in itertools.count():
+            rng = random.Random(f"{self.state.seed}/{index}/{epoch}/{turn}")
+            for row in source._shuffled(source._rows(rng), rng):
+                for column in self._drop:
+                    row.pop(column, None)
+                for column in self._fill:
+                    row.setdefault(column, None)
+                yield row
+
+    def global_batches(self, epoch: int) -> Iterator[list[dict[str, Any]]]:
+        """The epoch's global batches: rows drawn from the sources by smooth weighted round robin."""
+        streams = [self._source_rows(i, epoch) for i in range(len(self.sources))]
+        taken = [0] * len(streams)
+        batch: list[dict[str, Any]] = []
+        for row in range(self.num_rows):
+            pick = max(range(len(streams)), key=lambda i: (self.shares[i] * (row + 1) - taken[i], -i))
+            taken[pick] += 1
+            batch.append(next(streams[pick]))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
 
 def _shards_fingerprint(shards: Sequence[str]) -> str:

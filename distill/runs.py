@@ -126,7 +126,8 @@ def recorded_model(run_dir: Path, recorded: Any, model_dir: Path | None = None) 
 def data_records(store: Store, train_ref: str, cfg: TrainConfig) -> list[dict[str, Any]]:
     """The training (and evaluation) versions of a run, for its model card."""
     records = []
-    for role, ref in (("train", train_ref), ("eval", cfg.eval_ref)):
+    mix = [("mix", m.ref) for m in getattr(cfg, "mix", ())]
+    for role, ref in (("train", train_ref), *mix, ("eval", cfg.eval_ref)):
         if ref:
             m = store.manifest(ref)
             records.append({"role": role, "version_id": m["version_id"], "name": m["name"],
@@ -198,5 +199,9 @@ def run_identity(store: Store, mode: str, cfg: TrainConfig, train_ref: str, **mo
     grad_accum counts the micro-batches of a step over all processes, so that the same global batch under another
     process count (a resumed or repeated run) is the same run."""
     config = {**identity_dict(cfg), "grad_accum": cfg.grad_accum * process_count()}
+    if config.get("mix"):                    # more sources: by version id (a name may move)
+        config["mix"] = [{**m, "ref": store.resolve(m["ref"])} for m in config["mix"]]
+    else:
+        config.pop("mix", None)              # runs without a mixture keep the identity they had before it existed
     return {"mode": mode, "config": config, "train_version": store.resolve(train_ref),
             "eval_version": store.resolve(cfg.eval_ref) if cfg.eval_ref else None, **models_used}

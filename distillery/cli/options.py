@@ -113,6 +113,8 @@ def _list_value(values: tuple[str, ...], hint: Any) -> list[Any] | None:
         return None
     items = [part.strip() for value in values for part in value.split(",") if part.strip()]
     item_hint = (typing.get_args(hint) or (str,))[0]
+    if hasattr(item_hint, "from_flag"):          # a table per item, written as one flag value (--mix REF=SHARE)
+        return [item_hint.from_flag(x) for x in items]
     return [int(x) if item_hint is int and x.lstrip("-").isdigit() else x for x in items]
 
 
