@@ -1,7 +1,10 @@
-"""Evaluation metrics: accuracy, macro-F1 and Matthews correlation; Pearson and Spearman for regression."""
+"""Evaluation metrics: accuracy, macro-F1 and Matthews correlation; Pearson and Spearman for regression; the
+teacher-direct gap check."""
 from __future__ import annotations
 
 import math
+import statistics
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -46,3 +49,15 @@ def regression_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str,
         pearson = float(stats.pearsonr(predictions, labels)[0])
         spearman = float(stats.spearmanr(predictions, labels)[0])
     return {"pearson": pearson, "spearman": spearman, "mse": float(np.mean((predictions - labels) ** 2))}
+
+
+def gap_check(teacher: float, direct: list[float], metric: str) -> dict[str, Any]:
+    """The teacher's dev score against the direct students' (the same student trained on the labels alone): the gap,
+    and a warning when it is under twice the direct students' sample std over seeds (under 1 point with one seed):
+    distillation then has little to transfer."""
+    mean = statistics.fmean(direct)
+    std = statistics.stdev(direct) if len(direct) > 1 else None
+    threshold = 2 * std if std is not None else 0.01
+    gap = teacher - mean
+    return {"metric": metric, "teacher_dev": teacher, "direct_dev_mean": mean, "direct_dev_std": std,
+            "seeds": len(direct), "gap": gap, "threshold": threshold, "warning": gap < threshold}

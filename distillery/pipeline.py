@@ -51,8 +51,10 @@ from augment import AugmentConfig, plan_augment
 from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
 from distill.config import ExportConfig
 from distill.logits import plan_teacher_logits
-from distill.runs import FINISHED, recorded_model
+from distill.metrics import gap_check
+from distill.runs import FINISHED, read_scores, recorded_model
 from distillery.present import report_step, report_trained
+from distillery.recipes.ablation_report import gap_check_line
 from pipelines.atomic import write_json_atomic
 from pipelines.config import ConfigError, build, read_toml
 from pipelines.errors import DistilleryError
@@ -334,6 +336,7 @@ class PipelineRun:
                  echo: Callable[[str], None] = print, workers: int | None = None):
         self.pipeline, self.store, self.runs, self.resume, self.echo = pipeline, store, runs, resume, echo
         self.workers = workers                      # worker processes of the steps that have them (runtime)
+        self._gaps_said: set[str] = set()           # teachers whose gap check was printed
         self.outputs: dict[str, str] = {}          # stage or input -> what "@name" stands for
         self.keys: dict[str, str] = {}             # stage or input -> its identity (version id, run key, sha256)
         self.lock: dict[str, Any] = {}
@@ -470,10 +473,32 @@ class PipelineRun:
             self.lock[name] = {"step": stage.step, "key": self.keys[name], "output": output,
                                "options": stage.options, "inputs": {r: self.keys[r] for r in stage.refs},
                                **self._weights(stage)}
+            self._gap_check()
         if write_lock:
             self.pipeline.lock_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.pipeline.lock_path, {"format": "distillery.pipeline-lock/1", "stages": self.lock})
         return rows
+
+    def _gap_check(self) -> None:
+        """Once a teacher (a finetune stage some stage distils from) and every direct student (the other finetune
+        stages scored on the same eval_ref) are trained: their dev scores and the gap, with a warning when it is
+        small (``gap_check``); said once per teacher."""
+        stages = self.pipeline.stages.values()
+        teachers = {s.options.get("teacher", "")[1:] for s in stages if isinstance(s.options.get("teacher"), str)}
+        teachers &= {s.name for s in stages if s.step == "finetune"}
+        for name in sorted(teachers - self._gaps_said):
+            teacher = self.pipeline.stages[name]
+            direct = [s.name for s in stages if s.step == "finetune" and s.name not in teachers
+                      and teacher.options.get("eval_ref") and s.options.get("eval_ref") == teacher.options["eval_ref"]]
+            if not direct or any(n not in self.outputs for n in [name, *direct]):
+                continue
+            found = read_scores(Path(self.outputs[name]))
+            metric = "f1" if "token_accuracy" in found else "accuracy"
+            if metric not in found or not all(metric in read_scores(Path(self.outputs[n])) for n in direct):
+                continue
+            gap = gap_check(found[metric], [read_scores(Path(self.outputs[n]))[metric] for n in direct], metric)
+            self.echo(f"{name} vs {', '.join(direct)}: {gap_check_line(gap)}")
+            self._gaps_said.add(name)
 
     def _weights(self, stage: Stage) -> dict[str, Any]:
         if stage.step not in TRAINING_STEPS:

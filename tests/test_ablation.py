@@ -13,7 +13,15 @@ import pytest
 from transformers import AutoConfig
 
 from distillery.bundled import CONFIGS_DIR, NER_SAMPLE_DIR, SAMPLE_DIR
-from distillery.recipes.ablation import MENTION_VARIANT, MLM_VARIANT, VARIANTS, load_experiment, run_experiment
+from distillery.recipes.ablation import (
+    LONG_VARIANT,
+    MENTION_VARIANT,
+    MIX_VARIANTS,
+    MLM_VARIANT,
+    VARIANTS,
+    load_experiment,
+    run_experiment,
+)
 from pipelines.errors import DistilleryError
 from pipelines.runner import run_step
 from preprocess import plan_preprocess
@@ -61,7 +69,7 @@ def test_quick_ablation_runs_from_an_installed_wheel_and_writes_the_report(tmp_p
     assert set(results["schedules"]) == {"equal-steps", "equal-epochs"}
     for part in results["schedules"].values():
         table = part["table"]
-        assert set(table) == {"teacher", *VARIANTS, MLM_VARIANT}
+        assert set(table) == {"teacher", *VARIANTS, MLM_VARIANT, LONG_VARIANT, *MIX_VARIANTS}
         teacher = table["teacher"]
         for name, row in table.items():
             assert 0.0 <= row["accuracy"]["mean"] <= 1.0 and row["accuracy"]["n"] == 1
@@ -71,6 +79,14 @@ def test_quick_ablation_runs_from_an_installed_wheel_and_writes_the_report(tmp_p
     steps, epochs = (results["schedules"][s]["table"] for s in ("equal-steps", "equal-epochs"))
     assert steps["task"]["runs"] == epochs["task"]["runs"]            # the original split: one run, both schedules
     assert steps["task-aug"]["runs"] != epochs["task-aug"]["runs"]
+    assert steps[LONG_VARIANT]["runs"] == steps["task"]["runs"] != epochs[LONG_VARIANT]["runs"]
+    assert all(steps[v]["runs"] != epochs[v]["runs"] for v in MIX_VARIANTS)
+    long_steps = json.loads((out / "task-long-seed1" / "stage2" / "config.json").read_text())["steps"]
+    assert long_steps == json.loads((out / "task-aug-mlm-epochs-seed1" / "stage2" / "config.json").read_text())["steps"]
+    mix = json.loads((out / "task-aug-unlabelled-seed1" / "stage2" / "config.json").read_text())["config"]["mix"]
+    assert [(m["share"], m["copies_only"]) for m in mix] == [(0.25, True), (0.25, False)]
+    gap = results["gap_check"]
+    assert gap["seeds"] == 1 and gap["threshold"] == 0.01 and gap["warning"] == (gap["gap"] < 0.01)
     assert steps["teacher"]["runs"] == ["teacher/model"]                # relative to the experiment folder
     assert all((out / run / "model.safetensors").is_file() for row in steps.values() for run in row["runs"])
     aug_steps = json.loads((out / "task-aug-epochs-seed1" / "stage1" / "config.json").read_text())["steps"]
@@ -83,6 +99,7 @@ def test_quick_ablation_runs_from_an_installed_wheel_and_writes_the_report(tmp_p
     assert json.loads((out / "results.json").read_text())["schedules"].keys() == results["schedules"].keys()
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "| general+task-aug |" in card and "## Results: equal-epochs" in card
+    assert card.split("\n# TinyBERT ablation\n\n", 1)[1].startswith("**gap check: teacher dev accuracy")
     assert "## The masked LM" in card and "mlm_only" not in card and "MLM only" in card
     assert all((out / f"{kind}-{s}.png").stat().st_size > 0 for kind in ("stage_losses", "dev_accuracy")
                for s in ("equal-steps", "equal-epochs"))

@@ -123,3 +123,70 @@ def test_unlabelled_text_trains_a_task_distilled_student_and_finetune_refuses_it
     assert [(m["share"], m["copies_only"]) for m in mix] == [(0.5, False), (0.25, True)]
     card = (tmp_path / "mixed" / "model" / "README.md").read_text()
     assert "plain" in card and "aug" in card
+
+
+def test_the_gap_check_warns_when_the_teacher_hardly_beats_the_direct_student():
+    from distill.metrics import gap_check
+    from distillery.recipes.ablation_report import gap_check_line
+
+    close = gap_check(0.80, [0.78, 0.79, 0.80], "accuracy")          # gap 1 point, twice the std 2 points
+    assert close["warning"] and close["threshold"] == pytest.approx(0.02)
+    assert "WARNING: under twice the direct students' std over 3 seeds, 2.0" in gap_check_line(close)
+    clear = gap_check(0.90, [0.70, 0.71], "accuracy")
+    assert not clear["warning"] and "gap +19.5 points (over twice" in gap_check_line(clear)
+    one = gap_check(0.805, [0.80], "f1")                               # one seed: under 1 point
+    assert one["warning"] and "1 point (one seed: no spread)" in gap_check_line(one)
+
+
+PIPELINE = """
+[inputs]
+train_file = "train.jsonl"
+
+[stages.train]
+step = "preprocess"
+inputs = ["@train_file"]
+input = {{ label_column = "label" }}
+
+[stages.teacher]
+step = "finetune"
+data = "@train"
+model = "{base}"
+eval_ref = "@train"
+max_steps = 2
+batch_size = 4
+num_workers = 0
+
+[stages.direct]                       # the same student trained on the labels: the very same model
+step = "finetune"
+data = "@train"
+model = "{base}"
+eval_ref = "@train"
+max_steps = 2
+batch_size = 4
+num_workers = 0
+
+[stages.student]
+step = "task"
+data = "@train"
+teacher = "@teacher"
+student_layers = 1
+student_init = "teacher"
+max_steps = 2
+batch_size = 4
+num_workers = 0
+"""
+
+
+def test_a_pipeline_says_the_gap_as_soon_as_teacher_and_direct_student_exist(tmp_path, tiny_bert_factory,
+                                                                               one_torch_thread):
+    import json
+
+    base = str(tiny_bert_factory(layers=1, hidden=16, heads=2, with_mlm_head=False))
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": f"{w} {i}", "label": w[0]}) + "\n"
+                                                  for i, w in enumerate(["apple", "banana"] * 6)))
+    (tmp_path / "p.toml").write_text(PIPELINE.format(base=base))
+    result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "run", str(tmp_path / "p.toml")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    line = next(line for line in result.output.splitlines() if line.startswith("teacher vs direct: gap check"))
+    assert "gap +0.0 points; WARNING: under 1 point (one seed: no spread)" in line
+    assert result.output.index(line) < result.output.index("stage student (task)")    # before the distillation

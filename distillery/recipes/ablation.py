@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import statistics
@@ -48,9 +49,9 @@ from augment import AugmentConfig, plan_augment
 from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
 from distill.api import evaluate, finetune, general_distill, task_distill
 from distill.card import model_seq_length
-from distill.data import TAGS
+from distill.data import TAGS, ShardStream
 from distill.logits import plan_teacher_logits
-from distill.metrics import SCORING_RULES
+from distill.metrics import SCORING_RULES, gap_check
 from distill.models import (
     classifier_class,
     layer_mapping,
@@ -64,7 +65,7 @@ from distill.runs import TrainedModel, read_scores
 from distill.tagging import token_classifier
 from distillery.bundled import SAMPLE_DIR
 from distillery.compose import train_augmentation_mlm
-from distillery.recipes.ablation_report import METRIC_NAMES, write_report
+from distillery.recipes.ablation_report import METRIC_NAMES, gap_check_line, write_report
 from pipelines.atomic import write_json_atomic
 from pipelines.config import ConfigError, Options, identity_dict, load_config, option, read_toml, to_dict
 from pipelines.confine import read_own_json
@@ -76,6 +77,8 @@ from preprocess import PreprocessConfig, input_formats, plan_preprocess
 VARIANTS = ("direct", "task", "task-aug", "general+task-aug")
 MLM_VARIANT = "task-aug-mlm"
 MENTION_VARIANT = "task-aug-mention"
+LONG_VARIANT = "task-long"             # task on the originals for as many steps as the copies' student has
+MIX_VARIANTS = ("task-mix", "task-unlabelled", "task-aug-unlabelled")   # mixed transfer sets (``mix_share``)
 SECTIONS = ("preprocess", "augment", "augment_mlm", "augment_mention", "mlm", "teacher", "direct", "general", "task",
             "evaluate")
 TOKEN_TASK = "token-classification"
@@ -110,14 +113,19 @@ class ExperimentConfig(Options):
                                      "hub id, or none (no variant 5).")
     compute: tuple[str, ...] = option(("equal-steps",), help="Schedules: equal-steps and / or equal-epochs.")
     variants: tuple[str, ...] = option((), help="Only these students (direct, task, task-aug, general+task-aug, "
-                                                "task-aug-mlm, task-aug-mention); empty = all that the data and "
-                                                "options allow.")
+                                                "task-aug-mlm, task-aug-mention, task-long, task-mix, "
+                                                "task-unlabelled, task-aug-unlabelled); empty = all that the data "
+                                                "and options allow.")
     name_prefix: str = option("ablation", help="Dataset names: <prefix>-train, <prefix>-train-aug, ...")
     latency_sentences: int = option(256, ge=1, help="Test sentences timed at batch 1 and batch 32.")
     eval_every: int = option(0, ge=0, help="Dev evaluation every N steps (0 = at the end of each run).")
     stage1_steps: int = option(0, ge=0, help="> 0: every task distillation runs this many stage-1 steps ...")
     stage2_steps: int = option(0, ge=0, help="... and stage-2 steps whatever its data's size (equal compute per "
                                              "student); with both set, the direct student runs their sum.")
+    mix_share: float = option(0.5, gt=0, lt=1, help="The mixed transfer sets' share of added rows: task-mix = "
+                                                    "originals + the copies (those of task-aug-mlm, else task-aug) "
+                                                    "at this share, task-unlabelled = originals + the unlabelled "
+                                                    "text, task-aug-unlabelled = originals + half of it each.")
 
     def check(self) -> None:
         unknown = [c for c in self.compute if c not in SCHEDULES]
@@ -125,13 +133,15 @@ class ExperimentConfig(Options):
             raise ConfigError("compute", f"{unknown or 'nothing'}: choose from {', '.join(SCHEDULES)}")
         if "equal-epochs" in self.compute and not (self.stage1_steps and self.stage2_steps):
             raise ConfigError("compute", "equal-epochs derives its epochs from stage1_steps and stage2_steps")
-        known = (*VARIANTS, MLM_VARIANT, MENTION_VARIANT)
+        known = (*VARIANTS, MLM_VARIANT, MENTION_VARIANT, LONG_VARIANT, *MIX_VARIANTS)
         unknown = [v for v in self.variants if v not in known]
         if unknown:
             raise ConfigError("variants", f"{unknown[0]}: choose from {', '.join(known)}")
-        if not self.unlabelled and (self.mlm == "domain" or "general+task-aug" in self.variants):
-            raise ConfigError("unlabelled", "empty, but the domain masked LM (mlm = domain) or the general+task-aug "
-                                            "student needs unlabelled text")
+        needs_text = ("general+task-aug", "task-unlabelled", "task-aug-unlabelled")
+        if not self.unlabelled and (self.mlm == "domain" or any(v in self.variants for v in needs_text)):
+            raise ConfigError("unlabelled", "empty, but the domain masked LM (mlm = domain) or a student of "
+                                            "general+task-aug, task-unlabelled, task-aug-unlabelled needs "
+                                            "unlabelled text")
 
 
 @dataclass
@@ -225,6 +235,8 @@ class Experiment:
     general_student: Path | None = None
     tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)   # schedule -> row -> scores
     tagging: bool = False                                          # token classification (set with the data)
+    mixes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # mixed variant -> its added sources
+    gap: dict[str, Any] | None = None                              # the teacher-direct gap check on dev
 
     @property
     def exp(self) -> ExperimentConfig:
@@ -240,7 +252,7 @@ class Experiment:
 
     def wanted(self, variant: str) -> bool:
         """Whether the experiment trains ``variant`` (``variants`` empty: every one the data and options allow)."""
-        if variant == "general+task-aug" and not self.exp.unlabelled:
+        if variant in ("general+task-aug", "task-unlabelled", "task-aug-unlabelled") and not self.exp.unlabelled:
             return False
         return not self.exp.variants or variant in self.exp.variants
 
@@ -355,6 +367,13 @@ def augment_data(x: Experiment) -> None:
         result = x.clock.run(f"{stage}/{x.data[variant]}", _augment, x.store, x.names["train"], cfg,
                              x.data[variant])
         x.augmented[variant] = result.manifest
+    copies, share = x.data.get(MLM_VARIANT, x.data["task-aug"]), x.exp.mix_share
+    x.mixes = {"task-mix": [{"ref": copies, "share": share, "copies_only": True}]}
+    if x.exp.unlabelled:
+        text = x.names["unlabelled"]
+        x.mixes["task-unlabelled"] = [{"ref": text, "share": share}]
+        x.mixes["task-aug-unlabelled"] = [{"ref": copies, "share": share / 2, "copies_only": True},
+                                          {"ref": text, "share": share / 2}]
 
 
 def _mention_variant(x: Experiment) -> bool:
@@ -384,37 +403,75 @@ def measure_agreement(x: Experiment) -> None:
 
 
 def train_students(x: Experiment) -> None:
-    """Per seed: the initial student, then every variant from it under every schedule (general distillation
-    once, from the first seed's initial student; runs identical under two schedules are trained once)."""
-    x.runs = {schedule: {v: {} for v in (*VARIANTS, *x.data) if x.wanted(v)} for schedule in x.exp.compute}
+    """The initial student of every seed, the direct students of every seed and the gap check (``gap_check``:
+    printed as soon as they exist, before hours of distillation), then per seed every other variant from its
+    initial student under every schedule (general distillation once, from the first seed's initial student; runs
+    identical under two schedules are trained once)."""
+    x.runs = {schedule: {v: {} for v in (*VARIANTS, *x.data, LONG_VARIANT, *x.mixes) if x.wanted(v)}
+              for schedule in x.exp.compute}
+    inits = {}
     for seed in x.exp.seeds:
-        init = x.out / f"student-init-seed{seed}"
+        inits[seed] = init = x.out / f"student-init-seed{seed}"
         if not (init / "config.json").exists():
             initial_student(x.teacher, resolve_model(x.cfgs.teacher.model), x.exp, seed).save_pretrained(init)
             AutoTokenizer.from_pretrained(x.teacher).save_pretrained(init)
+    if x.wanted("direct"):
+        train_rows = x.rows(x.names["train"])
+        for seed in x.exp.seeds:
+            direct_cfg = dataclasses.replace(x.cfgs.direct, model=str(inits[seed]), seed=seed, **x.dev())
+            model = _train(x, f"direct-seed{seed}", finetune, x.names["train"],
+                           equal_steps(direct_cfg, x.exp, train_rows))
+            for schedule in x.exp.compute:
+                x.runs[schedule]["direct"][seed] = model
+        x.gap = gap_check(read_scores(x.teacher)[x.metric],
+                          [read_scores(x.runs[x.exp.compute[0]]["direct"][s])[x.metric] for s in x.exp.seeds],
+                          x.metric)
+        print(gap_check_line(x.gap), flush=True)
+    for seed in x.exp.seeds:
         if x.general_student is None and x.wanted("general+task-aug"):
             general_cfg = dataclasses.replace(x.cfgs.general, teacher=resolve_model(x.cfgs.general.teacher),
-                                              student=str(init), seed=seed)
+                                              student=str(inits[seed]), seed=seed)
             x.general_student = _train(x, "general", general_distill, x.names["unlabelled"], general_cfg)
         for schedule in x.exp.compute:
-            _train_seed(x, schedule, seed, init)
+            _train_seed(x, schedule, seed, inits[seed])
 
 
 def _train_seed(x: Experiment, schedule: str, seed: int, init: Path) -> None:
     train_rows, runs = x.rows(x.names["train"]), x.runs[schedule]
-    direct_cfg = dataclasses.replace(x.cfgs.direct, model=str(init), seed=seed, **x.dev())
-    if x.wanted("direct"):
-        runs["direct"][seed] = _train(x, f"direct-seed{seed}", finetune, x.names["train"],
-                                      equal_steps(direct_cfg, x.exp, train_rows))
     task_cfg = dataclasses.replace(x.cfgs.task, teacher=str(x.teacher), student=str(init), seed=seed, **x.dev())
     students = [(variant, ref, task_cfg) for variant, ref in x.data.items()]
     if x.general_student is not None:
         students.append(("general+task-aug", x.data["task-aug"],
                          dataclasses.replace(task_cfg, student=str(x.general_student))))
+    students += [(variant, x.names["train"], dataclasses.replace(task_cfg, mix=mix))
+                 for variant, mix in x.mixes.items()]
     for variant, ref, cfg in filter(lambda student: x.wanted(student[0]), students):
-        epochs = schedule == "equal-epochs" and ref != x.names["train"]     # else the same run as equal-steps
+        rows = _epoch_rows(x, ref, cfg)
+        epochs = schedule == "equal-epochs" and rows != train_rows         # else the same run as equal-steps
         runs[variant][seed] = _train(x, f"{variant}-{'epochs-' if epochs else ''}seed{seed}", task_distill, ref,
-                                     scheduled(cfg, x.exp, schedule, x.rows(ref), train_rows))
+                                     scheduled(cfg, x.exp, schedule, rows, train_rows))
+    if x.wanted(LONG_VARIANT):
+        # the originals for as many steps as the copies' student takes under equal-epochs (the same run as
+        # task under equal-steps): "more data" separated from "more steps"
+        long_rows = x.rows(x.data.get(MLM_VARIANT, x.data["task-aug"]))
+        folder = f"task-{'long-' if schedule == 'equal-epochs' else ''}seed{seed}"
+        runs[LONG_VARIANT][seed] = _train(x, folder, task_distill, x.names["train"],
+                                          equal_steps(task_cfg, x.exp, train_rows if schedule == "equal-steps"
+                                                      else train_rows * train_rows / long_rows))
+
+
+def _epoch_rows(x: Experiment, ref: str, cfg: Any) -> int:
+    """Rows of one epoch of a student's training data: its version's, or a mixture's (one pass over its largest
+    source: that source's rows / its share)."""
+    if not cfg.mix:
+        return x.rows(ref)
+    sources = [(x.rows(ref), 1 - sum(m.share for m in cfg.mix))]
+    for m in cfg.mix:
+        rows = ShardStream.from_store(x.store, m.ref, x.teacher, batch_size=1, copies_only=True).num_rows \
+            if m.copies_only else x.rows(m.ref)
+        sources.append((rows, m.share))
+    largest = max(sources, key=lambda source: source[0])
+    return math.ceil(largest[0] / largest[1])
 
 
 def _text_only(cfg: PreprocessConfig, sources: list[Path]) -> PreprocessConfig:
@@ -550,6 +607,7 @@ def run_experiment(store: Store, cfgs: StepConfigs, out: Path) -> dict[str, Any]
         "augmentation": {variant: {"version_id": m["version_id"], "rows": m["num_rows"],
                                    "counts": m["extra"].get("counts", {}), "agreement": m.get("agreement")}
                          for variant, m in x.augmented.items()},
+        "gap_check": x.gap,
         "schedules": {schedule: _schedule_record(table, x.metric, x.tagging) for schedule, table in x.tables.items()},
         "scoring": {"rules": SCORING_RULES, "evaluate": to_dict(cfgs.evaluate),
                     "max_seq_length": cfgs.evaluate.max_seq_length or "each model's training length (its card.json)"},

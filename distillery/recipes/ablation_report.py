@@ -189,10 +189,24 @@ def _share(counts: dict[str, Any]) -> str:
     return f"{100 * counts['share']:.1f}% of {counts['copies']}" if counts.get("copies") else "-"
 
 
+def gap_check_line(gap: dict[str, Any]) -> str:
+    """The gap check as one line (a warning when the gap is small)."""
+    name = METRIC_NAMES[gap["metric"]]
+    spread = (f"twice the direct students' std over {gap['seeds']} seeds, {100 * gap['threshold']:.1f}"
+              if gap["direct_dev_std"] is not None else "1 point (one seed: no spread)")
+    line = (f"gap check: teacher dev {name} {100 * gap['teacher_dev']:.1f}, direct student "
+            f"{100 * gap['direct_dev_mean']:.1f}: gap {100 * gap['gap']:+.1f} points")
+    if gap["warning"]:
+        return f"{line}; WARNING: under {spread}: distillation has little to transfer on this task"
+    return f"{line} (over {spread})"
+
+
 def write_report(results: dict[str, Any], out: Path) -> Path:
     """Plots plus ``README.md`` (results card) in the experiment folder."""
     metric = results.get("metric", "accuracy")
     body = _intro(results, metric)
+    if results.get("gap_check"):
+        body[2:2] = [f"**{gap_check_line(results['gap_check'])}**", ""]
     if results.get("mlm"):
         body += ["## The masked LM", "", f"`{results['mlm']['model']}`, held-out (dev) scores: "
                  + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
