@@ -71,7 +71,8 @@ RESERVED = ("step", "inputs", "data", "name", "config", "section", "matrix", "va
 MODEL_SLOT = {"cache-logits": "teacher", "evaluate": "model", "export-model": "model"}   # the model a step reads
 NO_DATA = ("preprocess", "export-model")            # steps that read no version through `data`
 VERSION_PREFIX = "version:"
-RESULT_FILE = {"evaluate": "scores.json", "export-model": "exports.json"}   # kept in the stage's folder: up to date
+RESULT_FILE = {"evaluate": "scores.json", "export-model": "exports.json"}
+DONE = {"will run": "ran", "will resume": "resumed"}     # a stage's status in the summary, once it has run
 INSTANCE = re.compile(r"^([^\[\]]+)(\[[^\[\]]*\])?$")   # "stage" or "stage[axis=value,...]"
 
 
@@ -468,7 +469,8 @@ class PipelineRun:
             self.echo(f"stage {name} ({stage.step}): {state.status}" + (f" ({state.why})" if state.why else ""))
             start = time.perf_counter()
             output = self._execute(stage, state)
-            rows.append({"stage": name, "step": stage.step, "status": state.status, "output": output,
+            rows.append({"stage": name, "step": stage.step, "status": DONE.get(state.status, state.status),
+                         "output": output,
                          "seconds": round(time.perf_counter() - start, 1)})
             self.lock[name] = {"step": stage.step, "key": self.keys[name], "output": output,
                                "options": stage.options, "inputs": {r: self.keys[r] for r in stage.refs},
