@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import statistics
@@ -47,9 +46,9 @@ from transformers import AutoTokenizer
 
 from augment import AugmentConfig, plan_augment
 from distill import CacheLogitsConfig, DistillConfig, EvaluateConfig, FinetuneConfig, MLMConfig, TaskDistillConfig
-from distill.api import evaluate, finetune, general_distill, task_distill
+from distill.api import evaluate, finetune, general_distill, task_distill, training_stream
 from distill.card import model_seq_length
-from distill.data import TAGS, ShardStream
+from distill.data import TAGS
 from distill.logits import plan_teacher_logits
 from distill.metrics import SCORING_RULES, gap_check
 from distill.models import (
@@ -63,6 +62,7 @@ from distill.models import (
 from distill.models import load_config as load_model_config
 from distill.runs import TrainedModel, read_scores
 from distill.tagging import token_classifier
+from distill.trainer import Runtime
 from distillery.bundled import SAMPLE_DIR
 from distillery.compose import train_augmentation_mlm
 from distillery.recipes.ablation_report import METRIC_NAMES, gap_check_line, write_report
@@ -461,17 +461,10 @@ def _train_seed(x: Experiment, schedule: str, seed: int, init: Path) -> None:
 
 
 def _epoch_rows(x: Experiment, ref: str, cfg: Any) -> int:
-    """Rows of one epoch of a student's training data: its version's, or a mixture's (one pass over its largest
-    source: that source's rows / its share)."""
+    """Rows of one epoch of a student's training data: its version's, or its mixture's (``MixedStream``'s rule)."""
     if not cfg.mix:
         return x.rows(ref)
-    sources = [(x.rows(ref), 1 - sum(m.share for m in cfg.mix))]
-    for m in cfg.mix:
-        rows = ShardStream.from_store(x.store, m.ref, x.teacher, batch_size=1, copies_only=True).num_rows \
-            if m.copies_only else x.rows(m.ref)
-        sources.append((rows, m.share))
-    largest = max(sources, key=lambda source: source[0])
-    return math.ceil(largest[0] / largest[1])
+    return training_stream(x.store, ref, x.teacher, cfg, {}, Runtime(torch.device("cpu"))).num_rows
 
 
 def _text_only(cfg: PreprocessConfig, sources: list[Path]) -> PreprocessConfig:
