@@ -245,6 +245,10 @@ def load_models(setup: Setup) -> Models:
     config = setup.config
     mlm = None if setup.mlm_identity is None else load_mlm(config.mlm, setup.device, setup.precision,
                                                             setup.mlm_identity)
+    if mlm is not None and config.mlm_backend != "torch":
+        from augment.mlm_onnx import to_onnx
+
+        mlm = to_onnx(mlm, config.mlm_backend)
     tokenizer = mlm.tokenizer if mlm else load_tokenizer(setup.tokenizer_spec)
     vectors = setup.vectors.load()
     spec = mlm.input_spec(config.input_mode, config.masks_per_pass, config.max_length) if mlm else None

@@ -12,6 +12,7 @@ INPUT_MODES = ("pair", "single")
 OUTPUT_FORMS = ("surface", "reference")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("local", "ray")
+MLM_BACKENDS = ("torch", "onnx", "onnx-int8")
 MAX_CONTEXT = 512                 # masked-LM context in pieces: the cap the model loader applies (augment.mlm)
 MAX_CHUNK_OUTPUT_ROWS = 2_000_000  # output rows of one chunk, all held in memory until it is written (~1 GB)
 MAX_SEED = 2**63 - 1
@@ -55,6 +56,9 @@ class AugmentConfig(Options):
     drop_self: bool = option(False, help="Filter the word itself.")
     match_case: bool = option(False, help="Filter candidates whose first letter's case differs.")
     precision: str = option("auto", choices=PRECISIONS, help="auto = fp32 on CPU, bf16 on CUDA.")
+    mlm_backend: str = option("torch", choices=MLM_BACKENDS, omit_default=True,
+                              help="Masked-LM runtime: torch; onnx: ONNX Runtime fp32 on CPU (exported once, cached "
+                                   "by the model's content); onnx-int8: its dynamic int8 quantization (approximate).")
     seed: int = option(42, ge=0, le=MAX_SEED, help="Random seed.")
     chunk_rows: int = option(256, ge=1, le=1_000_000, help="Input rows per output shard (with the rounds: at most "
                                                            f"{MAX_CHUNK_OUTPUT_ROWS:,} output rows).")
@@ -78,6 +82,9 @@ class AugmentConfig(Options):
             raise ConfigError("task", f"unknown task '{self.task}'; known: {', '.join(sorted(TASK_ROUNDS))}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError("device", f"'{self.device}' is not auto, cpu, cuda or cuda:N")
+        if self.mlm_backend != "torch" and (self.device.startswith("cuda") or self.precision not in ("auto", "fp32")):
+            raise ConfigError("mlm_backend", f"{self.mlm_backend} runs on the CPU in fp32: use device cpu or auto "
+                                             f"and precision fp32 or auto (torch is the GPU backend)")
         if self.top_k >= self.glove_vocab_limit:
             raise ConfigError("top_k", f"{self.top_k} candidates but only {self.glove_vocab_limit - 1} neighbours "
                                        f"among the first glove_vocab_limit={self.glove_vocab_limit} words")

@@ -112,7 +112,7 @@ def plan_augment(store: Store, ref: str, config: AugmentConfig) -> StepPlan:
         raise DistilleryError(f"augment: mention_replace_prob needs a token-classification version ({TAGS} "
                               f"column); {ref} has none")
     fields = _tagging_fields(config, columns) if tagging else _fields(config, columns)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if config.mlm_backend == "torch" else "cpu"   # ORT: the CPU
     precision = resolve_precision(config.precision, device)
     use_mlm = config.mlm.strip().lower() != "none"
     tokenizer_spec = config.mlm if use_mlm else (config.tokenizer or str(minilm_path()))
@@ -153,7 +153,8 @@ def _write(store: Store, vid: str, total_rows: int, setup: Setup, writer: Versio
     else:
         loaded, run, timing = _run_local(store, vid, total_rows, setup, writer)
     options = ("num_aug", "top_k", "replace_prob", "glove_vocab_limit", "input_mode", "output_form",
-               "masks_per_pass", "fields", "precision") + (("mention_replace_prob",) if setup.tagging else ())
+               "masks_per_pass", "fields", "precision") + (("mention_replace_prob",) if setup.tagging else ()) + \
+        (("mlm_backend",) if config.mlm_backend != "torch" else ())
     return {
         **({"tagging": _tagging_record(setup)} if setup.tagging else {}),
         "models": {"mlm": setup.mlm_identity or "none", "tokenizer": setup.tokenizer_spec,

@@ -203,7 +203,8 @@ class MaskedLM:
         return "token_type_ids" in self.tokenizer.model_input_names and \
             getattr(self.model.config, "type_vocab_size", 0) > 1
 
-    def _head(self) -> Any:
+    def head(self) -> Any:
+        """The vocabulary head applied to hidden states (None: the model has none apart)."""
         for name in ("cls", "lm_head"):
             if hasattr(self.model, name):
                 return getattr(self.model, name)
@@ -214,7 +215,7 @@ class MaskedLM:
         """True for BERT-style encoders, which run packed: linear layers over all tokens, attention per length."""
         base = self.model.base_model
         layers = getattr(getattr(base, "encoder", None), "layer", None)
-        return (self._head() is not None and hasattr(base, "embeddings") and layers is not None and
+        return (self.head() is not None and hasattr(base, "embeddings") and layers is not None and
                 not getattr(self.model.config, "is_decoder", False) and
                 all(hasattr(layer, "attention") and hasattr(getattr(layer.attention, "self", None), "query")
                     for layer in layers))
@@ -276,13 +277,13 @@ class MaskedLM:
         import torch
 
         if self.packable:
-            return self._head()(self._packed_hidden(batch))
+            return self.head()(self._packed_hidden(batch))
         ids = torch.tensor([r.ids for r in batch], device=self.device)   # one length: no padding
         kwargs = {"token_type_ids": torch.tensor([r.type_ids for r in batch], device=self.device)} \
             if self.uses_segments else {}
         rows = torch.tensor([b for b, r in enumerate(batch) for _ in r.positions], device=self.device)
         cols = torch.tensor([p for r in batch for p in r.positions], device=self.device)
-        head = self._head()
+        head = self.head()
         if head is not None:
             return head(self.model.base_model(input_ids=ids, **kwargs).last_hidden_state[rows, cols])
         return self.model(input_ids=ids, **kwargs).logits[rows, cols]

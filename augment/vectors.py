@@ -1,16 +1,12 @@
 """Word vectors: load GloVe / word2vec / KeyedVectors once into a memory-mappable cache; cached cosine top-k.
 
-The converted cache lives in one place (``cache_root``). An entry is written into a new temporary folder and
-renamed into place, with a record of the source's sha256 and each file's size and sha256 (``CACHE_RECORD``); it is
-checked against that record on every read, so a damaged entry, one made from another source or one whose files
-were swapped is converted again, and a symlink or a file in an entry's place is refused, never followed.
+The converted cache lives in one place (``cache_root``), a content-keyed ``pipelines.cache``: written through a
+temporary folder, checked against its record on every read, converted again when damaged or made from another
+source; a symlink or a file in an entry's place is refused, never followed.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,23 +16,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import fingerprint
-from pipelines.atomic import temporary_sibling, write_json_atomic
-from pipelines.confine import is_regular, open_regular
+from pipelines import cache, fingerprint
 from pipelines.errors import DistilleryError
 from pipelines.progress import say
 from pipelines.resources import glove_6b_50d_files
 
 VOCAB_FILE = "vocab.parquet"      # one column "word", in the source's order
 MATRIX_FILE = "vectors.npy"       # float32, rows = words
-CACHE_RECORD = "source.json"      # in a converted entry: the source's sha256, each file's size and sha256
 RERANK_MARGIN = 16                # extra float32 candidates re-scored exactly in float64
 QUERY_BLOCK = 256                 # queries per matrix product
 
 
 def cache_root() -> Path:
     """Folder of converted vector caches (env DISTILLERY_CACHE, default ~/.cache/distillery)."""
-    return Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery")) / "vectors"
+    return cache.cache_root("vectors")
 
 
 @dataclass
@@ -48,36 +41,9 @@ class WordVectors:
     identity: dict[str, Any] = field(default_factory=dict)
 
 
-def _cache_problem(entry: Path, source_sha256: str) -> str | None:
-    """What is wrong with a converted cache entry (None: nothing): missing, damaged, or not made from the source
-    with this sha256. A symlink, a file or a special file in the entry's place is refused."""
-    if not os.path.lexists(entry):
-        return "not converted yet"
-    if not stat.S_ISDIR(os.lstat(entry).st_mode):
-        raise DistilleryError(f"vector cache entry {entry} is not a folder (a symlink or a file); refusing to use "
-                              f"it (remove it)")
-    if not is_regular(entry / CACHE_RECORD):
-        return f"no {CACHE_RECORD}"
-    try:
-        with os.fdopen(open_regular(entry / CACHE_RECORD, follow=False), encoding="utf-8") as fh:
-            record = json.load(fh)
-    except (ValueError, OSError, DistilleryError):
-        return f"{CACHE_RECORD} is damaged"
-    if not isinstance(record, dict) or record.get("source_sha256") != source_sha256:
-        return "made from another source"
-    files = record.get("files")
-    for name in (VOCAB_FILE, MATRIX_FILE):
-        expected = files.get(name) if isinstance(files, dict) else None
-        path = entry / name
-        if (not isinstance(expected, dict) or not is_regular(path) or os.lstat(path).st_size != expected.get("bytes")
-                or fingerprint.file_sha256(path) != expected.get("sha256")):
-            return f"{name} is not the file converted"
-    return None
-
-
 def _convert_with_gensim(source: Path, target: Path, source_sha256: str) -> None:
     """Load a GloVe text, word2vec binary or KeyedVectors file with gensim and write the cache format (with its
-    ``CACHE_RECORD``) through a new temporary folder renamed into place; a damaged entry there is replaced."""
+    record) as a ``pipelines.cache`` entry; a damaged entry there is replaced."""
     from gensim.models import KeyedVectors
 
     name = source.name.lower()
@@ -93,22 +59,11 @@ def _convert_with_gensim(source: Path, target: Path, source_sha256: str) -> None
             kv = KeyedVectors.load(str(source), mmap="r")
     except Exception as exc:  # noqa: BLE001 - any parse failure is a user input problem
         raise DistilleryError(f"cannot read word vectors {source}: {type(exc).__name__}: {exc}") from None
-    root = target.parent
-    root.mkdir(parents=True, exist_ok=True)
-    if root.is_symlink() or not root.is_dir():
-        raise DistilleryError(f"vector cache folder {root} is not a real folder; refusing to write through it")
-    with temporary_sibling(target, directory=True) as tmp:
-        pq.write_table(pa.table({"word": pa.array(list(kv.index_to_key), pa.string())}), tmp / VOCAB_FILE)
-        np.save(tmp / MATRIX_FILE, np.asarray(kv.vectors, dtype=np.float32))
-        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": fingerprint.file_sha256(tmp / name)}
-                 for name in (VOCAB_FILE, MATRIX_FILE)}
-        write_json_atomic(tmp / CACHE_RECORD, {"source": str(source), "source_sha256": source_sha256,
-                                               "files": files})
-        if os.path.lexists(target):            # a damaged entry (a real folder: _cache_problem refused the rest)
-            with temporary_sibling(target, directory=True) as aside:
-                os.replace(target, aside)          # set aside, then deleted
-        with contextlib.suppress(OSError):         # another process converted it first
-            os.replace(tmp, target)
+    def build(folder: Path) -> None:
+        pq.write_table(pa.table({"word": pa.array(list(kv.index_to_key), pa.string())}), folder / VOCAB_FILE)
+        np.save(folder / MATRIX_FILE, np.asarray(kv.vectors, dtype=np.float32))
+
+    cache.write_entry(target, str(source), source_sha256, (VOCAB_FILE, MATRIX_FILE), "vector cache", build)
 
 
 def _read_cache(vocab: Path, matrix: Path, column: str) -> tuple[list[str], np.ndarray]:
@@ -133,7 +88,7 @@ class VectorSource:
         """Convert the source into the cache if its entry is missing or does not check, then memory-map it."""
         if self.convert_from is not None:
             entry, digest = self.matrix.parent, self.identity["sha256"]
-            problem = _cache_problem(entry, digest)
+            problem = cache.entry_problem(entry, digest, (VOCAB_FILE, MATRIX_FILE), "vector cache")
             if problem:
                 if os.path.lexists(entry):
                     say(f"vector cache {entry}: {problem}; converting {self.convert_from} again")

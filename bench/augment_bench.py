@@ -1,11 +1,14 @@
-"""Benchmark: a plain re-implementation of TinyBERT's data_augmentation.py vs the distillery engine.
+"""Benchmark: a plain re-implementation of TinyBERT's data_augmentation.py vs the distillery engine's paths.
 
-Same process, same sample rows, same BERT-base-sized masked LM (random weights, real bert-base-uncased
-vocabulary) and the same GloVe 6B 50d vectors (first 100,000 words). For each input mode (pair, single) it
-prints sentences/s of both, the speed-up, the engine's time shares, and the masked LM's useful FLOP rate as a
-fraction of the measured fp32 matmul peak; then the --masks-per-pass mode's speed-up and top-K agreement.
+Same process, same sample rows, same masked LM (``--mlm PATH``, e.g. the demo's domain masked LM; default a
+BERT-base-sized model with random weights and the real bert-base-uncased vocabulary) and the same GloVe 6B 50d
+vectors (first 100,000 words). Prints the reference's sentences/s (pair and single input), then for every engine
+path (torch exact pair / single, ONNX Runtime fp32 / int8, --masks-per-pass 2/3/4, a distilled masked LM):
+sentences/s, speed-up, the masked LM's useful FLOP rate as a fraction of this machine's measured fp32 matmul peak
+(the roofline column), and its candidates' agreement with the exact torch fp32 pair lists (identical ordered
+top-K lists: what decides the output bytes; mean top-K set overlap: what decides quality).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/augment_bench.py --rows 200
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/augment_bench.py --rows 120 --mlm runs/demo/.../mlm/KEY/model
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from augment.vectors import load_vectors  # noqa: E402
 from augment.words import WordSplitter, is_eligible  # noqa: E402
 from distillery.bundled import SAMPLE_DIR  # noqa: E402
 from pipelines.fingerprint import version_id  # noqa: E402
+from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.resources import minilm_path  # noqa: E402
 from pipelines.runner import run_step
 from pipelines.store import Store  # noqa: E402
@@ -157,25 +161,41 @@ def run_engine(root: Path, model_dir: Path, rows: list[str], args, **options) ->
     return time.perf_counter() - start, manifest
 
 
-def agreement(model_dir: Path, rows: list[str], k: int, masks: int) -> dict:
-    """How often the top-K candidate set of a word is the same with ``masks`` masks per pass as with one."""
-    mlm = load_mlm(str(model_dir), "cpu", "fp32")
-    splitter = WordSplitter(mlm.tokenizer)
-    exact_spec, fast_spec = mlm.input_spec("pair", 1, None), mlm.input_spec("pair", masks, None)
-    same = overlap = total = 0
-    for sentence in splitter.split(rows):
-        words = [i for i in sentence.eligible if len(sentence.pieces[i]) == 1]
-        found = {}
-        for spec in (exact_spec, fast_spec):
-            requests = build_requests(sentence, words, spec)
-            for request, tops in zip(requests, mlm.top_k(requests, k, 256)):
-                for word, top in zip(request.words, tops):
-                    found.setdefault(word, []).append(set(top))
-        for exact, fast in found.values():
-            same += exact == fast
-            overlap += len(exact & fast) / k
-            total += 1
-    return {"words": total, "identical_sets": same / max(total, 1), "mean_overlap": overlap / max(total, 1)}
+def candidate_lists(mlm, rows: list[str], k: int, masks: int) -> dict[tuple[int, int], list[int]]:
+    """Ordered top-``k`` piece ids of every eligible one-piece word (pair input, ``masks`` masks per pass)."""
+    spec = mlm.input_spec("pair", masks, None)
+    found = {}
+    for n, sentence in enumerate(WordSplitter(mlm.tokenizer).split(rows)):
+        requests = build_requests(sentence, [i for i in sentence.eligible if len(sentence.pieces[i]) == 1], spec)
+        for request, tops in zip(requests, mlm.top_k(requests, k, 256)):
+            found.update({(n, word): top for word, top in zip(request.words, tops)})
+    return found
+
+
+def agreement(exact: dict, other: dict, k: int, tokens=None) -> dict:
+    """How far another path's candidate lists are from the exact torch fp32 ones: identical ordered lists (what
+    decides the output bytes), identical sets, mean top-K set overlap (what decides quality). ``tokens``: compare
+    token strings (another model's vocabulary order may differ only in ids it does not share)."""
+    same = sets = overlap = 0
+    for key, ids in exact.items():
+        a, b = (ids, other[key]) if tokens is None else (tokens(ids), tokens(other[key]))
+        same += a == b
+        sets += set(a) == set(b)
+        overlap += len(set(a) & set(b)) / k
+    n = max(len(exact), 1)
+    return {"words": len(exact), "identical_lists": same / n, "identical_sets": sets / n, "mean_overlap": overlap / n}
+
+
+PATHS = ("torch-pair", "torch-single", "onnx", "onnx-int8", "masks-2", "masks-3", "masks-4", "distilled")
+
+
+def path_options(path: str, args) -> dict:
+    """The augment options of one engine path (pair input unless named)."""
+    if path.startswith("masks-"):
+        return {"input_mode": "pair", "masks_per_pass": int(path.split("-")[1])}
+    if path.startswith("onnx"):
+        return {"input_mode": "pair", "mlm_backend": path}
+    return {"input_mode": "single" if path == "torch-single" else "pair"}
 
 
 def main() -> None:
@@ -186,69 +206,85 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="engine helper processes")
     parser.add_argument("--chunk-rows", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--masks-per-pass", type=int, default=3)
-    parser.add_argument("--modes", default="pair,single")
+    parser.add_argument("--mlm", type=Path, help="masked LM folder (default: BERT-base-sized, random weights)")
+    parser.add_argument("--distilled", type=Path, help="a distilled masked LM for the 'distilled' path")
+    parser.add_argument("--paths", default="torch-pair,torch-single,onnx,onnx-int8,masks-3",
+                        help=f"engine paths, of: {', '.join(PATHS)}")
+    parser.add_argument("--no-reference", action="store_true", help="skip the reference script's timing")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DISTILLERY_PROGRESS", "0")
+    quiet_libraries()
     with open(SAMPLE_DIR / "train.jsonl") as fh:
         rows = [json.loads(line)["text"] for _, line in zip(range(args.rows), fh)]
     root = Path(tempfile.mkdtemp(prefix="augment-bench-"))
     os.environ.setdefault("DISTILLERY_CACHE", str(root / "cache"))
-    model_dir = root / "bert-base-random"
-    build_model(model_dir)
+    model_dir = args.mlm or root / "bert-base-random"
+    if args.mlm is None:
+        build_model(model_dir)
+    paths = args.paths.split(",")
+    if "distilled" in paths and args.distilled is None:
+        parser.error("the distilled path needs --distilled PATH")
     print(f"threads={torch.get_num_threads()} rows={len(rows)} N={args.num_aug} K={args.top_k} "
-          f"load={os.getloadavg()[0]:.2f}", flush=True)
+          f"mlm={model_dir} load={os.getloadavg()[0]:.2f}", flush=True)
     peak = matmul_peak()
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
     mlm = load_mlm(str(model_dir), "cpu", "fp32")
-    vectors = load_vectors(None)
-    limit = 100_000
-    report: dict = {"rows": len(rows), "peak_gflops": peak, "modes": {}}
-    for mode in args.modes.split(","):
-        random.seed(0)
-        ref = ReferenceAugmentor(mlm.model, mlm.tokenizer, vectors.words[:limit], vectors.matrix[:limit],
-                                 args.top_k, args.num_aug, 0.4, mode)
-        start = time.perf_counter()
-        ref_out = sum(len(ref.augment(text)) for text in rows)
-        ref_s = time.perf_counter() - start
-        total_s, manifest = run_engine(root, model_dir, rows, args, input_mode=mode, output_form="reference")
+    report: dict = {"rows": len(rows), "mlm": str(model_dir), "peak_gflops": peak, "reference": {}, "paths": {}}
+    if not args.no_reference:
+        vectors = load_vectors(None)
+        limit = 100_000
+        for mode in ("pair", "single"):
+            random.seed(0)
+            ref = ReferenceAugmentor(mlm.model, mlm.tokenizer, vectors.words[:limit], vectors.matrix[:limit],
+                                     args.top_k, args.num_aug, 0.4, mode)
+            start = time.perf_counter()
+            ref_out = sum(len(ref.augment(text)) for text in rows)
+            ref_s = time.perf_counter() - start
+            report["reference"][mode] = {"sent_s": len(rows) / ref_s, "seconds": ref_s, "rows_out": ref_out,
+                                         "mlm_share": ref.seconds["mlm"] / ref_s}
+            print(f"reference [{mode}]: {len(rows) / ref_s:.2f} sent/s ({ref_s:.1f}s; masked LM "
+                  f"{ref.seconds['mlm'] / ref_s:.0%})", flush=True)
+    exact = candidate_lists(mlm, rows, args.top_k, 1)
+    for path in paths:
+        options = path_options(path, args)
+        mlm_dir = args.distilled if path == "distilled" else model_dir
+        _, manifest = run_engine(root, mlm_dir, rows, args, output_form="reference", **options)
         run = manifest["extra"]["run"]
         timing = run["timing_s"]
         eng_s = timing["wall_s"]        # processing: reading, models, sampling, writing (not the one-off load)
-        flops = useful_flops(run["mlm"], mlm.model.config)
-        rate = flops / run["mlm"]["seconds"] / 1e9
+        cfg = load_mlm(str(mlm_dir), "cpu", "fp32").model.config if path == "distilled" else mlm.model.config
+        rate = useful_flops(run["mlm"], cfg) / run["mlm"]["seconds"] / 1e9
         shares = {k: timing[f"{k}_s"] / timing["wall_s"] for k in ("mlm", "neighbours", "sampling", "prepare", "io")}
-        result = {"reference_sent_s": len(rows) / ref_s, "engine_sent_s": len(rows) / eng_s, "speedup": ref_s / eng_s,
-                  "speedup_end_to_end": ref_s / total_s, "reference_s": ref_s, "engine_s": eng_s,
-                  "engine_end_to_end_s": total_s, "reference_shares": {
-                      "mlm": ref.seconds["mlm"] / ref_s, "neighbours": ref.seconds["neighbours"] / ref_s},
-                  "engine_shares": shares, "mlm_gflops": rate, "mlm_peak_fraction": rate / peak,
-                  "reference_rows_out": ref_out, "engine_rows_out": manifest["num_rows"],
-                  "mlm_sequences": run["mlm"]["sequences"], "mlm_forwards": run["mlm"]["forwards"]}
-        print(f"[{mode}] reference {result['reference_sent_s']:.2f} sent/s ({ref_s:.1f}s; mlm "
-              f"{result['reference_shares']['mlm']:.0%}, neighbours {result['reference_shares']['neighbours']:.1%}) | "
-              f"engine {result['engine_sent_s']:.2f} sent/s ({eng_s:.1f}s; {total_s:.1f}s with model load and "
-              f"hashing) | speed-up {result['speedup']:.2f}x ({result['speedup_end_to_end']:.2f}x end to end) | "
-              f"load {os.getloadavg()[0]:.2f}",
-              flush=True)
-        print(f"[{mode}] engine time shares: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
-              + f" | masked LM useful {rate:.1f} GFLOP/s = {rate / peak:.1%} of matmul peak "
-              f"({run['mlm']['sequences']} sequences in {run['mlm']['forwards']} forwards)", flush=True)
-        if mode == "pair" and args.masks_per_pass > 1:
-            _, fast = run_engine(root, model_dir, rows, args, input_mode=mode, output_form="reference",
-                                 masks_per_pass=args.masks_per_pass)
-            fast_s = fast["extra"]["run"]["timing_s"]["wall_s"]
-            agree = agreement(model_dir, rows, args.top_k, args.masks_per_pass)
-            result["masks_per_pass"] = {"k": args.masks_per_pass, "engine_s": fast_s,
-                                        "speedup_vs_engine": eng_s / fast_s,
-                                        "speedup_vs_reference": ref_s / fast_s, **agree}
-            print(f"[{mode}] --masks-per-pass {args.masks_per_pass}: {len(rows) / fast_s:.2f} sent/s, "
-                  f"{eng_s / fast_s:.2f}x over the exact engine, {ref_s / fast_s:.2f}x over the reference; top-K "
-                  f"sets identical for {agree['identical_sets']:.1%} of {agree['words']} words, mean overlap "
-                  f"{agree['mean_overlap']:.1%} (random weights: a real model's agreement will differ)", flush=True)
-        report["modes"][mode] = result
+        reference = report["reference"].get(options["input_mode"])
+        result = {"sent_s": len(rows) / eng_s, "engine_s": eng_s, "shares": shares, "mlm_gflops": rate,
+                  "mlm_peak_fraction": rate / peak, "rows_out": manifest["num_rows"],
+                  "speedup_vs_reference": reference["seconds"] / eng_s if reference else None}
+        if path == "torch-single":
+            result["agreement"] = None            # another input: not comparable with the pair lists
+        else:
+            if path.startswith("onnx"):
+                from augment.mlm_onnx import to_onnx
+
+                other = to_onnx(load_mlm(str(model_dir), "cpu", "fp32"), path)
+            else:
+                other = load_mlm(str(mlm_dir), "cpu", "fp32")
+            lists = candidate_lists(other, rows, args.top_k, options.get("masks_per_pass", 1))
+            result["agreement"] = agreement(exact, lists, args.top_k,
+                                            mlm.tokens if path == "distilled" else None)
+        report["paths"][path] = result
+        agree = result["agreement"]
+        print(f"{path}: {result['sent_s']:.2f} sent/s ({eng_s:.1f}s)"
+              + (f", {result['speedup_vs_reference']:.2f}x the reference" if reference else "")
+              + f" | masked LM {rate:.1f} GFLOP/s = {rate / peak:.0%} of fp32 peak, {shares['mlm']:.0%} of the time"
+              + (f" | vs torch fp32: identical lists {agree['identical_lists']:.1%}, identical sets "
+                 f"{agree['identical_sets']:.1%}, mean top-{args.top_k} overlap {agree['mean_overlap']:.1%} "
+                 f"({agree['words']} words)" if agree else "") + f" | load {os.getloadavg()[0]:.2f}", flush=True)
+    base = report["paths"].get("torch-pair")
+    if base:
+        for result in report["paths"].values():
+            result["speedup_vs_torch_pair"] = base["engine_s"] / result["engine_s"]
     report["load_after"] = os.getloadavg()
     print(f"load average after: {report['load_after'][0]:.2f}")
     if args.json:

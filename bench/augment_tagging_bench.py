@@ -34,7 +34,7 @@ from pipelines.progress import quiet_libraries  # noqa: E402
 from pipelines.runner import run_step  # noqa: E402
 from pipelines.store import Store  # noqa: E402
 
-SAMPLE = REPO / "data" / "wordnet_supersense" / "train.jsonl"
+SAMPLE = REPO / "distillery" / "samples" / "wordnet_supersense" / "train.jsonl"
 
 
 def sample_rows(n: int, tagging: bool, cut: str) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from pipelines.runner import run_step
 from preprocess import plan_preprocess
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "wordnet_supersense"
+SAMPLE = REPO / "distillery" / "samples" / "wordnet_supersense"
 SAMPLE_INPUTS = [SAMPLE / f for f in ("train.jsonl", "dev.jsonl", "test.jsonl", "unlabelled.txt")]
 
 

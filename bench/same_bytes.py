@@ -45,7 +45,7 @@ from preprocess import (  # noqa: E402
     plan_preprocess,
 )
 
-SAMPLE = REPO / "data" / "wordnet_supersense"
+SAMPLE = REPO / "distillery" / "samples" / "wordnet_supersense"
 EXTRA_KEYS = ("counts", "agreement", "near_dup_lsh", "id2label", "options", "seed", "mlm_context")
 KILL_AFTER_CHUNK_0 = """
 import sys, time

@@ -43,16 +43,17 @@ class ConfigError(DistilleryError):
 def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
            choices: Sequence[Any] | None = None, ge: float | None = None, gt: float | None = None,
            le: float | None = None, lt: float | None = None, runtime: bool = False, cli: bool = True,
-           implies: Mapping[str, Any] | None = None) -> Any:
+           implies: Mapping[str, Any] | None = None, omit_default: bool = False) -> Any:
     """A config field with its documentation and rules; its CLI flag is its name (``--near-threshold``).
 
     ``runtime``: changes how a step runs, never what it writes (left out of version ids and resume checks).
     ``cli=False``: TOML only; ``implies``: other fields (same dataclass) that giving the flag sets unless they
-    are given too.
+    are given too. ``omit_default``: in identities only when not the default (an option added after versions
+    were written leaves their ids as they were).
     """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
                 "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
-                "runtime": runtime, "cli": cli, "implies": dict(implies or {})}
+                "runtime": runtime, "cli": cli, "implies": dict(implies or {}), "omit_default": omit_default}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -213,12 +214,13 @@ def runtime_fields(cls: Any) -> frozenset[str]:
 
 
 def identity_dict(cfg: Any) -> dict[str, Any]:
-    """The config without its runtime-only fields (at any depth): what a version id or a run's identity hashes."""
+    """The config without its runtime-only fields and its ``omit_default`` fields at their defaults (at any
+    depth): what a version id or a run's identity hashes."""
     out = {}
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("runtime"):
-            continue
         value = getattr(cfg, f.name)
+        if f.metadata.get("runtime") or (f.metadata.get("omit_default") and value == f.default):
+            continue
         out[f.name] = identity_dict(value) if dataclasses.is_dataclass(value) else to_plain(value)
     return out
 

@@ -23,9 +23,10 @@ import csv
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,6 +42,7 @@ from pipelines.errors import DistilleryError, InputChangedError
 
 LINE, ROW, BAD = 0, 1, 2
 Record = tuple[int, int, Any]
+RecordColumns = tuple[Sequence[int], Sequence[int], Sequence[Any]]    # origins, kinds, payloads of records
 FORMATS = ("auto", "txt", "jsonl", "csv", "tsv", "parquet", "hf", "conll")
 TEXT_FORMATS = ("txt", "jsonl", "csv", "tsv", "conll")
 CONLL_COLUMNS = ("tokens", "tags")   # the keys of a CoNLL sentence's row
@@ -53,6 +55,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _BOM = b"\xef\xbb\xbf"
 _BLOCK = 1 << 20
+RECORD_BATCH = 4096                   # records per list from iter_record_batches (other than lines)
 
 
 @dataclass(frozen=True)
@@ -292,11 +295,10 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return (OSError, EOFError, zstandard.ZstdError)
 
 
-def iter_lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, bytes]]:
-    """Yield ``(line_number, line, head)``: ``line`` without its newline (``\n`` or ``\r\n``; a lone ``\r`` when
-    the first block has no ``\n`` but has one), or None when it is longer than ``max_bytes``; then ``head`` holds
-    its first bytes and its size, and the rest is skipped unread into memory. Reads 1 MiB blocks, so memory stays
-    below ``max_bytes`` + 2 MiB whatever the file holds."""
+def iter_line_batches(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, list[bytes | None], dict[int, bytes]]]:
+    """The lines of ``iter_lines`` a block at a time (so a caller pays Python's per-item costs once a block, not
+    once a line): ``(first_line_number, lines, heads)``, ``heads`` by position in ``lines`` for the lines too long
+    (None there)."""
     number = 0
     carry = b""                     # start of a line continued in the next block
     skipped = -1                    # bytes of an over-long line seen so far (-1: not inside one)
@@ -312,37 +314,58 @@ def iter_lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None
             if b"\r" in block and b"\n" not in block:
                 newline = b"\r"            # old Mac line endings: a lone CR ends each line
         parts = block.split(newline)
-        for part in parts[:-1]:
-            number += 1
+        tail = parts.pop()
+        start, lines, heads = number + 1, [], {}
+        returns = b"\r" in block or b"\r" in carry
+        if parts and (skipped >= 0 or carry):            # the line the previous block left open ends here
+            parts[0] = carry + parts[0]
             if skipped >= 0:
-                yield number, None, head + f" ... [{skipped + len(part)} bytes]".encode()
+                lines.append(None)
+                heads[0] = head + f" ... [{skipped + len(parts[0])} bytes]".encode()
+                parts = parts[1:]
                 skipped = -1
-                continue
-            line = carry + part if carry else part
             carry = b""
-            if len(line) > max_bytes:
-                yield number, None, line[: RAW_CHARS * 4] + f" ... [{len(line)} bytes]".encode()
-            else:
-                yield number, (line[:-1] if line.endswith(b"\r") else line), b""
-        tail = parts[-1]
+        if parts and max(map(len, parts)) <= max_bytes:   # the usual block: every line fits
+            lines += [p[:-1] if p[-1:] == b"\r" else p for p in parts] if returns else parts
+        else:
+            for part in parts:
+                if len(part) > max_bytes:
+                    heads[len(lines)] = part[: RAW_CHARS * 4] + f" ... [{len(part)} bytes]".encode()
+                    lines.append(None)
+                else:
+                    lines.append(part[:-1] if part.endswith(b"\r") else part)
+        number += len(lines)
         if skipped >= 0:
             skipped += len(tail)
         elif len(carry) + len(tail) > max_bytes:
             head, skipped, carry = (carry + tail[: RAW_CHARS * 4])[: RAW_CHARS * 4], len(carry) + len(tail), b""
         else:
             carry += tail
+        if lines:
+            yield start, lines, heads
     if skipped >= 0:
-        yield number + 1, None, head + f" ... [{skipped} bytes]".encode()
+        yield number + 1, [None], {0: head + f" ... [{skipped} bytes]".encode()}
     elif carry:
-        yield number + 1, (carry[:-1] if carry.endswith(b"\r") else carry), b""
+        yield number + 1, [carry[:-1] if carry.endswith(b"\r") else carry], {}
 
 
-def _line_records(fh: BinaryIO, max_bytes: int) -> Iterator[Record]:
-    for number, line, head in iter_lines(fh, max_bytes):
-        if line is None:
-            yield number, BAD, ("row_too_long", raw_text(head))
-        else:
-            yield number, LINE, line
+def iter_lines(fh: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None, bytes]]:
+    """Yield ``(line_number, line, head)``: ``line`` without its newline (``\n`` or ``\r\n``; a lone ``\r`` when
+    the first block has no ``\n`` but has one), or None when it is longer than ``max_bytes``; then ``head`` holds
+    its first bytes and its size, and the rest is skipped unread into memory. Reads 1 MiB blocks, so memory stays
+    below ``max_bytes`` + 2 MiB whatever the file holds."""
+    for start, lines, heads in iter_line_batches(fh, max_bytes):
+        for i, line in enumerate(lines):
+            yield start + i, line, heads.get(i, b"")
+
+
+def _line_record_batches(fh: BinaryIO, max_bytes: int) -> Iterator[RecordColumns]:
+    for start, lines, heads in iter_line_batches(fh, max_bytes):
+        kinds: list[int] = [LINE] * len(lines)
+        payloads: list[Any] = lines
+        for i, head in heads.items():
+            kinds[i], payloads[i] = BAD, ("row_too_long", raw_text(head))
+        yield range(start, start + len(lines)), kinds, payloads
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -553,21 +576,24 @@ def arrow_batch_rows(average_row_bytes: float) -> int:
     return int(max(1, min(1024, (32 << 20) // max(1.0, average_row_bytes))))
 
 
-def iter_records(source: InputSource, *, max_row_bytes: int, csv_header: bool = True, csv_quoting: str = "auto",
-                 hf_split: str = "train", token_column: int = 0, tag_column: int = -1) -> Iterator[Record]:
-    """Stream the records of one input in order. A file that cannot be read raises DistilleryError naming it; a
-    text input whose bytes, read to the end, are not the fingerprinted ones raises ``InputChangedError``.
-    ``token_column`` / ``tag_column``: the columns (indices, negative from the end) of a CoNLL file."""
+def iter_record_batches(source: InputSource, *, max_row_bytes: int, csv_header: bool = True,
+                        csv_quoting: str = "auto", hf_split: str = "train", token_column: int = 0,
+                        tag_column: int = -1) -> Iterator[RecordColumns]:
+    """Stream the records of one input in order, as columns (origins, kinds, payloads) of a block of lines or of
+    up to ``RECORD_BATCH`` records.
+    A file that cannot be read raises DistilleryError naming it; a text input whose bytes, read to the end, are
+    not the fingerprinted ones raises ``InputChangedError``. ``token_column`` / ``tag_column``: the columns
+    (indices, negative from the end) of a CoNLL file."""
     try:
         if source.format in TEXT_FORMATS:
             tap: list[_Tap] = []
             with open_binary(source.path, tap) as fh:
                 if source.format in ("txt", "jsonl"):
-                    yield from _line_records(fh, max_row_bytes)
+                    yield from _line_record_batches(fh, max_row_bytes)
                 elif source.format == "conll":
-                    yield from _conll_records(fh, token_column, tag_column, max_row_bytes)
+                    yield from _batched(_conll_records(fh, token_column, tag_column, max_row_bytes))
                 else:
-                    yield from _csv_records(fh, source.format, csv_header, csv_quoting, max_row_bytes)
+                    yield from _batched(_csv_records(fh, source.format, csv_header, csv_quoting, max_row_bytes))
                 digest = tap[0].hexdigest_to_end()
             if digest != source.sha256:
                 raise _changed(source.path, f"the bytes read have sha256 {digest[:12]}, not the fingerprinted "
@@ -577,21 +603,33 @@ def iter_records(source: InputSource, *, max_row_bytes: int, csv_header: bool = 
             meta = parquet.metadata
             sizes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
             batch = arrow_batch_rows(sizes / max(1, meta.num_rows))
-            yield from _arrow_batches_records(parquet.iter_batches(batch_size=batch), max_row_bytes)
+            yield from _batched(_arrow_batches_records(parquet.iter_batches(batch_size=batch), max_row_bytes))
         else:
             import datasets
 
             dataset = load_hf(source.path, hf_split)
             if isinstance(dataset, datasets.Dataset):
                 batch = arrow_batch_rows(dataset.data.nbytes / max(1, dataset.num_rows))
-                yield from _arrow_batches_records(dataset.with_format("arrow").iter(batch_size=batch), max_row_bytes)
+                yield from _batched(_arrow_batches_records(dataset.with_format("arrow").iter(batch_size=batch),
+                                                           max_row_bytes))
             else:
-                for index, row in enumerate(dataset):
-                    yield index, ROW, row
+                yield from _batched((index, ROW, row) for index, row in enumerate(dataset))
     except DistilleryError:
         raise
     except (*_read_errors(), pa.ArrowException) as exc:
         raise DistilleryError(f"{source.path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _batched(records: Iterator[Record]) -> Iterator[RecordColumns]:
+    while batch := list(itertools.islice(records, RECORD_BATCH)):
+        origins, kinds, payloads = zip(*batch)
+        yield origins, kinds, payloads
+
+
+def iter_records(source: InputSource, **kwargs: Any) -> Iterator[Record]:
+    """The records of ``iter_record_batches`` one by one (same keyword options)."""
+    for origins, kinds, payloads in iter_record_batches(source, **kwargs):
+        yield from zip(origins, kinds, payloads)
 
 
 def sample_rows(source: InputSource, n: int, budget: int = 32 << 20, **kwargs: Any) -> list[dict[str, Any]]:

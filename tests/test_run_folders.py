@@ -290,7 +290,8 @@ def _vectors_file(folder: Path, name: str, seed: int) -> tuple[Path, np.ndarray]
 
 
 def test_the_vector_cache_is_checked_on_read_and_never_followed(tmp_path, monkeypatch):
-    from augment.vectors import CACHE_RECORD, MATRIX_FILE, cache_root, load_vectors
+    from augment.vectors import MATRIX_FILE, cache_root, load_vectors
+    from pipelines.cache import CACHE_RECORD
 
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
     source, matrix = _vectors_file(tmp_path, "a.bin", 0)
