@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from roofline import matmul_peak  # noqa: E402
+
 from augment import (
     AugmentConfig,  # noqa: E402
     plan_augment,
@@ -117,18 +119,6 @@ class ReferenceAugmentor:
 
 
 # ---- measurements ----------------------------------------------------------------------------------------
-def matmul_peak(seconds: float = 3.0, size: int = 4096) -> float:
-    """Best fp32 GFLOP/s of a big torch.matmul loop."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.matmul(a, b)
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = max(best, 2 * size ** 3 / (time.perf_counter() - t) / 1e9)
-    return best
-
-
 def useful_flops(stats: dict, cfg) -> float:
     """Encoder FLOPs on real tokens (linear layers + attention products) plus the head at masked positions."""
     h, inter, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size

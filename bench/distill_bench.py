@@ -6,6 +6,7 @@ a projection, raw attention-score MSE, uniform layer map), same rows (the bundle
 glosses, written as a version of 4 shards). Modes:
 
 - stream:    ShardStream (shuffle buffer, length grouping, tokenisation in DataLoader workers), as the trainer does
+- mix:       a MixedStream of three sources (train 1/2, the unlabelled text 1/4, dev 1/4), as ``--mix`` makes
 - memory:    the same batches tokenised beforehand and kept as tensors (no data cost at all)
 - hf:        a plain Hugging Face loop: every row tokenised up front, random batches, DataCollatorWithPadding
 - trainer:   the real trainer (`general_distill`, checkpoint at the end, metrics, progress); the per-step time
@@ -36,7 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.data import EpochLoaders, ShardStream  # noqa: E402
+from roofline import matmul_peak, training_flops  # noqa: E402
+
+from distill.data import EpochLoaders, MixedStream, ShardStream  # noqa: E402
 from distill.matches import MatchSet, default_matches  # noqa: E402
 from distill.models import layer_mapping, load_student, load_teacher  # noqa: E402
 from distill.objective import Objective  # noqa: E402
@@ -47,17 +50,20 @@ from pipelines.resources import minilm_path  # noqa: E402
 from pipelines.store import Store  # noqa: E402
 
 
-def sample_version(store: Store, shard_rows: int = 1000) -> str:
-    """The bundled train split as a version (text, label, row_id), written directly with the store API."""
-    rows = [json.loads(line) for line in (SAMPLE_DIR / "train.jsonl").read_text().splitlines()]
-    rows = [{"text": r["text"], "label": r["label"], "row_id": i} for i, r in enumerate(rows)]
-    config, parents = {"shard_rows": shard_rows}, [{"kind": "raw", "path": "train.jsonl", "sha256": "0" * 64}]
+def sample_version(store: Store, shard_rows: int = 1000, source: str = "train.jsonl", name: str = "bench-train") -> str:
+    """A bundled split as a version (text, label when it has one, row_id), written directly with the store API."""
+    lines = (SAMPLE_DIR / source).read_text().splitlines()
+    rows = [json.loads(line) if source.endswith(".jsonl") else {"text": line} for line in lines]
+    rows = [{"text": r["text"], **({"label": r["label"]} if "label" in r else {}), "row_id": i}
+            for i, r in enumerate(rows)]
+    config, parents = {"shard_rows": shard_rows, "source": source}, [{"kind": "raw", "path": source,
+                                                                      "sha256": "0" * 64}]
     writer = store.create_version(version_id("bench", config, parents, "bench"), "bench", config, parents,
-                                  name="bench-train")
+                                  name=name)
     for i, start in enumerate(range(0, len(rows), shard_rows)):
         writer.write_chunk(i, pa.Table.from_pylist(rows[start:start + shard_rows]))
     writer.finalize()
-    return "bench-train"
+    return name
 
 
 def build_objective(teacher_path: Path, device: torch.device, seed: int = 0) -> Objective:
@@ -169,7 +175,7 @@ def main() -> None:
     parser.add_argument("--random-teacher", action="store_true",
                         help="use a random-weight copy of the teacher's architecture (same cost; for machines "
                              "that only have its config and tokenizer)")
-    parser.add_argument("--modes", default="stream,memory,hf,trainer")
+    parser.add_argument("--modes", default="stream,mix,memory,hf,trainer")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -190,6 +196,16 @@ def main() -> None:
             return ShardStream(store.shard_paths(ref), teacher, batch_size=args.batch_size,
                                max_seq_length=args.max_seq_length, seed=0)
 
+        def mixed() -> MixedStream:
+            """Three sources at 1/2, 1/4, 1/4 (train, the unlabelled text, dev), as ``--mix`` makes them."""
+            refs = [ref, sample_version(store, source="unlabelled.txt", name="bench-text"),
+                    sample_version(store, source="dev.jsonl", name="bench-dev")] if not mix_refs else mix_refs
+            mix_refs[:] = refs
+            return MixedStream([ShardStream(store.shard_paths(r), teacher, batch_size=args.batch_size,
+                                            max_seq_length=args.max_seq_length, seed=0) for r in refs],
+                               [0.5, 0.25, 0.25], seed=0)
+
+        mix_refs: list[str] = []
         in_memory = []
         for batch in epochs(stream(), 0):
             in_memory.append(batch)
@@ -198,6 +214,7 @@ def main() -> None:
         modes = {
             f"stream (workers={args.workers})": lambda: epochs(stream(), args.workers),
             "stream (workers=0)": lambda: epochs(stream(), 0),
+            f"mix (3 sources, workers={args.workers})": lambda: epochs(mixed(), args.workers),
             "memory (pre-tokenised)": lambda: in_memory,
             "hf (random batches)": lambda: hf_batches(store, ref, teacher, args.batch_size, args.max_seq_length, 0),
         }
@@ -211,19 +228,29 @@ def main() -> None:
         if "trainer" in wanted:
             seconds = trainer_seconds_per_step(store, ref, teacher, args, Path(tmp))
             results["trainer (general_distill)"] = {"steps_per_s": 1 / seconds}
+        student_params, teacher_params = (sum(p.numel() for name, p in model.named_parameters()
+                                              if "embeddings" not in name)       # lookups, not products
+                                          for model in (objective.student, objective.teacher))
+    peak = matmul_peak(device=device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float32)
+    for r in results.values():
+        if "tokens_per_s" in r:
+            r["gflops"] = training_flops(student_params, 1, teacher_params) * r["tokens_per_s"] / 1e9
+            r["of_peak"] = r["gflops"] / peak
     memory = results.get("memory (pre-tokenised)", {}).get("steps_per_s", float("nan"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} cpu cores"
     print(f"device={device} ({name}) threads={torch.get_num_threads()} batch={args.batch_size} steps={args.steps} "
           f"amp={args.amp} compile={args.compile} load={os.getloadavg()[0]:.2f} torch={torch.__version__}")
-    print(f"{'mode':<26}{'steps/s':>9}{'tokens/s':>10}{'padded/s':>10}{'padding':>9}{'data wait':>11}"
-          f"{'vs memory':>11}{'1st batch':>11}")
+    print(f"{'mode':<30}{'steps/s':>9}{'tokens/s':>10}{'padded/s':>10}{'padding':>9}{'data wait':>11}"
+          f"{'vs memory':>11}{'1st batch':>11}{'of peak':>9}")
     for name, r in results.items():
         if "tokens_per_s" not in r:
-            print(f"{name:<26}{r['steps_per_s']:>9.2f}{'':>49}{r['steps_per_s'] / memory:>10.2f}x")
+            print(f"{name:<30}{r['steps_per_s']:>9.2f}{'':>49}{r['steps_per_s'] / memory:>10.2f}x")
             continue
-        print(f"{name:<26}{r['steps_per_s']:>9.2f}{r['tokens_per_s']:>10.0f}{r['padded_tokens_per_s']:>10.0f}"
+        print(f"{name:<30}{r['steps_per_s']:>9.2f}{r['tokens_per_s']:>10.0f}{r['padded_tokens_per_s']:>10.0f}"
               f"{r['padding_share']:>9.1%}{r['data_wait_share']:>11.2%}{r['steps_per_s'] / memory:>10.2f}x"
-              f"{r['first_batch_s']:>10.3f}s")
+              f"{r['first_batch_s']:>10.3f}s{r['of_peak']:>9.1%}")
+    print(f"of peak: useful training FLOPs (6 x student + 2 x teacher non-embedding parameters per real token) over "
+          f"the measured {'bf16' if args.amp == 'bf16' else 'fp32'} matmul peak, {peak:.0f} GFLOP/s")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": str(device), "args": vars(args), "results": results},
                                               indent=2, default=str))

@@ -5,7 +5,9 @@
 Every measurement runs in a fresh subprocess (so peak memory is its own): rows/s over the whole call
 (fingerprinting, schema sampling, processing, writing, finalising), CPU seconds of all its processes, the
 peak resident memory of the parent
-while processing chunks and including ``finalize`` (statistics for the data card), and the largest worker's.
+while processing chunks and including ``finalize`` (statistics for the data card), and the largest worker's;
+the speed-up over one worker (in-process) and the roofline column: rows/s over the parse peak (reading the lines
+and ``json.loads`` each, per core times the cores: the least work any JSONL preprocessor does).
 Corpora are generated in a temporary folder and deleted.
 """
 from __future__ import annotations
@@ -22,8 +24,12 @@ import threading
 import time
 from pathlib import Path
 
-from pipelines.runner import run_step
-from preprocess import plan_preprocess
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from roofline import jsonl_parse_peak  # noqa: E402
+
+from pipelines.runner import run_step  # noqa: E402
+from preprocess import plan_preprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "distillery" / "samples" / "wordnet_supersense"
@@ -148,19 +154,28 @@ def main() -> None:
             path = Path(tmp) / f"synthetic_{rows}.jsonl"
             make_corpus(path, rows)
             corpora.append((f"synthetic {rows:,}", [path]))
+        peaks = {label: jsonl_parse_peak(inputs[0]) for label, inputs in corpora if label.startswith("synthetic")}
         for label, inputs in corpora:
             for workers in args.workers:
                 for near in near_options:
                     result = run_one(label, inputs, workers, near)
+                    if label in peaks:
+                        result["parse_peak_rows_per_s"] = round(peaks[label])
+                        result["of_parse_peak"] = round(result["rows_per_s"] / peaks[label], 3)
                     results.append(result)
                     print(json.dumps(result), file=sys.stderr, flush=True)
     print(f"\nmachine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at the end\n")
     print("| corpus | workers | near-dup | input rows | kept | wall s | CPU s parent + workers | rows/s | "
-          "parent peak MiB (processing / with finalize) | worker peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "speed-up over 1 | of parse peak | parent peak MiB (processing / with finalize) | worker peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    single = {(r["corpus"], r["near_dup"]): r["rows_per_s"] for r in results if r["workers"] == 1}
     for r in results:
+        base = single.get((r["corpus"], r["near_dup"]))
+        speedup = f"{r['rows_per_s'] / base:.2f}x" if base else "-"
+        roof = f"{r['of_parse_peak']:.0%}" if "of_parse_peak" in r else "-"
         print(f"| {r['corpus']} | {r['workers']} | {'on' if r['near_dup'] else 'off'} | {r['input_rows']:,} | "
               f"{r['kept']:,} | {r['seconds']} | {r['parent_cpu_s']} + {r['worker_cpu_s']} | {r['rows_per_s']:,} | "
+              f"{speedup} | {roof} | "
               f"{r['parent_peak_processing_mib']} / {r['parent_peak_mib']} | {r['worker_peak_mib'] or '-'} |")
 
 
