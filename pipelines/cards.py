@@ -37,6 +37,11 @@ class _LengthStats:
             self.total += int(lengths.sum())
             self.maximum = max(self.maximum, int(lengths.max()))
 
+    def merge(self, other: _LengthStats) -> None:
+        self.counts += other.counts
+        self.total += other.total
+        self.maximum = max(self.maximum, other.maximum)
+
     def summary(self) -> dict[str, Any]:
         n = int(self.counts.sum())
         if n == 0:
@@ -90,6 +95,13 @@ class _TagStats:
         for kind, count in zip(*np.unique(_entity_types(tags).astype(str), return_counts=True)):
             self.entities[str(kind)] = self.entities.get(str(kind), 0) + int(count)
 
+    def merge(self, other: _TagStats) -> None:
+        self.seen = self.seen or other.seen
+        self.lengths.merge(other.lengths)
+        for mine, theirs in ((self.tags, other.tags), (self.entities, other.entities)):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+
     def summary(self) -> dict[str, Any]:
         """Every tag (a training run's tag vocabulary is read from it), entities and sentence lengths."""
         def by_count(counts: dict[str, int]) -> dict[str, int]:
@@ -99,49 +111,81 @@ class _TagStats:
                 "entity_counts": by_count(self.entities), "sentence_length": self.lengths.summary()}
 
 
-def compute_stats(shards: Iterable[Path]) -> dict[str, Any]:
+class DataStats:
     """Length statistics of the text columns, the label distribution and, for token classification (``tokens``
-    and ``tags`` columns), tag and entity counts and sentence lengths; streamed shard by shard."""
-    chars: dict[str, _LengthStats] = {}
-    words: dict[str, _LengthStats] = {}
-    labels: dict[str, int] = {}
-    numeric_labels: list[float] = []
-    tagging = _TagStats()
+    and ``tags`` columns), tag and entity counts and sentence lengths, accumulated table by table (every figure
+    but the numeric labels' is a sum, so the order of the tables does not change them)."""
+
+    def __init__(self) -> None:
+        self.chars: dict[str, _LengthStats] = {}
+        self.words: dict[str, _LengthStats] = {}
+        self.labels: dict[str, int] = {}
+        self.numeric_labels: list[float] = []        # the first 100,000 in the order added
+        self.tagging = _TagStats()
+
+    def add(self, table: pa.Table | pa.RecordBatch, budget: int = 16 << 20) -> None:
+        """Add a table's rows, a slice of about ``budget`` bytes of values at a time."""
+        rows = int(max(1, min(8192, budget * max(1, table.num_rows) // max(1, table.nbytes))))
+        for start in range(0, table.num_rows, rows):
+            self._add_batch(table.slice(start, rows))
+
+    def _add_batch(self, batch: pa.Table | pa.RecordBatch) -> None:
+        names = batch.schema.names
+        if set(TAG_COLUMNS) <= set(names):
+            self.tagging.add(batch.column("tokens"), batch.column("tags"))
+        for column in TEXT_COLUMNS:
+            if column not in names:
+                continue
+            values = batch.column(column)
+            lengths = pc.fill_null(pc.utf8_length(values), 0).to_numpy(zero_copy_only=False)
+            self.chars.setdefault(column, _LengthStats()).add(lengths)
+            n_words = pc.list_value_length(pc.utf8_split_whitespace(pc.fill_null(values, "")))
+            self.words.setdefault(column, _LengthStats()).add(n_words.to_numpy(zero_copy_only=False))
+        if "label" in names:
+            column = batch.column("label")
+            if pa.types.is_floating(column.type):
+                self.numeric_labels.extend(column.drop_null().to_pylist()[: 100_000 - len(self.numeric_labels)])
+            else:
+                for item in pc.value_counts(column.drop_null()).to_pylist():   # rows without one: no label
+                    key = str(item["values"])
+                    self.labels[key] = self.labels.get(key, 0) + item["counts"]
+
+    def merge(self, other: DataStats) -> None:
+        """Add another accumulator's sums (numeric labels: after this one's)."""
+        for mine, theirs in ((self.chars, other.chars), (self.words, other.words)):
+            for column, stats in theirs.items():
+                mine.setdefault(column, _LengthStats()).merge(stats)
+        for key, count in other.labels.items():
+            self.labels[key] = self.labels.get(key, 0) + count
+        self.numeric_labels.extend(other.numeric_labels[: 100_000 - len(self.numeric_labels)])
+        self.tagging.merge(other.tagging)
+
+    def summary(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {f"{c}_chars": s.summary() for c, s in self.chars.items()}
+        stats.update({f"{c}_words": s.summary() for c, s in self.words.items()})
+        if self.labels:
+            top = sorted(self.labels.items(), key=lambda kv: (-kv[1], kv[0]))
+            stats["label_counts"] = dict(top[:MAX_LABELS])
+            stats["num_labels"] = len(self.labels)
+        if self.numeric_labels:
+            values = np.asarray(self.numeric_labels)
+            stats["label_values"] = {"min": float(values.min()), "mean": float(values.mean()),
+                                     "max": float(values.max())}
+        if self.tagging.seen:
+            stats.update(self.tagging.summary())
+        return stats
+
+
+def compute_stats(shards: Iterable[Path]) -> dict[str, Any]:
+    """``DataStats`` of the shards, streamed shard by shard."""
+    stats = DataStats()
     for path in shards:
         parquet = pq.ParquetFile(path, memory_map=True)
         names = parquet.schema_arrow.names
         columns = [c for c in (*TEXT_COLUMNS, "label", *TAG_COLUMNS) if c in names]
         for batch in parquet.iter_batches(columns=columns, batch_size=_batch_rows(parquet)):
-            if set(TAG_COLUMNS) <= set(batch.schema.names):
-                tagging.add(batch.column("tokens"), batch.column("tags"))
-            for column in TEXT_COLUMNS:
-                if column not in batch.schema.names:
-                    continue
-                values = batch.column(column)
-                lengths = pc.fill_null(pc.utf8_length(values), 0).to_numpy(zero_copy_only=False)
-                chars.setdefault(column, _LengthStats()).add(lengths)
-                n_words = pc.list_value_length(pc.utf8_split_whitespace(pc.fill_null(values, "")))
-                words.setdefault(column, _LengthStats()).add(n_words.to_numpy(zero_copy_only=False))
-            if "label" in batch.schema.names:
-                column = batch.column("label")
-                if pa.types.is_floating(column.type):
-                    numeric_labels.extend(column.drop_null().to_pylist()[: 100_000 - len(numeric_labels)])
-                else:
-                    for item in pc.value_counts(column.drop_null()).to_pylist():   # rows without one: no label
-                        key = str(item["values"])
-                        labels[key] = labels.get(key, 0) + item["counts"]
-    stats: dict[str, Any] = {f"{c}_chars": s.summary() for c, s in chars.items()}
-    stats.update({f"{c}_words": s.summary() for c, s in words.items()})
-    if labels:
-        top = sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))
-        stats["label_counts"] = dict(top[:MAX_LABELS])
-        stats["num_labels"] = len(labels)
-    if numeric_labels:
-        values = np.asarray(numeric_labels)
-        stats["label_values"] = {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
-    if tagging.seen:
-        stats.update(tagging.summary())
-    return stats
+            stats._add_batch(batch)
+    return stats.summary()
 
 
 def _size_category(n: int) -> str:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from pipelines import fingerprint
 from pipelines.atomic import WriterLock, shared_lock, temporary_sibling, write_bytes_atomic, write_json_atomic
-from pipelines.cards import compute_stats, write_card
+from pipelines.cards import DataStats, compute_stats, write_card
 from pipelines.confine import is_regular, open_regular, read_own_json, real_dir, regular_member
 from pipelines.errors import DistilleryError, VersionExistsError, VersionNotFoundError
 from pipelines.progress import say
@@ -131,6 +131,7 @@ class ChunkSink:
         self.index = index
         self._shard = ParquetSink(writer.path / f"data/shard-{index:05d}.parquet")
         self._rejects: ParquetSink | None = None
+        self._stats = DataStats()          # the data card's statistics of these rows, added as they come
 
     @property
     def rows(self) -> int:
@@ -139,6 +140,7 @@ class ChunkSink:
     def write(self, table: pa.Table, rejects: pa.Table | None = None) -> None:
         """Add rows (and rejected rows) to the chunk, in order."""
         self._shard.write(table)
+        self._stats.add(table)
         if rejects is not None and rejects.num_rows:
             if self._rejects is None:
                 self._rejects = ParquetSink(self.writer.path / f"rejects/rejects-{self.index:05d}.parquet")
@@ -266,6 +268,8 @@ class VersionWriter:
         for sub in ("data", "rejects", "chunks"):
             real_dir(self.path / sub, "version folder", create=True)
         self._records: dict[int, dict[str, Any]] = {}
+        self._stats = DataStats()                   # of the chunks committed by this writer (``_stats_chunks``)
+        self._stats_chunks: set[int] = set()
         self._load_committed()
 
     def _record_path(self, index: int) -> Path:
@@ -378,6 +382,8 @@ class VersionWriter:
             record["rejects"] = {"path": f"rejects/rejects-{index:05d}.parquet", **sink._rejects.commit()}
         write_json_atomic(self._record_path(index), record)
         self._records[index] = json.loads(json.dumps(record, default=str))
+        self._stats.merge(sink._stats)
+        self._stats_chunks.add(index)
         return record
 
     def _with_inherited_licence(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -423,7 +429,7 @@ class VersionWriter:
             "shards": shards,
             "rejects": [r["rejects"] for r in records if "rejects" in r],
             "accounting": accounting,
-            "stats": compute_stats([self.path / s["path"] for s in shards]),
+            "stats": self._data_stats(indices, shards),
             "extra": self._with_inherited_licence(extra or {}),
         }
         check_manifest(json.loads(json.dumps(manifest, default=str)), self.version_id)
@@ -433,6 +439,14 @@ class VersionWriter:
             self.store.tag(self.name, "latest", self.version_id)
         self.close()
         return manifest
+
+    def _data_stats(self, indices: list[int], shards: list[dict[str, Any]]) -> dict[str, Any]:
+        """The data card's statistics: summed as this writer committed the chunks (while later chunks were still
+        being made), or read from the shards when some were committed before (a resumed run) or numeric labels,
+        whose sample follows the shard order, were seen."""
+        if self._stats_chunks == set(indices) and not self._stats.numeric_labels:
+            return self._stats.summary()
+        return compute_stats([self.path / s["path"] for s in shards])
 
     def discard(self) -> None:
         """Delete everything written for this version (its output cannot be trusted) and release the lock."""

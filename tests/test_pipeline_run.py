@@ -261,3 +261,27 @@ def test_the_demo_is_a_shipped_pipeline_with_the_versions_of_the_steps_run_by_ha
         assert versions[f"wordnet-{split}"] == run_step(store, plan, None).manifest["version_id"]
     assert (tmp_path / "runs" / "pipeline_demo.lock.json").is_file()
     assert not (CONFIGS_DIR / "pipeline_demo.lock.json").exists()           # nothing written into the package
+
+
+def test_the_gap_check_warns_when_the_teacher_is_no_better_than_the_direct_student(project, one_torch_thread):
+    """A teacher trained exactly as the direct student (same model, data, options) has nothing to transfer: the run
+    says so, with the warning, once both exist and before the distillation stage runs."""
+    folder, base = project
+    same = pipeline_text(base).split("[stages.teacher]")[1].split("[stages.score]")[0]
+    (folder / "fruit.toml").write_text(pipeline_text(base) + f"""
+[stages.direct]{same}
+[stages.student]
+step = "task"
+data = "@train"
+teacher = "@teacher"
+student = "{base}"
+eval_ref = "@dev"
+stage1_epochs = 1
+stage2_epochs = 1
+batch_size = 4
+num_workers = 0
+""")
+    out = run(project).output
+    line = next(line for line in out.splitlines() if line.startswith("teacher vs direct:"))
+    assert "gap +0.0 points" in line and "WARNING" in line and "one seed" in line
+    assert out.index(line) < out.index("stage student (task): will run")
