@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from roofline import jsonl_parse_peak  # noqa: E402
+from roofline import jsonl_parse_peak, process_scaling  # noqa: E402
 
 from pipelines.runner import run_step  # noqa: E402
 from preprocess import plan_preprocess  # noqa: E402
@@ -164,7 +164,9 @@ def main() -> None:
                         result["of_parse_peak"] = round(result["rows_per_s"] / peaks[label], 3)
                     results.append(result)
                     print(json.dumps(result), file=sys.stderr, flush=True)
-    print(f"\nmachine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at the end\n")
+    ceiling = process_scaling()
+    print(f"\nmachine: {os.cpu_count()} CPUs; two processes of pure-Python work run {ceiling:.2f}x one (the ceiling "
+          f"of a second worker's speed-up); load average {os.getloadavg()[0]:.2f} at the end\n")
     print("| corpus | workers | near-dup | input rows | kept | wall s | CPU s parent + workers | rows/s | "
           "speed-up over 1 | of parse peak | parent peak MiB (processing / with finalize) | worker peak MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -46,3 +46,26 @@ def training_flops(params: int, tokens: int, teacher_params: int = 0) -> float:
     """Useful FLOPs of one training step: 6 x parameters x tokens for the student (forward and backward) and
     2 x parameters x tokens for a teacher's forward (the usual dense-transformer estimate, attention left out)."""
     return 6 * params * tokens + 2 * teacher_params * tokens
+
+
+def _python_work(n: int) -> float:
+    """Seconds of a fixed pure-Python workload (JSON parsing and string work, as a preprocessing worker does)."""
+    line = json.dumps({"text": "a gloss of twelve words or so, with some punctuation; and more", "label": "x"})
+    start = time.perf_counter()
+    for _ in range(n):
+        row = json.loads(line)
+        " ".join(row["text"].split()).lower()
+    return time.perf_counter() - start
+
+
+def process_scaling(n: int = 400_000) -> float:
+    """How many times one process's pure-Python throughput two processes get together on this machine (2.0 on
+    two real cores; less where the cores are shared): the ceiling of a speed-up from a second worker."""
+    from multiprocessing import get_context
+
+    alone = _python_work(n)
+    with get_context("fork").Pool(2) as pool:
+        start = time.perf_counter()
+        pool.map(_python_work, [n, n])
+        both = time.perf_counter() - start
+    return 2 * alone / both
