@@ -6,8 +6,9 @@ their masked positions to the vocabulary logits at those positions only, as the 
 entry is ORT's dynamic quantization of the fp32 graph's matrix products (int8 weights per output channel, 7-bit
 range: this CPU class has AVX2 without VNNI, where ORT advises ``reduce_range`` against saturation; per channel
 keeps 92% of the domain masked LM's top-15 candidates where per tensor keeps 71%). Its numbers depend on the
-CPU's int8 kernels, so its outputs are reproducible on one machine class, not promised across them. Batches hold sequences of one length, so no
-padding or attention mask enters the numbers; the top-k is taken by torch as on the torch path.
+CPU's int8 kernels, so its outputs are reproducible on one machine class, not promised across them. Batches hold
+sequences of one length, so no padding or attention mask enters the numbers; the top-k is taken by torch as on
+the torch path.
 """
 from __future__ import annotations
 
