@@ -12,9 +12,6 @@ the torch path.
 """
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 from augment.mlm import MaskedLM, Request
 from pipelines import cache
 from pipelines.errors import DistilleryError
+from pipelines.progress import quiet_tools
 
 ONNX_FILE = "model.onnx"
 EXPORT_FORMAT = 2                 # bumped when the exported graph changes: old entries are never reused
@@ -31,22 +29,6 @@ OPSET = 17
 def entry_folder(sha256: str, backend: str) -> Path:
     """The cache entry of a masked LM's export for ``backend`` (onnx or onnx-int8)."""
     return cache.cache_root("mlm-onnx") / f"{sha256[:24]}-{backend}-v{EXPORT_FORMAT}"
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporter's and quantizer's warnings stay off the terminal."""
-    import logging
-
-    quantizer_log = logging.getLogger("root")
-    level = quantizer_log.level
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantizer_log.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            quantizer_log.setLevel(level)
 
 
 def _export_fp32(mlm: MaskedLM, path: Path) -> None:
@@ -80,7 +62,7 @@ def _export_fp32(mlm: MaskedLM, path: Path) -> None:
     names = ["input_ids", "token_type_ids", "rows"] if segments else ["input_ids", "rows"]
     axes = {name: {0: "batch", 1: "sequence"} for name in names[:-1]} | {"rows": {0: "masked"},
                                                                          "logits": {0: "masked"}}
-    with _quiet(), torch.no_grad():
+    with quiet_tools(), torch.no_grad():
         torch.onnx.export(MaskedLogits().eval(), inputs, str(path), dynamo=False, input_names=names,
                           output_names=["logits"], dynamic_axes=axes, opset_version=OPSET)
 
@@ -92,7 +74,7 @@ def _build(mlm: MaskedLM, backend: str, folder: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = ensure_export(mlm, "onnx")
-    with _quiet():
+    with quiet_tools():
         quantize_dynamic(str(fp32), str(folder / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True,
                          reduce_range=True)
 

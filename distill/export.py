@@ -13,10 +13,8 @@ tags, and, when the check version has tags, ``entity_f1`` (the copy's) and ``fp3
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from distill.tagging import OUTSIDE_TAG, entity_scores, first_pieces, token_clas
 from pipelines.atomic import replace_atomic, write_json_atomic
 from pipelines.confine import read_own_json, real_dir
 from pipelines.errors import DistilleryError
+from pipelines.progress import quiet_tools
 from pipelines.store import Store
 
 INT8, ONNX = "int8/model.pt", "onnx/model.onnx"
@@ -44,17 +43,9 @@ Classifier = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 TaggedRows = list[tuple[dict[str, torch.Tensor], list[dict[str, Any]]]]   # a token classifier's check: inputs, rows
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Deprecation and tracer warnings of torch's quantization and ONNX exporter stay off the terminal."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 def quantize(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with its linear and LSTM layers dynamically quantized to int8 (CPU inference)."""
-    with _quiet():
+    with quiet_tools():
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear, nn.LSTM},
                                                       dtype=torch.qint8)
 
@@ -64,7 +55,7 @@ def load_int8(folder: str | Path) -> nn.Module:
     folder = Path(folder)
     model = quantize(models.load_saved_classifier(folder))
     # packed int8 weights are torch ScriptObjects: rebuilt by torch's own C++ classes, no Python code runs
-    with torch.serialization.safe_globals([torch.ScriptObject]), _quiet():
+    with torch.serialization.safe_globals([torch.ScriptObject]), quiet_tools():
         model.load_state_dict(torch.load(folder / INT8, weights_only=True))
     return model.eval()
 
@@ -90,7 +81,7 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path, o
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | \
         {"logits": {0: "batch", 1: "sequence"} if per_piece else {0: "batch"}}
     real_dir(path.parent, "export folder", create=True, parents=True)
-    with _quiet(), torch.no_grad():
+    with quiet_tools(), torch.no_grad():
         replace_atomic(path, lambda tmp: torch.onnx.export(
             wrapper, tuple(sample[k] for k in INPUTS), str(tmp), dynamo=False, input_names=list(INPUTS),
             output_names=["logits"], dynamic_axes=axes, opset_version=opset))

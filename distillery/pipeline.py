@@ -71,7 +71,7 @@ RESERVED = ("step", "inputs", "data", "name", "config", "section", "matrix", "va
 MODEL_SLOT = {"cache-logits": "teacher", "evaluate": "model", "export-model": "model"}   # the model a step reads
 NO_DATA = ("preprocess", "export-model")            # steps that read no version through `data`
 VERSION_PREFIX = "version:"
-RESULT_FILE = {"evaluate": "scores.json", "export-model": "exports.json"}
+RESULT_FILE = {"evaluate": "scores.json", "export-model": "exports.json"}   # kept in the stage's folder: up to date
 DONE = {"will run": "ran", "will resume": "resumed"}     # a stage's status in the summary, once it has run
 INSTANCE = re.compile(r"^([^\[\]]+)(\[[^\[\]]*\])?$")   # "stage" or "stage[axis=value,...]"
 

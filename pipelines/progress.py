@@ -1,9 +1,12 @@
 """What long work shows on the terminal: progress bars (rows/s), and nothing of the libraries' own chatter."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -35,3 +38,18 @@ def quiet_libraries() -> None:
     if transformers is not None:            # already imported: its settings were read; set them directly
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_tools() -> Iterator[None]:
+    """Within the block, the warnings and root-logger chatter of exporters and quantizers (torch's ONNX exporter
+    and quantization, onnxruntime's quantizer) stay off the terminal."""
+    root = logging.getLogger()
+    level = root.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
